@@ -1,0 +1,360 @@
+//! The pipeline file: a typed spec parsed strictly from YAML.
+//!
+//! - Unknown keys are errors naming the key, its line and the closest real key.
+//! - `${VAR}` and `${VAR:-default}` are replaced from the environment before parsing
+//!   (`$${` writes a literal `${`).
+//! - `--set a.b=value` overrides a key after the file is read; the value is parsed as YAML.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use serde_yaml_ng::Value;
+
+use crate::error::config_error;
+
+/// A whole pipeline: where the text comes from, how it is embedded, where vectors go.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    pub source: SourceSpec,
+    pub embed: EmbedSpec,
+    pub sink: SinkSpec,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// Table name → location. Each becomes a table in the SQL context.
+    pub tables: BTreeMap<String, TableSpec>,
+    /// Optional SQL over the tables; without it the pipeline reads its single table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableSpec {
+    /// A file, a directory or a glob.
+    pub path: String,
+    /// File format; guessed from the extension when absent (default Parquet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<TableFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableFormat {
+    Parquet,
+    Csv,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedSpec {
+    /// A model folder, a name in the local model cache, or a Hugging Face id.
+    pub model: String,
+    /// Column holding the text.
+    #[serde(default = "default_text")]
+    pub text: String,
+    /// Column holding the id; when absent the id is the MD5 of the text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Micro-batch budget in tokens (rows x longest row of the micro-batch).
+    #[serde(default = "default_batch_tokens")]
+    pub batch_tokens: usize,
+    /// Upper bound on rows in one micro-batch.
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: usize,
+    /// Override the model's max_seq_length (word pieces, counting [CLS] and [SEP]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_seq_length: Option<usize>,
+    /// ONNX Runtime intra-op threads; default: all cores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
+    /// Path of libonnxruntime.so; default: ORT_DYLIB_PATH, then the setup's install.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onnxruntime: Option<PathBuf>,
+}
+
+fn default_text() -> String {
+    "text".into()
+}
+fn default_batch_tokens() -> usize {
+    8192
+}
+fn default_batch_rows() -> usize {
+    256
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+pub enum SinkSpec {
+    Parquet(ParquetSinkSpec),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParquetSinkSpec {
+    /// Output directory (vectors land in `part-0.parquet`) or a `.parquet` file path.
+    pub path: String,
+    /// Rows per Parquet row group: bounds the writer's memory.
+    #[serde(default = "default_row_group_rows")]
+    pub row_group_rows: usize,
+}
+
+fn default_row_group_rows() -> usize {
+    8192
+}
+
+impl Pipeline {
+    /// Reads, substitutes, parses and validates a pipeline file, then applies `--set` overrides.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Pipeline> {
+        let raw = std::fs::read_to_string(path).map_err(|e| {
+            config_error(format!("cannot read pipeline file {}: {e}", path.display()))
+        })?;
+        // Relative paths in the file are relative to the working directory, as on the command line.
+        Self::parse(&raw, overrides).map_err(|e| e.context(format!("pipeline {}", path.display())))
+    }
+
+    /// Parses pipeline text (already read) with overrides; relative paths stay as written.
+    pub fn parse(raw: &str, overrides: &[String]) -> Result<Pipeline> {
+        let text = substitute_env(raw)?;
+        let file_result: std::result::Result<Pipeline, _> = serde_yaml_ng::from_str(&text);
+        let pipeline = if overrides.is_empty() {
+            file_result.map_err(|e| config_error(describe_yaml_error(&e)))?
+        } else {
+            let mut value: Value = serde_yaml_ng::from_str(&text)
+                .map_err(|e| config_error(describe_yaml_error(&e)))?;
+            for o in overrides {
+                apply_override(&mut value, o)?;
+            }
+            match serde_yaml_ng::from_value::<Pipeline>(value) {
+                Ok(p) => p,
+                Err(e) => {
+                    // Prefer the file's own error (it has a line number) when the file is at fault.
+                    if let Err(fe) = file_result {
+                        return Err(config_error(describe_yaml_error(&fe)));
+                    }
+                    return Err(config_error(format!(
+                        "after --set overrides: {}",
+                        describe_yaml_error(&e)
+                    )));
+                }
+            }
+        };
+        pipeline.validate()?;
+        Ok(pipeline)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.source.tables.is_empty() {
+            return Err(config_error("source.tables is empty: name at least one table"));
+        }
+        if self.source.sql.is_none() && self.source.tables.len() > 1 {
+            return Err(config_error(
+                "source.sql is required when source.tables names more than one table",
+            ));
+        }
+        for (name, t) in &self.source.tables {
+            if t.path.trim().is_empty() {
+                return Err(config_error(format!("source.tables.{name}.path is empty")));
+            }
+        }
+        if self.embed.batch_tokens == 0 {
+            return Err(config_error("embed.batch_tokens must be at least 1"));
+        }
+        if self.embed.batch_rows == 0 {
+            return Err(config_error("embed.batch_rows must be at least 1"));
+        }
+        if self.embed.threads == Some(0) {
+            return Err(config_error("embed.threads must be at least 1"));
+        }
+        if self.embed.max_seq_length == Some(0) {
+            return Err(config_error("embed.max_seq_length must be at least 1"));
+        }
+        match &self.sink {
+            SinkSpec::Parquet(p) => {
+                if p.path.trim().is_empty() {
+                    return Err(config_error("sink.parquet.path is empty"));
+                }
+                if p.row_group_rows == 0 {
+                    return Err(config_error("sink.parquet.row_group_rows must be at least 1"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}` with environment values; `$${` is a literal `${`.
+pub fn substitute_env(raw: &str) -> Result<String> {
+    let mut out = String::with_capacity(raw.len());
+    for (lineno, line) in raw.split_inclusive('\n').enumerate() {
+        let mut rest = line;
+        while let Some(pos) = rest.find("${") {
+            if pos > 0 && rest.as_bytes()[pos - 1] == b'$' {
+                out.push_str(&rest[..pos - 1]);
+                out.push_str("${");
+                rest = &rest[pos + 2..];
+                continue;
+            }
+            out.push_str(&rest[..pos]);
+            let after = &rest[pos + 2..];
+            let end = after.find('}').ok_or_else(|| {
+                config_error(format!(
+                    "line {}: unterminated `${{` (write `$${{` for a literal)",
+                    lineno + 1
+                ))
+            })?;
+            let inner = &after[..end];
+            let (name, default) = match inner.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (inner, None),
+            };
+            let valid = !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !name.starts_with(|c: char| c.is_ascii_digit());
+            if !valid {
+                return Err(config_error(format!(
+                    "line {}: `${{{inner}}}` is not a valid variable reference",
+                    lineno + 1
+                )));
+            }
+            match (std::env::var(name), default) {
+                (Ok(v), None) => out.push_str(&v),
+                (Ok(v), Some(_)) if !v.is_empty() => out.push_str(&v),
+                (_, Some(d)) => out.push_str(d),
+                (Err(_), None) => {
+                    return Err(config_error(format!(
+                        "line {}: environment variable {name} is not set (use ${{{name}:-default}} for a default)",
+                        lineno + 1
+                    )));
+                }
+            }
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
+}
+
+/// Applies one `key.path=value` override to a YAML tree.
+fn apply_override(root: &mut Value, spec: &str) -> Result<()> {
+    let (key, raw_value) = spec.split_once('=').ok_or_else(|| {
+        config_error(format!("invalid --set `{spec}`: expected KEY=VALUE, e.g. embed.batch_tokens=4096"))
+    })?;
+    let key = key.trim();
+    if key.is_empty() || key.split('.').any(|p| p.is_empty()) {
+        return Err(config_error(format!(
+            "invalid --set `{spec}`: the key must be a dotted path such as embed.batch_tokens"
+        )));
+    }
+    let value: Value = if raw_value.is_empty() {
+        Value::String(String::new())
+    } else {
+        serde_yaml_ng::from_str(raw_value).map_err(|e| {
+            config_error(format!("invalid --set `{spec}`: the value is not valid YAML: {e}"))
+        })?
+    };
+    let mut node = root;
+    let parts: Vec<&str> = key.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        if !node.is_mapping() {
+            if node.is_null() {
+                *node = Value::Mapping(Default::default());
+            } else {
+                return Err(config_error(format!(
+                    "invalid --set `{spec}`: `{}` is not a mapping",
+                    parts[..i].join(".")
+                )));
+            }
+        }
+        let map = node.as_mapping_mut().expect("checked mapping");
+        let k = Value::String((*part).to_string());
+        if i + 1 == parts.len() {
+            map.insert(k, value);
+            return Ok(());
+        }
+        node = map.entry(k).or_insert(Value::Null);
+    }
+    Ok(())
+}
+
+/// Turns serde's message into one line, adding "did you mean" for misspelt keys.
+fn describe_yaml_error(e: &serde_yaml_ng::Error) -> String {
+    let msg = e.to_string();
+    let mut out = msg.clone();
+    if let Some(suggestion) = suggest_key(&msg) {
+        out.push_str(&format!(" (did you mean `{suggestion}`?)"));
+    }
+    out.replace('\n', " ")
+}
+
+/// From "unknown field `x`, expected one of `a`, `b`" picks the expected name closest to x.
+fn suggest_key(msg: &str) -> Option<String> {
+    let rest = msg
+        .split_once("unknown field `")
+        .or_else(|| msg.split_once("unknown variant `"))?
+        .1;
+    let (unknown, expected) = rest.split_once('`')?;
+    let names: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    names
+        .into_iter()
+        .map(|n| (strsim::normalized_damerau_levenshtein(unknown, n), n))
+        .filter(|(score, _)| *score >= 0.5)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, n)| n.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "source:\n  tables:\n    docs: { path: data/sample.parquet }\nembed:\n  model: m\nsink:\n  parquet: { path: out/x }\n";
+
+    #[test]
+    fn parses_defaults() {
+        let p = Pipeline::parse(BASE, &[]).unwrap();
+        assert_eq!(p.embed.text, "text");
+        assert_eq!(p.embed.batch_tokens, 8192);
+        assert!(p.embed.id.is_none());
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_suggestion() {
+        let y = BASE.replace("  model: m\n", "  model: m\n  batch_tokenz: 5\n");
+        let e = Pipeline::parse(&y, &[]).unwrap_err().to_string();
+        assert!(e.contains("batch_tokenz"), "{e}");
+        assert!(e.contains("line 6"), "{e}");
+        assert!(e.contains("did you mean `batch_tokens`"), "{e}");
+    }
+
+    #[test]
+    fn set_overrides_and_types() {
+        let p = Pipeline::parse(BASE, &["embed.batch_tokens=4096".into()]).unwrap();
+        assert_eq!(p.embed.batch_tokens, 4096);
+        let e = Pipeline::parse(BASE, &["embed.batch_tokens".into()]).unwrap_err();
+        assert!(e.to_string().contains("expected KEY=VALUE"), "{e}");
+        let e = Pipeline::parse(BASE, &["embed.batch_tokens=lots".into()]).unwrap_err();
+        assert!(e.to_string().contains("--set"), "{e}");
+        let e = Pipeline::parse(BASE, &["embed.modle=x".into()]).unwrap_err();
+        assert!(e.to_string().contains("did you mean `model`"), "{e}");
+    }
+
+    #[test]
+    fn env_substitution() {
+        // SAFETY: tests in this module do not read this variable concurrently.
+        unsafe { std::env::set_var("EMBEDFLOW_TEST_MODEL", "from-env") };
+        let y = BASE.replace("model: m", "model: ${EMBEDFLOW_TEST_MODEL}");
+        assert_eq!(Pipeline::parse(&y, &[]).unwrap().embed.model, "from-env");
+        let y = BASE.replace("model: m", "model: ${EMBEDFLOW_TEST_UNSET_VAR:-fallback}");
+        assert_eq!(Pipeline::parse(&y, &[]).unwrap().embed.model, "fallback");
+        let y = BASE.replace("model: m", "model: ${EMBEDFLOW_TEST_UNSET_VAR}");
+        let e = Pipeline::parse(&y, &[]).unwrap_err().to_string();
+        assert!(e.contains("EMBEDFLOW_TEST_UNSET_VAR") && e.contains("line 5"), "{e}");
+        assert_eq!(substitute_env("a $${X} b").unwrap(), "a ${X} b");
+    }
+}

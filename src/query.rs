@@ -1,0 +1,113 @@
+//! `query`: exact cosine top-k over a pipeline's Parquet output, through DataFusion.
+//!
+//! It is plain SQL underneath: `cosine_similarity(vector, embed('text'))` ordered descending with
+//! a limit, which DataFusion runs as a streaming top-k (memory bounded by k).
+
+use std::sync::Arc;
+
+use anyhow::{Result, anyhow, bail};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::execution::FunctionRegistry;
+use datafusion::prelude::{ParquetReadOptions, SessionContext, ident, lit};
+
+use crate::config::{Pipeline, SinkSpec};
+use crate::embed::Embedder;
+use crate::plan::{one_line, session_context};
+use crate::storage::OutputLocation;
+
+/// How `query` shows results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// An aligned table; long text cut to `--width` characters.
+    Table,
+    /// One JSON object per line, nothing cut.
+    Json,
+}
+
+/// Runs a top-k search; returns batches of `id`, `score` and metadata, best first.
+pub async fn search(
+    pipeline: &Pipeline,
+    embedder: Arc<Embedder>,
+    text: &str,
+    k: usize,
+    width: Option<usize>,
+) -> Result<Vec<RecordBatch>> {
+    let SinkSpec::Parquet(spec) = &pipeline.sink;
+    let location = OutputLocation::for_parquet_sink(&spec.path)?;
+    let file = location.display.clone();
+    if !std::path::Path::new(&file).is_file() {
+        bail!("no output at {file}: run `embedflow run` on this pipeline first");
+    }
+    let ctx = session_context(Some(embedder));
+    ctx.register_parquet(
+        "vectors",
+        &file,
+        ParquetReadOptions {
+            file_extension: "",
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| anyhow!("{file}: {}", one_line(&e.to_string())))?;
+    top_k(&ctx, "vectors", text, k, width).await
+}
+
+/// Top-k rows of `table` by cosine similarity to `text`.
+pub async fn top_k(
+    ctx: &SessionContext,
+    table: &str,
+    text: &str,
+    k: usize,
+    width: Option<usize>,
+) -> Result<Vec<RecordBatch>> {
+    let df = ctx.table(table).await?;
+    let schema = df.schema().clone();
+    let embed = ctx
+        .udf("embed")
+        .map_err(|_| anyhow!("embed() is not registered"))?;
+    let cosine = ctx.udf("cosine_similarity")?;
+    let score = cosine
+        .call(vec![ident("vector"), embed.call(vec![lit(text)])])
+        .alias("score");
+    let mut exprs = vec![ident("id"), score];
+    for f in schema.fields() {
+        let name = f.name();
+        if name == "id" || name == "vector" {
+            continue;
+        }
+        let column = ident(name.as_str());
+        let is_text = matches!(f.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
+        exprs.push(match width {
+            Some(w) if is_text => datafusion::functions::expr_fn::left(column, lit(w as i64)).alias(name),
+            _ => column,
+        });
+    }
+    let df = df
+        .select(exprs)?
+        .sort(vec![ident("score").sort(false, true)])?
+        .limit(0, Some(k))?;
+    df.collect()
+        .await
+        .map_err(|e| anyhow!("query failed: {}", one_line(&e.to_string())))
+}
+
+/// Prints batches in the chosen format to stdout.
+pub fn print(batches: &[RecordBatch], format: OutputFormat) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match format {
+        OutputFormat::Table => {
+            let table = datafusion::arrow::util::pretty::pretty_format_batches(batches)?;
+            writeln!(out, "{table}")?;
+        }
+        OutputFormat::Json => {
+            let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(&mut out);
+            for b in batches {
+                writer.write(b)?;
+            }
+            writer.finish()?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! Progress (a bar on a terminal, log lines otherwise) and the end-of-run summary.
+
+use std::fmt;
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// Counts shown while a run goes and in its summary.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RunSummary {
+    pub rows_read: u64,
+    pub rows_embedded: u64,
+    pub rows_skipped: u64,
+    pub rows_written: u64,
+    pub tokens: u64,
+    pub seconds: f64,
+    pub output: String,
+}
+
+impl RunSummary {
+    pub fn rows_per_second(&self) -> f64 {
+        self.rows_embedded as f64 / self.seconds.max(1e-9)
+    }
+    pub fn tokens_per_second(&self) -> f64 {
+        self.tokens as f64 / self.seconds.max(1e-9)
+    }
+}
+
+impl fmt::Display for RunSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "rows read {}, embedded {}, skipped {} (null text), written {} to {} in {:.1} s: {:.1} rows/s, {:.0} tokens/s",
+            self.rows_read,
+            self.rows_embedded,
+            self.rows_skipped,
+            self.rows_written,
+            self.output,
+            self.seconds,
+            self.rows_per_second(),
+            self.tokens_per_second()
+        )
+    }
+}
+
+/// Reports progress: an indicatif bar on a terminal, a log line every 10 s otherwise.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    total: Option<u64>,
+    rows: u64,
+    start: Instant,
+    last_log: Instant,
+}
+
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl Progress {
+    pub fn new(total: Option<u64>, enabled: bool) -> Progress {
+        let tty = enabled && std::io::stderr().is_terminal();
+        let bar = tty.then(|| {
+            let bar = match total {
+                Some(t) => ProgressBar::new(t),
+                None => ProgressBar::new_spinner(),
+            };
+            bar.set_draw_target(ProgressDrawTarget::stderr());
+            let template = if total.is_some() {
+                "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} rows ({per_sec}, ETA {eta}) {msg}"
+            } else {
+                "{spinner} [{elapsed_precise}] {human_pos} rows ({per_sec}) {msg}"
+            };
+            if let Ok(style) = ProgressStyle::with_template(template) {
+                bar.set_style(style);
+            }
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        Progress {
+            bar,
+            total,
+            rows: 0,
+            start: Instant::now(),
+            last_log: Instant::now(),
+        }
+    }
+
+    pub fn advance(&mut self, rows: u64, tokens: u64) {
+        self.rows += rows;
+        let elapsed = self.start.elapsed().as_secs_f64().max(1e-9);
+        if let Some(bar) = &self.bar {
+            bar.inc(rows);
+            bar.set_message(format!("{:.0} tok/s", tokens as f64 / elapsed));
+        } else if self.last_log.elapsed() >= LOG_EVERY {
+            self.last_log = Instant::now();
+            let rate = self.rows as f64 / elapsed;
+            match self.total {
+                Some(t) if t > 0 => {
+                    let left = t.saturating_sub(self.rows) as f64 / rate.max(1e-9);
+                    tracing::info!(
+                        "progress: {}/{} rows ({:.0}%), {:.1} rows/s, {:.0} tokens/s, ETA {:.0} s",
+                        self.rows,
+                        t,
+                        100.0 * self.rows as f64 / t as f64,
+                        rate,
+                        tokens as f64 / elapsed,
+                        left
+                    );
+                }
+                _ => tracing::info!(
+                    "progress: {} rows, {:.1} rows/s, {:.0} tokens/s",
+                    self.rows,
+                    rate,
+                    tokens as f64 / elapsed
+                ),
+            }
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Drives a pipeline: load the model, plan, open the sink, then stream batches from the plan into
+//! the sink with progress, and report a summary.
+//!
+//! The DataFusion plan (scan, SQL, `embed()`) runs on a dedicated runtime, so CPU-bound inference
+//! never blocks the I/O runtime that drives the sink. The two meet at a bounded channel: the plan
+//! computes at most [`IN_FLIGHT_BATCHES`] batches ahead of what the sink has accepted.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow};
+use datafusion::arrow::array::{Array, RecordBatch};
+use datafusion::arrow::compute::{filter_record_batch, is_not_null};
+use datafusion::prelude::DataFrame;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::config::{Pipeline, SinkSpec};
+use crate::embed::{EmbedOptions, Embedder};
+use crate::plan::{self, one_line};
+use crate::report::{Progress, RunSummary};
+use crate::sink::Sink;
+use crate::sink::parquet::ParquetSink;
+
+/// Batches computed ahead of the sink.
+pub const IN_FLIGHT_BATCHES: usize = 2;
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Show a progress bar (on a terminal) or progress log lines.
+    pub progress: bool,
+}
+
+/// Loads the pipeline's model off the async runtime.
+pub async fn load_embedder(pipeline: &Pipeline) -> Result<Arc<Embedder>> {
+    let opts = EmbedOptions::from_spec(&pipeline.embed);
+    let embedder = tokio::task::spawn_blocking(move || Embedder::load(&opts))
+        .await
+        .map_err(|e| anyhow!("model loading panicked: {e}"))??;
+    tracing::info!(
+        "model {} loaded from {} ({} dimensions, max {} tokens)",
+        embedder.model_name(),
+        embedder.model_files().dir.display(),
+        embedder.dim(),
+        embedder.max_seq_length()
+    );
+    Ok(Arc::new(embedder))
+}
+
+/// Opens the pipeline's sink for the plan's output schema.
+pub async fn open_sink(pipeline: &Pipeline, frame: &DataFrame) -> Result<Box<dyn Sink>> {
+    let schema = Arc::new(frame.schema().as_arrow().clone());
+    match &pipeline.sink {
+        SinkSpec::Parquet(spec) => Ok(Box::new(ParquetSink::create(spec, schema).await?)),
+    }
+}
+
+/// A runtime for the plan's CPU work, separate from the caller's I/O runtime.
+fn cpu_runtime() -> Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores)
+        .thread_name("embedflow-plan")
+        .enable_all()
+        .build()
+        .context("cannot start the plan runtime")
+}
+
+/// Executes `frame` on `rt`, sending batches through a bounded channel.
+fn spawn_plan(
+    rt: &tokio::runtime::Runtime,
+    frame: DataFrame,
+) -> mpsc::Receiver<datafusion::error::Result<RecordBatch>> {
+    let (tx, rx) = mpsc::channel(IN_FLIGHT_BATCHES);
+    rt.spawn(async move {
+        let mut stream = match frame.execute_stream().await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        while let Some(item) = stream.next().await {
+            let failed = item.is_err();
+            if tx.send(item).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Runs a pipeline end to end.
+pub async fn run_pipeline(pipeline: &Pipeline, opts: &RunOptions) -> Result<RunSummary> {
+    let start = Instant::now();
+    let embedder = load_embedder(pipeline).await?;
+    let plan = plan::build(pipeline, Arc::clone(&embedder)).await?;
+    let sink = open_sink(pipeline, &plan.frame).await?;
+    let total = if opts.progress {
+        plan::known_source_rows(&plan, pipeline).await
+    } else {
+        None
+    };
+    let rt = cpu_runtime()?;
+    let rx = spawn_plan(&rt, plan.frame.clone());
+    let mut progress = Progress::new(total, opts.progress);
+    let result = drive(rx, sink, &embedder, &mut progress).await;
+    progress.finish();
+    rt.shutdown_background();
+    let mut summary = result?;
+    summary.seconds = start.elapsed().as_secs_f64();
+    summary.tokens = embedder.tokens_seen();
+    Ok(summary)
+}
+
+async fn drive(
+    mut rx: mpsc::Receiver<datafusion::error::Result<RecordBatch>>,
+    mut sink: Box<dyn Sink>,
+    embedder: &Embedder,
+    progress: &mut Progress,
+) -> Result<RunSummary> {
+    let mut summary = RunSummary::default();
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        let item = tokio::select! {
+            item = rx.recv() => item,
+            _ = &mut interrupted => {
+                sink.abort().await;
+                return Err(anyhow!("interrupted: nothing was published"));
+            }
+        };
+        let Some(item) = item else { break };
+        let batch = match item {
+            Ok(b) => b,
+            Err(e) => {
+                sink.abort().await;
+                return Err(anyhow!("{}", one_line(&e.to_string())));
+            }
+        };
+        let rows = batch.num_rows() as u64;
+        let (batch, skipped) = match keep_embedded(&batch) {
+            Ok(x) => x,
+            Err(e) => {
+                sink.abort().await;
+                return Err(e);
+            }
+        };
+        summary.rows_read += rows;
+        summary.rows_skipped += skipped;
+        summary.rows_embedded += rows - skipped;
+        if batch.num_rows() > 0 {
+            if let Err(e) = sink.write(batch).await {
+                sink.abort().await;
+                return Err(e);
+            }
+        }
+        progress.advance(rows, embedder.tokens_seen());
+    }
+    let report = sink.finish().await?;
+    summary.rows_written = report.rows_written;
+    summary.output = report.location;
+    Ok(summary)
+}
+
+/// Drops rows whose vector is null (null text) and returns how many were dropped.
+fn keep_embedded(batch: &RecordBatch) -> Result<(RecordBatch, u64)> {
+    let vectors = batch
+        .column_by_name("vector")
+        .context("plan output has no vector column")?;
+    let nulls = vectors.null_count() as u64;
+    if nulls == 0 {
+        return Ok((batch.clone(), 0));
+    }
+    let keep = is_not_null(vectors.as_ref())?;
+    Ok((filter_record_batch(batch, &keep)?, nulls))
+}

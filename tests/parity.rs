@@ -1,0 +1,151 @@
+//! Embeddings equal sentence-transformers': token ids, vectors and STS-B Spearman.
+//! Reference data lives in ../shared (see common::shared_dir).
+
+mod common;
+
+use std::path::Path;
+
+use embedflow::embed::{EmbedOptions, Embedder};
+
+fn fp32_embedder(shared: &Path) -> Embedder {
+    let dir = shared.join("models/all-MiniLM-L6-v2");
+    Embedder::load(&EmbedOptions::new(dir.to_str().unwrap())).expect("load fp32 model")
+}
+
+fn default_embedder() -> Embedder {
+    Embedder::load(&EmbedOptions::new("all-MiniLM-L6-v2"))
+        .expect("the offline default model (run scripts/setup.sh)")
+}
+
+fn golden_inputs(shared: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(shared.join("golden/inputs.jsonl")).unwrap();
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["text"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+fn golden_vectors(shared: &Path) -> Vec<Vec<f32>> {
+    let bytes = std::fs::read(shared.join("golden/embeddings.npy")).unwrap();
+    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
+    let shape = npy.shape().to_vec();
+    let data: Vec<f32> = npy.into_vec().unwrap();
+    assert_eq!(shape.len(), 2);
+    data.chunks(shape[1] as usize).map(|c| c.to_vec()).collect()
+}
+
+/// Cosines of our vectors against the reference, one per golden input.
+fn golden_cosines(embedder: &Embedder, shared: &Path) -> Vec<f64> {
+    let inputs = golden_inputs(shared);
+    let refs = golden_vectors(shared);
+    assert_eq!(inputs.len(), 256);
+    let rows: Vec<Option<&str>> = inputs.iter().map(|s| Some(s.as_str())).collect();
+    let ours = embedder.embed(&rows).unwrap();
+    let dim = embedder.dim();
+    assert_eq!(dim, refs[0].len());
+    refs.iter()
+        .enumerate()
+        .map(|(i, r)| common::cosine(&ours[i * dim..(i + 1) * dim], r))
+        .collect()
+}
+
+#[test]
+fn token_ids_equal_sentence_transformers() {
+    let Some(shared) = common::shared_dir() else { return };
+    let embedder = fp32_embedder(&shared);
+    let inputs = golden_inputs(&shared);
+    let golden = std::fs::read_to_string(shared.join("golden/ids.jsonl")).unwrap();
+    let mut checked = 0;
+    for (line, text) in golden.lines().zip(&inputs) {
+        let g: serde_json::Value = serde_json::from_str(line).unwrap();
+        let want: Vec<u32> = g["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let mask: Vec<u32> = g["attention_mask"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let got = embedder.tokens(text).unwrap();
+        assert_eq!(got.ids, want, "input {}: {text:?}", g["i"]);
+        assert_eq!(got.attention_mask, mask, "mask of input {}", g["i"]);
+        checked += 1;
+    }
+    assert_eq!(checked, 256);
+}
+
+#[test]
+fn fp32_vectors_match_sentence_transformers() {
+    let Some(shared) = common::shared_dir() else { return };
+    let cosines = golden_cosines(&fp32_embedder(&shared), &shared);
+    let (worst, min) = cosines
+        .iter()
+        .enumerate()
+        .fold((0, f64::MAX), |acc, (i, &c)| if c < acc.1 { (i, c) } else { acc });
+    eprintln!("fp32 model: minimum cosine {min:.7} (input {worst})");
+    assert!(min >= 0.99999, "input {worst}: cosine {min}");
+}
+
+#[test]
+fn offline_default_model_stays_close() {
+    let Some(shared) = common::shared_dir() else { return };
+    let cosines = golden_cosines(&default_embedder(), &shared);
+    let min = cosines.iter().cloned().fold(f64::MAX, f64::min);
+    let mean = cosines.iter().sum::<f64>() / cosines.len() as f64;
+    eprintln!("offline default (int8-rounded weights): minimum cosine {min:.5}, mean {mean:.5}");
+    // Measured 0.99587 minimum; the margin allows for ONNX Runtime version noise only.
+    assert!(min >= 0.9955, "minimum cosine {min}");
+    assert!(mean >= 0.999, "mean cosine {mean}");
+}
+
+fn ranks(v: &[f64]) -> Vec<f64> {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
+    let mut r = vec![0.0; v.len()];
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && v[idx[j + 1]] == v[idx[i]] {
+            j += 1;
+        }
+        let avg = (i + j) as f64 / 2.0 + 1.0;
+        for k in i..=j {
+            r[idx[k]] = avg;
+        }
+        i = j + 1;
+    }
+    r
+}
+
+fn pearson(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
+    cov / (va.sqrt() * vb.sqrt())
+}
+
+#[test]
+fn spearman_on_stsb_dev() {
+    let Some(shared) = common::shared_dir() else { return };
+    let embedder = fp32_embedder(&shared);
+    let tsv = std::fs::read_to_string(shared.join("data/stsb_dev.tsv")).unwrap();
+    let mut gold = Vec::new();
+    let mut left = Vec::new();
+    let mut right = Vec::new();
+    for line in tsv.lines() {
+        let parts: Vec<&str> = line.split('\t').collect();
+        let Ok(score) = parts[0].parse::<f64>() else { continue }; // header
+        gold.push(score);
+        left.push(parts[1].to_string());
+        right.push(parts[2].to_string());
+    }
+    assert_eq!(gold.len(), 1500);
+    let rows: Vec<Option<&str>> = left.iter().chain(&right).map(|s| Some(s.as_str())).collect();
+    let v = embedder.embed(&rows).unwrap();
+    let d = embedder.dim();
+    let n = gold.len();
+    let sims: Vec<f64> = (0..n)
+        .map(|i| common::cosine(&v[i * d..(i + 1) * d], &v[(n + i) * d..(n + i + 1) * d]))
+        .collect();
+    let rho = pearson(&ranks(&sims), &ranks(&gold));
+    eprintln!("STS-B dev Spearman: {rho:.4} (reference 0.8672)");
+    assert!((rho - 0.8672).abs() <= 0.005, "Spearman {rho}");
+}
