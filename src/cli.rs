@@ -129,9 +129,7 @@ pub async fn execute(cli: Cli) -> Result<()> {
             let p = pipeline.load()?;
             let embedder = run::load_embedder(&p).await?;
             let plan = plan::build(&p, Arc::clone(&embedder)).await?;
-            crate::storage::OutputLocation::for_parquet_sink(match &p.sink {
-                crate::config::SinkSpec::Parquet(s) => &s.path,
-            })?
+            crate::storage::OutputLocation::for_parquet_sink(&p.sink.parquet()?.path)?
             .check_writable()
             .await?;
             println!(

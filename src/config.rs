@@ -89,10 +89,21 @@ fn default_batch_rows() -> usize {
     256
 }
 
+/// Where vectors go: exactly one of the keys.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "lowercase")]
-pub enum SinkSpec {
-    Parquet(ParquetSinkSpec),
+#[serde(deny_unknown_fields)]
+pub struct SinkSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parquet: Option<ParquetSinkSpec>,
+}
+
+impl SinkSpec {
+    /// The Parquet sink's settings (validated to be present).
+    pub fn parquet(&self) -> Result<&ParquetSinkSpec> {
+        self.parquet
+            .as_ref()
+            .ok_or_else(|| config_error("sink: name one sink, e.g. sink: { parquet: { path: out/vectors } }"))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -175,15 +186,12 @@ impl Pipeline {
         if self.embed.max_seq_length == Some(0) {
             return Err(config_error("embed.max_seq_length must be at least 1"));
         }
-        match &self.sink {
-            SinkSpec::Parquet(p) => {
-                if p.path.trim().is_empty() {
-                    return Err(config_error("sink.parquet.path is empty"));
-                }
-                if p.row_group_rows == 0 {
-                    return Err(config_error("sink.parquet.row_group_rows must be at least 1"));
-                }
-            }
+        let p = self.sink.parquet()?;
+        if p.path.trim().is_empty() {
+            return Err(config_error("sink.parquet.path is empty"));
+        }
+        if p.row_group_rows == 0 {
+            return Err(config_error("sink.parquet.row_group_rows must be at least 1"));
         }
         Ok(())
     }

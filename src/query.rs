@@ -11,7 +11,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::execution::FunctionRegistry;
 use datafusion::prelude::{ParquetReadOptions, SessionContext, ident, lit};
 
-use crate::config::{Pipeline, SinkSpec};
+use crate::config::Pipeline;
 use crate::embed::Embedder;
 use crate::plan::{one_line, session_context};
 use crate::storage::OutputLocation;
@@ -33,7 +33,7 @@ pub async fn search(
     k: usize,
     width: Option<usize>,
 ) -> Result<Vec<RecordBatch>> {
-    let SinkSpec::Parquet(spec) = &pipeline.sink;
+    let spec = pipeline.sink.parquet()?;
     let location = OutputLocation::for_parquet_sink(&spec.path)?;
     let file = location.display.clone();
     if !std::path::Path::new(&file).is_file() {

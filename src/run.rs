@@ -15,7 +15,7 @@ use datafusion::prelude::DataFrame;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::config::{Pipeline, SinkSpec};
+use crate::config::Pipeline;
 use crate::embed::{EmbedOptions, Embedder};
 use crate::plan::{self, one_line};
 use crate::report::{Progress, RunSummary};
@@ -50,9 +50,8 @@ pub async fn load_embedder(pipeline: &Pipeline) -> Result<Arc<Embedder>> {
 /// Opens the pipeline's sink for the plan's output schema.
 pub async fn open_sink(pipeline: &Pipeline, frame: &DataFrame) -> Result<Box<dyn Sink>> {
     let schema = Arc::new(frame.schema().as_arrow().clone());
-    match &pipeline.sink {
-        SinkSpec::Parquet(spec) => Ok(Box::new(ParquetSink::create(spec, schema).await?)),
-    }
+    let spec = pipeline.sink.parquet()?;
+    Ok(Box::new(ParquetSink::create(spec, schema).await?))
 }
 
 /// A runtime for the plan's CPU work, separate from the caller's I/O runtime.

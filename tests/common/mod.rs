@@ -94,7 +94,8 @@ pub fn read_vectors(path: &Path) -> Vec<(String, Vec<f32>)> {
     let mut out = Vec::new();
     for batch in reader {
         let batch = batch.unwrap();
-        let ids = batch.column_by_name("id").unwrap().as_string::<i32>().clone();
+        let ids = datafusion::arrow::compute::cast(batch.column_by_name("id").unwrap(), &DataType::Utf8).unwrap();
+        let ids = ids.as_string::<i32>().clone();
         let vectors = batch.column_by_name("vector").unwrap().as_fixed_size_list().clone();
         for i in 0..batch.num_rows() {
             let v = vectors.value(i);
