@@ -17,7 +17,10 @@ fn main() -> anyhow::Result<()> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"));
     if !shared.join("data").is_dir() {
-        eprintln!("SKIPPED: {} not found (benchmark corpora)", shared.display());
+        eprintln!(
+            "SKIPPED: {} not found (benchmark corpora)",
+            shared.display()
+        );
         return Ok(());
     }
     let fp32 = shared.join("models/all-MiniLM-L6-v2");
@@ -34,7 +37,10 @@ fn main() -> anyhow::Result<()> {
     let out = tempfile::tempdir()?;
     let rt = tokio::runtime::Runtime::new()?;
     println!("model: {model}");
-    println!("{:<22} {:>8} {:>10} {:>10} {:>12}", "input", "rows", "seconds", "rows/s", "tokens/s");
+    println!(
+        "{:<22} {:>8} {:>10} {:>10} {:>12}",
+        "input", "rows", "seconds", "rows/s", "tokens/s"
+    );
     for (name, file, rows) in [
         ("reuters_sentences", "reuters_sentences.parquet", 10_000),
         ("imdb_reviews", "imdb_reviews.parquet", 2_000),

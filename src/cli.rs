@@ -130,8 +130,8 @@ pub async fn execute(cli: Cli) -> Result<()> {
             let embedder = run::load_embedder(&p).await?;
             let plan = plan::build(&p, Arc::clone(&embedder)).await?;
             crate::storage::OutputLocation::for_parquet_sink(&p.sink.parquet()?.path)?
-            .check_writable()
-            .await?;
+                .check_writable()
+                .await?;
             println!(
                 "pipeline {} is valid: model {} ({} dimensions)",
                 pipeline.pipeline.display(),

@@ -100,9 +100,9 @@ pub struct SinkSpec {
 impl SinkSpec {
     /// The Parquet sink's settings (validated to be present).
     pub fn parquet(&self) -> Result<&ParquetSinkSpec> {
-        self.parquet
-            .as_ref()
-            .ok_or_else(|| config_error("sink: name one sink, e.g. sink: { parquet: { path: out/vectors } }"))
+        self.parquet.as_ref().ok_or_else(|| {
+            config_error("sink: name one sink, e.g. sink: { parquet: { path: out/vectors } }")
+        })
     }
 }
 
@@ -162,7 +162,9 @@ impl Pipeline {
 
     fn validate(&self) -> Result<()> {
         if self.source.tables.is_empty() {
-            return Err(config_error("source.tables is empty: name at least one table"));
+            return Err(config_error(
+                "source.tables is empty: name at least one table",
+            ));
         }
         if self.source.sql.is_none() && self.source.tables.len() > 1 {
             return Err(config_error(
@@ -191,7 +193,9 @@ impl Pipeline {
             return Err(config_error("sink.parquet.path is empty"));
         }
         if p.row_group_rows == 0 {
-            return Err(config_error("sink.parquet.row_group_rows must be at least 1"));
+            return Err(config_error(
+                "sink.parquet.row_group_rows must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -252,7 +256,9 @@ pub fn substitute_env(raw: &str) -> Result<String> {
 /// Applies one `key.path=value` override to a YAML tree.
 fn apply_override(root: &mut Value, spec: &str) -> Result<()> {
     let (key, raw_value) = spec.split_once('=').ok_or_else(|| {
-        config_error(format!("invalid --set `{spec}`: expected KEY=VALUE, e.g. embed.batch_tokens=4096"))
+        config_error(format!(
+            "invalid --set `{spec}`: expected KEY=VALUE, e.g. embed.batch_tokens=4096"
+        ))
     })?;
     let key = key.trim();
     if key.is_empty() || key.split('.').any(|p| p.is_empty()) {
@@ -264,7 +270,9 @@ fn apply_override(root: &mut Value, spec: &str) -> Result<()> {
         Value::String(String::new())
     } else {
         serde_yaml_ng::from_str(raw_value).map_err(|e| {
-            config_error(format!("invalid --set `{spec}`: the value is not valid YAML: {e}"))
+            config_error(format!(
+                "invalid --set `{spec}`: the value is not valid YAML: {e}"
+            ))
         })?
     };
     let mut node = root;
@@ -362,7 +370,10 @@ mod tests {
         assert_eq!(Pipeline::parse(&y, &[]).unwrap().embed.model, "fallback");
         let y = BASE.replace("model: m", "model: ${EMBEDFLOW_TEST_UNSET_VAR}");
         let e = Pipeline::parse(&y, &[]).unwrap_err().to_string();
-        assert!(e.contains("EMBEDFLOW_TEST_UNSET_VAR") && e.contains("line 5"), "{e}");
+        assert!(
+            e.contains("EMBEDFLOW_TEST_UNSET_VAR") && e.contains("line 5"),
+            "{e}"
+        );
         assert_eq!(substitute_env("a $${X} b").unwrap(), "a ${X} b");
     }
 }

@@ -47,7 +47,10 @@ fn table_format(spec: &TableSpec) -> TableFormat {
     let lower = spec.path.to_ascii_lowercase();
     if lower.ends_with(".csv") || lower.ends_with(".csv.gz") {
         TableFormat::Csv
-    } else if [".json", ".jsonl", ".ndjson"].iter().any(|e| lower.ends_with(e)) {
+    } else if [".json", ".jsonl", ".ndjson"]
+        .iter()
+        .any(|e| lower.ends_with(e))
+    {
         TableFormat::Json
     } else {
         TableFormat::Parquet
@@ -148,7 +151,11 @@ fn is_text(t: &DataType) -> bool {
 }
 
 /// The pipeline's DataFrame: `id`, `vector` (from `embed(text)`) and the other source columns.
-pub fn output_frame(source: DataFrame, pipeline: &Pipeline, ctx: &SessionContext) -> Result<DataFrame> {
+pub fn output_frame(
+    source: DataFrame,
+    pipeline: &Pipeline,
+    ctx: &SessionContext,
+) -> Result<DataFrame> {
     let schema = source.schema().clone();
     let text = &pipeline.embed.text;
     let text_type = field_type(&schema, text, "embed.text")?;
@@ -167,7 +174,10 @@ pub fn output_frame(source: DataFrame, pipeline: &Pipeline, ctx: &SessionContext
         }
         None => datafusion::functions::expr_fn::md5(ident(text.as_str())),
     };
-    let mut exprs = vec![id_expr.alias("id"), embed.call(vec![ident(text.as_str())]).alias("vector")];
+    let mut exprs = vec![
+        id_expr.alias("id"),
+        embed.call(vec![ident(text.as_str())]).alias("vector"),
+    ];
     for f in schema.fields() {
         let name = f.name();
         if Some(name) == pipeline.embed.id.as_ref() {
@@ -206,7 +216,14 @@ pub async fn known_source_rows(plan: &PipelinePlan, pipeline: &Pipeline) -> Opti
     if table_format(spec) != TableFormat::Parquet {
         return None;
     }
-    let df = plan.ctx.sql(&format!("SELECT COUNT(*) FROM \"{}\"", name.replace('"', "\"\""))).await.ok()?;
+    let df = plan
+        .ctx
+        .sql(&format!(
+            "SELECT COUNT(*) FROM \"{}\"",
+            name.replace('"', "\"\"")
+        ))
+        .await
+        .ok()?;
     let batches = df.collect().await.ok()?;
     let col = batches.first()?.column(0).clone();
     let counts = col

@@ -77,9 +77,14 @@ pub async fn top_k(
             continue;
         }
         let column = ident(name.as_str());
-        let is_text = matches!(f.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
+        let is_text = matches!(
+            f.data_type(),
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+        );
         exprs.push(match width {
-            Some(w) if is_text => datafusion::functions::expr_fn::left(column, lit(w as i64)).alias(name),
+            Some(w) if is_text => {
+                datafusion::functions::expr_fn::left(column, lit(w as i64)).alias(name)
+            }
             _ => column,
         });
     }

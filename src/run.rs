@@ -150,11 +150,11 @@ async fn drive(
         summary.rows_read += rows;
         summary.rows_skipped += skipped;
         summary.rows_embedded += rows - skipped;
-        if batch.num_rows() > 0 {
-            if let Err(e) = sink.write(batch).await {
-                sink.abort().await;
-                return Err(e);
-            }
+        if batch.num_rows() > 0
+            && let Err(e) = sink.write(batch).await
+        {
+            sink.abort().await;
+            return Err(e);
         }
         progress.advance(rows, embedder.tokens_seen());
     }

@@ -144,4 +144,3 @@ impl ScalarUDFImpl for CosineSimilarity {
         }
     }
 }
-

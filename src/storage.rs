@@ -54,7 +54,9 @@ impl OutputLocation {
     /// `path` is a folder (the vectors go to `part-0.parquet` in it) or a `.parquet` file.
     pub fn for_parquet_sink(path: &str) -> Result<OutputLocation> {
         if is_remote(path) {
-            bail!("sink.parquet.path {path}: remote storage is not supported yet (only local paths)");
+            bail!(
+                "sink.parquet.path {path}: remote storage is not supported yet (only local paths)"
+            );
         }
         let local = Path::new(path.strip_prefix("file://").unwrap_or(path));
         let file = if local.extension().is_some_and(|e| e == "parquet") {
@@ -82,7 +84,11 @@ impl OutputLocation {
     pub async fn check_writable(&self) -> Result<()> {
         if let Some(dir) = &self.local_dir {
             std::fs::create_dir_all(dir).map_err(|e| {
-                anyhow::anyhow!("output {} is not writable: cannot create {}: {e}", self.display, dir.display())
+                anyhow::anyhow!(
+                    "output {} is not writable: cannot create {}: {e}",
+                    self.display,
+                    dir.display()
+                )
             })?;
             tempfile::Builder::new()
                 .prefix(".embedflow-write-check")

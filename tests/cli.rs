@@ -35,12 +35,24 @@ fn run_writes_vectors_equal_to_direct_embedding_in_any_order() {
     let dir = tempfile::tempdir().unwrap();
     sample(dir.path());
     // A small token budget forces several micro-batches, so order restoring is exercised.
-    write(dir.path(), "p.yaml", &pipeline_yaml("docs.parquet", "out", "  batch_tokens: 64\n"));
-    let o = embedflow(dir.path(), &["run", "p.yaml", "--summary-json", "summary.json"]);
+    write(
+        dir.path(),
+        "p.yaml",
+        &pipeline_yaml("docs.parquet", "out", "  batch_tokens: 64\n"),
+    );
+    let o = embedflow(
+        dir.path(),
+        &["run", "p.yaml", "--summary-json", "summary.json"],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).contains("rows read 8, embedded 8, skipped 0"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("rows read 8, embedded 8, skipped 0"),
+        "{}",
+        stdout(&o)
+    );
     let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap())
+            .unwrap();
     assert_eq!(summary["rows_written"], 8);
     assert!(summary["tokens"].as_u64().unwrap() > 50);
 
@@ -51,7 +63,10 @@ fn run_writes_vectors_equal_to_direct_embedding_in_any_order() {
         let i: usize = id.strip_prefix("doc-").unwrap().parse().unwrap();
         let alone = embedder.embed(&[Some(TEXTS[i])]).unwrap();
         let c = cosine(&v, &alone);
-        assert!(c > 0.99999, "{id}: cosine {c} to its own text embedded alone");
+        assert!(
+            c > 0.99999,
+            "{id}: cosine {c} to its own text embedded alone"
+        );
         let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-4, "{id}: norm {norm}");
     }
@@ -61,11 +76,29 @@ fn run_writes_vectors_equal_to_direct_embedding_in_any_order() {
 fn query_finds_the_closest_text() {
     let dir = tempfile::tempdir().unwrap();
     sample(dir.path());
-    write(dir.path(), "p.yaml", &pipeline_yaml("docs.parquet", "out", ""));
+    write(
+        dir.path(),
+        "p.yaml",
+        &pipeline_yaml("docs.parquet", "out", ""),
+    );
     assert!(embedflow(dir.path(), &["run", "p.yaml"]).status.success());
-    let o = embedflow(dir.path(), &["query", "p.yaml", "propagating errors with the question mark", "-k", "2", "--format", "json"]);
+    let o = embedflow(
+        dir.path(),
+        &[
+            "query",
+            "p.yaml",
+            "propagating errors with the question mark",
+            "-k",
+            "2",
+            "--format",
+            "json",
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
-    let lines: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["id"], "doc-4", "{lines:?}");
     assert!(lines[0]["score"].as_f64().unwrap() > lines[1]["score"].as_f64().unwrap());
@@ -90,7 +123,10 @@ fn sql_has_embed_and_cosine_similarity() {
     assert!(o.status.success(), "{}", stderr(&o));
     let row: serde_json::Value = serde_json::from_str(stdout(&o).lines().next().unwrap()).unwrap();
     assert_eq!(row["id"], "doc-2");
-    assert!(row["t"].as_str().unwrap().contains("FixedSizeList"), "{row}");
+    assert!(
+        row["t"].as_str().unwrap().contains("FixedSizeList"),
+        "{row}"
+    );
     assert!(row["t"].as_str().unwrap().contains("384"), "{row}");
 }
 
@@ -98,12 +134,22 @@ fn sql_has_embed_and_cosine_similarity() {
 fn validate_prints_schema_and_explain_prints_plan_without_output() {
     let dir = tempfile::tempdir().unwrap();
     sample(dir.path());
-    write(dir.path(), "p.yaml", &pipeline_yaml("docs.parquet", "out", ""));
+    write(
+        dir.path(),
+        "p.yaml",
+        &pipeline_yaml("docs.parquet", "out", ""),
+    );
     let o = embedflow(dir.path(), &["validate", "p.yaml"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
-    assert!(out.contains("vector: FixedSizeList") && out.contains("384"), "{out}");
-    assert!(out.contains("  text: Utf8") && out.contains("  n: Int64"), "{out}");
+    assert!(
+        out.contains("vector: FixedSizeList") && out.contains("384"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  text: Utf8") && out.contains("  n: Int64"),
+        "{out}"
+    );
     let o = embedflow(dir.path(), &["explain", "p.yaml"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("embed(docs.text)"), "{}", stdout(&o));
@@ -118,11 +164,22 @@ fn null_text_is_skipped_and_counted() {
         &["a", "b", "c"],
         &[Some("first"), None, Some("third")],
     );
-    write(dir.path(), "p.yaml", &pipeline_yaml("docs.parquet", "out", ""));
+    write(
+        dir.path(),
+        "p.yaml",
+        &pipeline_yaml("docs.parquet", "out", ""),
+    );
     let o = embedflow(dir.path(), &["run", "p.yaml"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).contains("rows read 3, embedded 2, skipped 1 (null text), written 2"), "{}", stdout(&o));
-    let ids: Vec<String> = read_vectors(&dir.path().join("out/part-0.parquet")).into_iter().map(|r| r.0).collect();
+    assert!(
+        stdout(&o).contains("rows read 3, embedded 2, skipped 1 (null text), written 2"),
+        "{}",
+        stdout(&o)
+    );
+    let ids: Vec<String> = read_vectors(&dir.path().join("out/part-0.parquet"))
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
     assert_eq!(ids.len(), 2);
     assert!(!ids.contains(&"b".to_string()));
 }
@@ -131,7 +188,11 @@ fn null_text_is_skipped_and_counted() {
 fn empty_table_writes_valid_empty_output() {
     let dir = tempfile::tempdir().unwrap();
     write_text_parquet(&dir.path().join("docs.parquet"), &[], &[]);
-    write(dir.path(), "p.yaml", &pipeline_yaml("docs.parquet", "out", ""));
+    write(
+        dir.path(),
+        "p.yaml",
+        &pipeline_yaml("docs.parquet", "out", ""),
+    );
     let o = embedflow(dir.path(), &["run", "p.yaml"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("rows read 0"), "{}", stdout(&o));
@@ -142,8 +203,16 @@ fn empty_table_writes_valid_empty_output() {
 fn failed_run_leaves_previous_output_untouched() {
     let dir = tempfile::tempdir().unwrap();
     sample(dir.path());
-    write(dir.path(), "good.yaml", &pipeline_yaml("docs.parquet", "out", ""));
-    assert!(embedflow(dir.path(), &["run", "good.yaml"]).status.success());
+    write(
+        dir.path(),
+        "good.yaml",
+        &pipeline_yaml("docs.parquet", "out", ""),
+    );
+    assert!(
+        embedflow(dir.path(), &["run", "good.yaml"])
+            .status
+            .success()
+    );
     let before = std::fs::read(dir.path().join("out/part-0.parquet")).unwrap();
     // Fails while streaming: division by zero at row n = 5.
     let bad = pipeline_yaml("docs.parquet", "out", "").replace(
@@ -153,24 +222,51 @@ fn failed_run_leaves_previous_output_untouched() {
     write(dir.path(), "bad.yaml", &bad);
     let o = embedflow(dir.path(), &["run", "bad.yaml"]);
     assert_fails_with(&o, 1, "Divide by zero");
-    assert_eq!(std::fs::read(dir.path().join("out/part-0.parquet")).unwrap(), before);
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("out")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(
+        std::fs::read(dir.path().join("out/part-0.parquet")).unwrap(),
+        before
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("out"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert_eq!(leftovers.len(), 1, "{leftovers:?}");
 }
 
 #[test]
 fn missing_file() {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "p.yaml", &pipeline_yaml("nope.parquet", "out", ""));
-    assert_fails_with(&embedflow(dir.path(), &["run", "p.yaml"]), 1, "table `docs`: file not found: nope.parquet");
+    write(
+        dir.path(),
+        "p.yaml",
+        &pipeline_yaml("nope.parquet", "out", ""),
+    );
+    assert_fails_with(
+        &embedflow(dir.path(), &["run", "p.yaml"]),
+        1,
+        "table `docs`: file not found: nope.parquet",
+    );
 }
 
 #[test]
 fn corrupt_parquet() {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "docs.parquet", "this is not parquet at all, just text");
-    write(dir.path(), "p.yaml", &pipeline_yaml("docs.parquet", "out", ""));
-    assert_fails_with(&embedflow(dir.path(), &["run", "p.yaml"]), 1, "table `docs` (docs.parquet)");
+    write(
+        dir.path(),
+        "docs.parquet",
+        "this is not parquet at all, just text",
+    );
+    write(
+        dir.path(),
+        "p.yaml",
+        &pipeline_yaml("docs.parquet", "out", ""),
+    );
+    assert_fails_with(
+        &embedflow(dir.path(), &["run", "p.yaml"]),
+        1,
+        "table `docs` (docs.parquet)",
+    );
 }
 
 #[test]
@@ -180,22 +276,42 @@ fn missing_column_lists_available_ones() {
     let y = pipeline_yaml("docs.parquet", "out", "").replace("text: text", "text: body");
     write(dir.path(), "p.yaml", &y);
     let o = embedflow(dir.path(), &["run", "p.yaml"]);
-    assert!(stderr(&o).contains("text (") && stderr(&o).contains("n (Int64)"), "{}", stderr(&o));
-    assert_fails_with(&o, 1, "embed.text: column `body` not found; available columns: id (");
+    assert!(
+        stderr(&o).contains("text (") && stderr(&o).contains("n (Int64)"),
+        "{}",
+        stderr(&o)
+    );
+    assert_fails_with(
+        &o,
+        1,
+        "embed.text: column `body` not found; available columns: id (",
+    );
 }
 
 #[test]
 fn non_string_text_column() {
     let dir = tempfile::tempdir().unwrap();
     sample(dir.path());
-    write(dir.path(), "p.yaml", &pipeline_yaml("docs.parquet", "out", "").replace("text: text", "text: n"));
-    assert_fails_with(&embedflow(dir.path(), &["validate", "p.yaml"]), 1, "column `n` is Int64, not text");
+    write(
+        dir.path(),
+        "p.yaml",
+        &pipeline_yaml("docs.parquet", "out", "").replace("text: text", "text: n"),
+    );
+    assert_fails_with(
+        &embedflow(dir.path(), &["validate", "p.yaml"]),
+        1,
+        "column `n` is Int64, not text",
+    );
 }
 
 #[test]
 fn invalid_yaml() {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "p.yaml", "source:\n  tables: [unclosed\nembed: {\n");
+    write(
+        dir.path(),
+        "p.yaml",
+        "source:\n  tables: [unclosed\nembed: {\n",
+    );
     assert_fails_with(&embedflow(dir.path(), &["run", "p.yaml"]), 2, "line");
 }
 
@@ -206,32 +322,67 @@ fn unknown_key_names_line_and_suggests() {
     write(dir.path(), "p.yaml", &y);
     let o = embedflow(dir.path(), &["validate", "p.yaml"]);
     assert_fails_with(&o, 2, "unknown field `batch_tokenz`");
-    assert!(stderr(&o).contains("line 8") && stderr(&o).contains("did you mean `batch_tokens`"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("line 8") && stderr(&o).contains("did you mean `batch_tokens`"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
 fn bad_set_override() {
     let dir = tempfile::tempdir().unwrap();
     sample(dir.path());
-    write(dir.path(), "p.yaml", &pipeline_yaml("docs.parquet", "out", ""));
-    assert_fails_with(&embedflow(dir.path(), &["run", "p.yaml", "--set", "embed.batch_tokens"]), 2, "expected KEY=VALUE");
-    assert_fails_with(&embedflow(dir.path(), &["run", "p.yaml", "--set", "embed.batch_tokens=many"]), 2, "--set");
+    write(
+        dir.path(),
+        "p.yaml",
+        &pipeline_yaml("docs.parquet", "out", ""),
+    );
+    assert_fails_with(
+        &embedflow(
+            dir.path(),
+            &["run", "p.yaml", "--set", "embed.batch_tokens"],
+        ),
+        2,
+        "expected KEY=VALUE",
+    );
+    assert_fails_with(
+        &embedflow(
+            dir.path(),
+            &["run", "p.yaml", "--set", "embed.batch_tokens=many"],
+        ),
+        2,
+        "--set",
+    );
 }
 
 #[test]
 fn missing_env_var() {
     let dir = tempfile::tempdir().unwrap();
-    let y = pipeline_yaml("docs.parquet", "out", "").replace("all-MiniLM-L6-v2", "${EMBEDFLOW_TEST_NO_SUCH_VAR}");
+    let y = pipeline_yaml("docs.parquet", "out", "")
+        .replace("all-MiniLM-L6-v2", "${EMBEDFLOW_TEST_NO_SUCH_VAR}");
     write(dir.path(), "p.yaml", &y);
-    assert_fails_with(&embedflow(dir.path(), &["run", "p.yaml"]), 2, "EMBEDFLOW_TEST_NO_SUCH_VAR is not set");
+    assert_fails_with(
+        &embedflow(dir.path(), &["run", "p.yaml"]),
+        2,
+        "EMBEDFLOW_TEST_NO_SUCH_VAR is not set",
+    );
 }
 
 #[test]
 fn unknown_model_says_how_to_install() {
     let dir = tempfile::tempdir().unwrap();
     sample(dir.path());
-    write(dir.path(), "p.yaml", &pipeline_yaml("docs.parquet", "out", "").replace("all-MiniLM-L6-v2", "no-such-model"));
-    assert_fails_with(&embedflow(dir.path(), &["run", "p.yaml"]), 1, "scripts/setup.sh");
+    write(
+        dir.path(),
+        "p.yaml",
+        &pipeline_yaml("docs.parquet", "out", "").replace("all-MiniLM-L6-v2", "no-such-model"),
+    );
+    assert_fails_with(
+        &embedflow(dir.path(), &["run", "p.yaml"]),
+        1,
+        "scripts/setup.sh",
+    );
 }
 
 #[test]
@@ -243,18 +394,42 @@ fn unreadable_model() {
     std::fs::write(model.join("model.onnx"), b"\x00\x01 not an onnx graph").unwrap();
     let cached = embedflow::embed::model::resolve("all-MiniLM-L6-v2").unwrap();
     std::fs::copy(cached.tokenizer, model.join("tokenizer.json")).unwrap();
-    write(dir.path(), "p.yaml", &pipeline_yaml("docs.parquet", "out", "").replace("all-MiniLM-L6-v2", "broken-model"));
-    assert_fails_with(&embedflow(dir.path(), &["run", "p.yaml"]), 1, "model broken-model: cannot load");
+    write(
+        dir.path(),
+        "p.yaml",
+        &pipeline_yaml("docs.parquet", "out", "").replace("all-MiniLM-L6-v2", "broken-model"),
+    );
+    assert_fails_with(
+        &embedflow(dir.path(), &["run", "p.yaml"]),
+        1,
+        "model broken-model: cannot load",
+    );
 }
 
 #[test]
 fn missing_onnx_runtime_library() {
     let dir = tempfile::tempdir().unwrap();
     sample(dir.path());
-    write(dir.path(), "p.yaml", &pipeline_yaml("docs.parquet", "out", "  onnxruntime: /nonexistent/libonnxruntime.so\n"));
+    write(
+        dir.path(),
+        "p.yaml",
+        &pipeline_yaml(
+            "docs.parquet",
+            "out",
+            "  onnxruntime: /nonexistent/libonnxruntime.so\n",
+        ),
+    );
     let o = embedflow(dir.path(), &["run", "p.yaml"]);
-    assert_fails_with(&o, 1, "ONNX Runtime library not found at /nonexistent/libonnxruntime.so");
-    assert!(stderr(&o).contains("pip install onnxruntime"), "{}", stderr(&o));
+    assert_fails_with(
+        &o,
+        1,
+        "ONNX Runtime library not found at /nonexistent/libonnxruntime.so",
+    );
+    assert!(
+        stderr(&o).contains("pip install onnxruntime"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -262,7 +437,11 @@ fn output_path_not_writable() {
     let dir = tempfile::tempdir().unwrap();
     sample(dir.path());
     write(dir.path(), "blocker", "a file where a folder should be");
-    write(dir.path(), "p.yaml", &pipeline_yaml("docs.parquet", "blocker/out", ""));
+    write(
+        dir.path(),
+        "p.yaml",
+        &pipeline_yaml("docs.parquet", "blocker/out", ""),
+    );
     let o = embedflow(dir.path(), &["run", "p.yaml"]);
     assert_fails_with(&o, 1, "is not writable");
     assert!(!stdout(&o).contains("rows read"), "failed before embedding");

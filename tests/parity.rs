@@ -53,15 +53,27 @@ fn golden_cosines(embedder: &Embedder, shared: &Path) -> Vec<f64> {
 
 #[test]
 fn token_ids_equal_sentence_transformers() {
-    let Some(shared) = common::shared_dir() else { return };
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
     let embedder = fp32_embedder(&shared);
     let inputs = golden_inputs(&shared);
     let golden = std::fs::read_to_string(shared.join("golden/ids.jsonl")).unwrap();
     let mut checked = 0;
     for (line, text) in golden.lines().zip(&inputs) {
         let g: serde_json::Value = serde_json::from_str(line).unwrap();
-        let want: Vec<u32> = g["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-        let mask: Vec<u32> = g["attention_mask"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let want: Vec<u32> = g["input_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        let mask: Vec<u32> = g["attention_mask"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
         let got = embedder.tokens(text).unwrap();
         assert_eq!(got.ids, want, "input {}: {text:?}", g["i"]);
         assert_eq!(got.attention_mask, mask, "mask of input {}", g["i"]);
@@ -72,19 +84,24 @@ fn token_ids_equal_sentence_transformers() {
 
 #[test]
 fn fp32_vectors_match_sentence_transformers() {
-    let Some(shared) = common::shared_dir() else { return };
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
     let cosines = golden_cosines(&fp32_embedder(&shared), &shared);
-    let (worst, min) = cosines
-        .iter()
-        .enumerate()
-        .fold((0, f64::MAX), |acc, (i, &c)| if c < acc.1 { (i, c) } else { acc });
+    let (worst, min) =
+        cosines.iter().enumerate().fold(
+            (0, f64::MAX),
+            |acc, (i, &c)| if c < acc.1 { (i, c) } else { acc },
+        );
     eprintln!("fp32 model: minimum cosine {min:.7} (input {worst})");
     assert!(min >= 0.99999, "input {worst}: cosine {min}");
 }
 
 #[test]
 fn offline_default_model_stays_close() {
-    let Some(shared) = common::shared_dir() else { return };
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
     let cosines = golden_cosines(&default_embedder(), &shared);
     let min = cosines.iter().cloned().fold(f64::MAX, f64::min);
     let mean = cosines.iter().sum::<f64>() / cosines.len() as f64;
@@ -124,7 +141,9 @@ fn pearson(a: &[f64], b: &[f64]) -> f64 {
 
 #[test]
 fn spearman_on_stsb_dev() {
-    let Some(shared) = common::shared_dir() else { return };
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
     let embedder = fp32_embedder(&shared);
     let tsv = std::fs::read_to_string(shared.join("data/stsb_dev.tsv")).unwrap();
     let mut gold = Vec::new();
@@ -132,13 +151,19 @@ fn spearman_on_stsb_dev() {
     let mut right = Vec::new();
     for line in tsv.lines() {
         let parts: Vec<&str> = line.split('\t').collect();
-        let Ok(score) = parts[0].parse::<f64>() else { continue }; // header
+        let Ok(score) = parts[0].parse::<f64>() else {
+            continue;
+        }; // header
         gold.push(score);
         left.push(parts[1].to_string());
         right.push(parts[2].to_string());
     }
     assert_eq!(gold.len(), 1500);
-    let rows: Vec<Option<&str>> = left.iter().chain(&right).map(|s| Some(s.as_str())).collect();
+    let rows: Vec<Option<&str>> = left
+        .iter()
+        .chain(&right)
+        .map(|s| Some(s.as_str()))
+        .collect();
     let v = embedder.embed(&rows).unwrap();
     let d = embedder.dim();
     let n = gold.len();

@@ -8,7 +8,11 @@
 /// `lengths[i]` is row i's token count. Rows are taken longest first (a memory peak shows up in
 /// the first batch, not the last), and a batch grows while `rows x longest <= batch_tokens` and
 /// `rows <= batch_rows`. A row longer than the budget gets a batch of its own.
-pub fn plan_micro_batches(lengths: &[usize], batch_tokens: usize, batch_rows: usize) -> Vec<Vec<usize>> {
+pub fn plan_micro_batches(
+    lengths: &[usize],
+    batch_tokens: usize,
+    batch_rows: usize,
+) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.sort_by(|&a, &b| lengths[b].cmp(&lengths[a]).then(a.cmp(&b)));
     let mut batches = Vec::new();
@@ -61,7 +65,10 @@ mod tests {
             .iter()
             .map(|b| b.len() * b.iter().map(|&i| lengths[i]).max().unwrap())
             .sum();
-        assert!((padded as f64) < real as f64 * 1.15, "padded {padded} vs real {real}");
+        assert!(
+            (padded as f64) < real as f64 * 1.15,
+            "padded {padded} vs real {real}"
+        );
     }
 
     #[test]

@@ -102,7 +102,11 @@ impl Embedder {
         let max_seq_length = opts.max_seq_length.unwrap_or(files.settings.max_seq_length);
 
         let mut tokenizer = Tokenizer::from_file(&files.tokenizer).map_err(|e| {
-            anyhow!("model {}: cannot read {}: {e}", files.name, files.tokenizer.display())
+            anyhow!(
+                "model {}: cannot read {}: {e}",
+                files.name,
+                files.tokenizer.display()
+            )
         })?;
         // tokenizer.json carries fixed padding/truncation; sentence-transformers overrides both:
         // truncate at max_seq_length (counting [CLS] and [SEP]) and pad per batch (done here).
@@ -138,7 +142,11 @@ impl Embedder {
                 )
             })?;
 
-        let names: Vec<String> = session.inputs().iter().map(|o| o.name().to_string()).collect();
+        let names: Vec<String> = session
+            .inputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
         let find = |n: &str| names.iter().find(|x| x.as_str() == n).cloned();
         let input_names = InputNames {
             ids: find("input_ids").with_context(|| {
@@ -152,7 +160,11 @@ impl Embedder {
             mask: find("attention_mask"),
             type_ids: find("token_type_ids"),
         };
-        let outputs: Vec<String> = session.outputs().iter().map(|o| o.name().to_string()).collect();
+        let outputs: Vec<String> = session
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
         let output_name = outputs
             .iter()
             .find(|n| n.as_str() == "last_hidden_state" || n.as_str() == "token_embeddings")
@@ -224,7 +236,10 @@ impl Embedder {
     /// zeros for `None` rows) in the input order.
     pub fn embed(&self, texts: &[Option<&str>]) -> Result<Vec<f32>> {
         let present: Vec<usize> = (0..texts.len()).filter(|&i| texts[i].is_some()).collect();
-        let strs: Vec<&str> = present.iter().map(|&i| texts[i].unwrap_or_default()).collect();
+        let strs: Vec<&str> = present
+            .iter()
+            .map(|&i| texts[i].unwrap_or_default())
+            .collect();
         let encodings = self.tokenize(&strs)?;
         let lengths: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
         let mut out = vec![0f32; texts.len() * self.dim];
@@ -260,7 +275,10 @@ impl Embedder {
             tokens += e.get_ids().len() as u64;
         }
         let shape = [rows as i64, seq as i64];
-        let mut inputs: Vec<(std::borrow::Cow<'_, str>, ort::session::SessionInputValue<'_>)> = Vec::new();
+        let mut inputs: Vec<(
+            std::borrow::Cow<'_, str>,
+            ort::session::SessionInputValue<'_>,
+        )> = Vec::new();
         inputs.push((
             self.input_names.ids.as_str().into(),
             Tensor::from_array((shape, ids)).map_err(ort_err)?.into(),
@@ -268,7 +286,9 @@ impl Embedder {
         if let Some(n) = &self.input_names.mask {
             inputs.push((
                 n.as_str().into(),
-                Tensor::from_array((shape, mask.clone())).map_err(ort_err)?.into(),
+                Tensor::from_array((shape, mask.clone()))
+                    .map_err(ort_err)?
+                    .into(),
             ));
         }
         if let Some(n) = &self.input_names.type_ids {
@@ -288,14 +308,27 @@ impl Embedder {
             .map_err(|e| anyhow!("model {}: inference failed: {e}", self.files.name))?;
         let (out_shape, hidden) = outputs[self.output_name.as_str()]
             .try_extract_tensor::<f32>()
-            .map_err(|e| anyhow!("model {}: output {}: {e}", self.files.name, self.output_name))?;
+            .map_err(|e| {
+                anyhow!(
+                    "model {}: output {}: {e}",
+                    self.files.name,
+                    self.output_name
+                )
+            })?;
         let dims: Vec<i64> = out_shape.iter().copied().collect();
         let pooled = match dims.as_slice() {
-            [b, s, d] if *b as usize == rows && *s as usize == seq => {
-                pool(hidden, &mask, rows, seq, *d as usize, self.files.settings.pooling)
-            }
+            [b, s, d] if *b as usize == rows && *s as usize == seq => pool(
+                hidden,
+                &mask,
+                rows,
+                seq,
+                *d as usize,
+                self.files.settings.pooling,
+            ),
             // Models that pool inside the graph return [batch, dim].
-            [b, d] if *b as usize == rows => hidden.to_vec().into_iter().take(rows * *d as usize).collect(),
+            [b, d] if *b as usize == rows => {
+                hidden.iter().copied().take(rows * *d as usize).collect()
+            }
             other => bail!(
                 "model {}: output {} has shape {other:?}, expected [{rows}, {seq}, dim] or [{rows}, dim]",
                 self.files.name,
@@ -318,7 +351,14 @@ impl Embedder {
 }
 
 /// Pools token vectors `[rows, seq, dim]` under the attention mask.
-fn pool(hidden: &[f32], mask: &[i64], rows: usize, seq: usize, dim: usize, how: Pooling) -> Vec<f32> {
+fn pool(
+    hidden: &[f32],
+    mask: &[i64],
+    rows: usize,
+    seq: usize,
+    dim: usize,
+    how: Pooling,
+) -> Vec<f32> {
     let mut out = vec![0f32; rows * dim];
     for r in 0..rows {
         let o = &mut out[r * dim..(r + 1) * dim];

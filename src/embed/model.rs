@@ -55,7 +55,9 @@ pub fn resolve(model: &str) -> Result<ModelFiles> {
     } else if looks_like_hub_id(model) && !as_path.exists() {
         hub::download(model)?
     } else if as_path.exists() {
-        bail!("model {model}: not a folder (expected a folder holding model.onnx and tokenizer.json)")
+        bail!(
+            "model {model}: not a folder (expected a folder holding model.onnx and tokenizer.json)"
+        )
     } else {
         bail!(
             "model `{model}` not found: not a folder, not in the local model cache ({}), not a Hugging Face id (org/name); {SETUP_HINT}",
@@ -72,7 +74,8 @@ fn looks_like_hub_id(model: &str) -> bool {
             !p.is_empty()
                 && *p != "."
                 && *p != ".."
-                && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         })
 }
 
@@ -132,9 +135,11 @@ struct TransformerConfig {
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
     match std::fs::read_to_string(path) {
-        Ok(text) => Ok(Some(
-            serde_json::from_str(&text).with_context(|| format!("invalid JSON in {}", path.display()))?,
-        )),
+        Ok(text) => {
+            Ok(Some(serde_json::from_str(&text).with_context(|| {
+                format!("invalid JSON in {}", path.display())
+            })?))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
@@ -149,7 +154,8 @@ pub fn read_settings(dir: &Path) -> Result<ModelSettings> {
         .find(|m| m.kind.ends_with("Pooling"))
         .map(|m| dir.join(&m.path))
         .unwrap_or_else(|| dir.join("1_Pooling"));
-    let pooling_cfg: PoolingConfig = read_json(&pooling_dir.join("config.json"))?.unwrap_or_default();
+    let pooling_cfg: PoolingConfig =
+        read_json(&pooling_dir.join("config.json"))?.unwrap_or_default();
     let pooling = if pooling_cfg.pooling_mode_cls_token {
         Pooling::Cls
     } else if pooling_cfg.pooling_mode_max_tokens && !pooling_cfg.pooling_mode_mean_tokens {
@@ -185,7 +191,12 @@ mod hub {
 
     fn offline() -> bool {
         std::env::var("HF_HUB_OFFLINE")
-            .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+            .map(|v| {
+                matches!(
+                    v.trim().to_ascii_lowercase().as_str(),
+                    "1" | "true" | "yes" | "on"
+                )
+            })
             .unwrap_or(false)
     }
 
@@ -197,7 +208,9 @@ mod hub {
         let id_owned = id.to_string();
         // hf-hub's async API needs a runtime; model loading happens outside the query runtime.
         let fetch = move || -> Result<PathBuf> {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(async move {
                 let api = hf_hub::api::tokio::ApiBuilder::from_env()
                     .with_progress(false)
@@ -265,7 +278,11 @@ mod tests {
     fn settings_follow_sentence_transformers_files() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("1_Pooling")).unwrap();
-        std::fs::write(dir.path().join("sentence_bert_config.json"), r#"{"max_seq_length": 256}"#).unwrap();
+        std::fs::write(
+            dir.path().join("sentence_bert_config.json"),
+            r#"{"max_seq_length": 256}"#,
+        )
+        .unwrap();
         std::fs::write(
             dir.path().join("modules.json"),
             r#"[{"idx":0,"name":"0","path":"","type":"sentence_transformers.models.Transformer"},
@@ -279,6 +296,13 @@ mod tests {
         )
         .unwrap();
         let s = read_settings(dir.path()).unwrap();
-        assert_eq!(s, ModelSettings { max_seq_length: 256, pooling: Pooling::Mean, normalize: true });
+        assert_eq!(
+            s,
+            ModelSettings {
+                max_seq_length: 256,
+                pooling: Pooling::Mean,
+                normalize: true
+            }
+        );
     }
 }

@@ -40,10 +40,14 @@ fn candidates(configured: Option<&Path>) -> Vec<PathBuf> {
     }
     venvs.push(PathBuf::from(".venv"));
     for venv in venvs {
-        let Ok(libs) = std::fs::read_dir(venv.join("lib")) else { continue };
+        let Ok(libs) = std::fs::read_dir(venv.join("lib")) else {
+            continue;
+        };
         for py in libs.flatten() {
             let capi = py.path().join("site-packages/onnxruntime/capi");
-            let Ok(files) = std::fs::read_dir(&capi) else { continue };
+            let Ok(files) = std::fs::read_dir(&capi) else {
+                continue;
+            };
             let mut found: Vec<PathBuf> = files
                 .flatten()
                 .map(|f| f.path())
@@ -68,7 +72,10 @@ pub fn find_library(configured: Option<&Path>) -> Result<PathBuf> {
             return Ok(c.clone());
         }
     }
-    match (configured, std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty())) {
+    match (
+        configured,
+        std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()),
+    ) {
         (Some(p), _) => bail!(
             "ONNX Runtime library not found at {} (embed.onnxruntime): {INSTALL_HINT}",
             p.display()
@@ -88,8 +95,9 @@ pub fn find_library(configured: Option<&Path>) -> Result<PathBuf> {
     }
 }
 
-static ENVIRONMENT: OnceLock<std::result::Result<(PathBuf, ort::environment::Environment), String>> =
-    OnceLock::new();
+static ENVIRONMENT: OnceLock<
+    std::result::Result<(PathBuf, ort::environment::Environment), String>,
+> = OnceLock::new();
 
 /// Loads ONNX Runtime once per process and returns its environment.
 pub fn environment(configured: Option<&Path>) -> Result<ort::environment::Environment> {

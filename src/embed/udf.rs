@@ -92,14 +92,20 @@ impl ScalarUDFImpl for EmbedUdf {
             [DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View] => Ok(arg_types.to_vec()),
             [DataType::Null] => Ok(vec![DataType::Utf8]),
             [DataType::Dictionary(_, v)]
-                if matches!(**v, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) =>
+                if matches!(
+                    **v,
+                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+                ) =>
             {
                 Ok(vec![DataType::Utf8])
             }
             [other] => plan_err!(
                 "embed(text) expects a string argument, got {other}; cast it, e.g. embed(CAST(col AS VARCHAR))"
             ),
-            _ => plan_err!("embed(text) takes exactly one argument, got {}", arg_types.len()),
+            _ => plan_err!(
+                "embed(text) takes exactly one argument, got {}",
+                arg_types.len()
+            ),
         }
     }
 
@@ -118,7 +124,9 @@ impl ScalarUDFImpl for EmbedUdf {
         let rows = string_rows(&array)?;
         let result = self.embed_rows(&rows)?;
         if scalar {
-            Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&result, 0)?))
+            Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(
+                &result, 0,
+            )?))
         } else {
             Ok(ColumnarValue::Array(result))
         }

@@ -8,12 +8,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
-use object_store::buffered::BufWriter;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::parquet::arrow::AsyncArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
+use object_store::buffered::BufWriter;
 
 use super::{Sink, SinkReport};
 use crate::config::ParquetSinkSpec;
@@ -52,7 +52,12 @@ impl Sink for ParquetSink {
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
         // Batches carry the plan's field flags; the file's schema is fixed at open.
         let batch = RecordBatch::try_new(Arc::clone(&self.schema), batch.columns().to_vec())
-            .with_context(|| format!("output {}: batch does not fit the output schema", self.location.display))?;
+            .with_context(|| {
+                format!(
+                    "output {}: batch does not fit the output schema",
+                    self.location.display
+                )
+            })?;
         self.writer
             .write(&batch)
             .await
@@ -63,7 +68,10 @@ impl Sink for ParquetSink {
 
     async fn finish(self: Box<Self>) -> Result<SinkReport> {
         let ParquetSink {
-            location, writer, rows, ..
+            location,
+            writer,
+            rows,
+            ..
         } = *self;
         writer
             .close()
@@ -78,7 +86,10 @@ impl Sink for ParquetSink {
     async fn abort(self: Box<Self>) {
         let mut inner = self.writer.into_inner();
         if let Err(e) = inner.abort().await {
-            tracing::warn!("could not discard partial output {}: {e}", self.location.display);
+            tracing::warn!(
+                "could not discard partial output {}: {e}",
+                self.location.display
+            );
         }
     }
 }

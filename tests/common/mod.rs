@@ -19,9 +19,15 @@ pub fn shared_dir() -> Option<PathBuf> {
         return Some(dir);
     }
     if std::env::var("EMBEDFLOW_REQUIRE_SHARED").as_deref() == Ok("1") {
-        panic!("{} is missing and EMBEDFLOW_REQUIRE_SHARED=1", dir.display());
+        panic!(
+            "{} is missing and EMBEDFLOW_REQUIRE_SHARED=1",
+            dir.display()
+        );
     }
-    eprintln!("SKIPPED: {} not found (golden vectors, fp32 model and corpora live there)", dir.display());
+    eprintln!(
+        "SKIPPED: {} not found (golden vectors, fp32 model and corpora live there)",
+        dir.display()
+    );
     None
 }
 
@@ -47,8 +53,14 @@ pub fn stdout(o: &Output) -> String {
 pub fn assert_fails_with(o: &Output, code: i32, needle: &str) {
     let err = stderr(o);
     assert_eq!(o.status.code(), Some(code), "exit code; stderr: {err}");
-    assert!(err.contains(needle), "stderr should mention {needle:?}: {err}");
-    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "panic: {err}");
+    assert!(
+        err.contains(needle),
+        "stderr should mention {needle:?}: {err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "panic: {err}"
+    );
     let error_lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(error_lines.len(), 1, "one error line expected: {err}");
 }
@@ -90,13 +102,22 @@ pub fn read_vectors(path: &Path) -> Vec<(String, Vec<f32>)> {
     use datafusion::arrow::array::{AsArray, Float32Array};
     use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let file = std::fs::File::open(path).unwrap();
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
     let mut out = Vec::new();
     for batch in reader {
         let batch = batch.unwrap();
-        let ids = datafusion::arrow::compute::cast(batch.column_by_name("id").unwrap(), &DataType::Utf8).unwrap();
+        let ids =
+            datafusion::arrow::compute::cast(batch.column_by_name("id").unwrap(), &DataType::Utf8)
+                .unwrap();
         let ids = ids.as_string::<i32>().clone();
-        let vectors = batch.column_by_name("vector").unwrap().as_fixed_size_list().clone();
+        let vectors = batch
+            .column_by_name("vector")
+            .unwrap()
+            .as_fixed_size_list()
+            .clone();
         for i in 0..batch.num_rows() {
             let v = vectors.value(i);
             let v = v.as_any().downcast_ref::<Float32Array>().unwrap();
