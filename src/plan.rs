@@ -62,25 +62,26 @@ pub async fn register_table(ctx: &SessionContext, name: &str, spec: &TableSpec) 
     storage::check_local_source(name, &spec.path)?;
     let path = spec.path.as_str();
     let format = table_format(spec);
+    // A single named file is read whatever its extension; folders and globs filter by it.
+    let single_file = std::path::Path::new(path).is_file();
     let result = match format {
         TableFormat::Parquet => {
             let mut opts = ParquetReadOptions::default();
-            // A single named file is read whatever its extension.
-            if std::path::Path::new(path).is_file() {
+            if single_file {
                 opts.file_extension = "";
             }
             ctx.register_parquet(name, path, opts).await
         }
         TableFormat::Csv => {
             let mut opts = CsvReadOptions::new();
-            if std::path::Path::new(path).is_file() {
+            if single_file {
                 opts.file_extension = "";
             }
             ctx.register_csv(name, path, opts).await
         }
         TableFormat::Json => {
             let mut opts = JsonReadOptions::default();
-            if std::path::Path::new(path).is_file() {
+            if single_file {
                 opts.file_extension = "";
             }
             ctx.register_json(name, path, opts).await
