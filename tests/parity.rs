@@ -51,6 +51,14 @@ fn golden_cosines(embedder: &Embedder, shared: &Path) -> Vec<f64> {
         .collect()
 }
 
+fn u32s(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
 #[test]
 fn token_ids_equal_sentence_transformers() {
     let Some(shared) = common::shared_dir() else {
@@ -62,18 +70,8 @@ fn token_ids_equal_sentence_transformers() {
     let mut checked = 0;
     for (line, text) in golden.lines().zip(&inputs) {
         let g: serde_json::Value = serde_json::from_str(line).unwrap();
-        let want: Vec<u32> = g["input_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect();
-        let mask: Vec<u32> = g["attention_mask"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect();
+        let want = u32s(&g["input_ids"]);
+        let mask = u32s(&g["attention_mask"]);
         let got = embedder.tokens(text).unwrap();
         assert_eq!(got.ids, want, "input {}: {text:?}", g["i"]);
         assert_eq!(got.attention_mask, mask, "mask of input {}", g["i"]);
