@@ -6,9 +6,9 @@ use std::sync::Arc;
 use anyhow::{Context, Result, anyhow};
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::Pipeline;
+use crate::config::{Pipeline, SinkKind};
 use crate::embed::{EmbedOptions, Embedder};
-use crate::error::config_error;
+use crate::error::{PartialRun, config_error};
 use crate::plan::{self, one_line};
 use crate::query::{self, OutputFormat};
 use crate::run::{self, RunOptions};
@@ -83,6 +83,12 @@ pub enum Command {
         /// Cut text columns to this many characters in table output (0: no cut).
         #[arg(long, default_value_t = 80)]
         width: usize,
+        /// Pinecone sink: a metadata filter as JSON, e.g. '{"lang": {"$eq": "en"}}'.
+        #[arg(long, value_name = "JSON")]
+        filter: Option<String>,
+        /// Pinecone sink: search this namespace instead of the pipeline's.
+        #[arg(long)]
+        namespace: Option<String>,
     },
     /// Ad-hoc SQL with embed() and cosine_similarity() registered.
     Sql {
@@ -123,15 +129,30 @@ pub async fn execute(cli: Cli) -> Result<()> {
                 std::fs::write(&path, json)
                     .with_context(|| format!("cannot write {}", path.display()))?;
             }
-            Ok(())
+            match summary.dead_letter {
+                Some(dead_letter) if summary.rows_failed > 0 => Err(PartialRun {
+                    rows_failed: summary.rows_failed,
+                    dead_letter,
+                }
+                .into()),
+                _ => Ok(()),
+            }
         }
         Command::Validate { pipeline } => {
             let p = pipeline.load()?;
             let embedder = run::load_embedder(&p).await?;
             let plan = plan::build(&p, Arc::clone(&embedder)).await?;
-            crate::storage::OutputLocation::for_parquet_sink(&p.sink.parquet()?.path)?
-                .check_writable()
-                .await?;
+            match p.sink.kind()? {
+                SinkKind::Parquet(spec) => {
+                    crate::storage::OutputLocation::for_parquet_sink(&spec.path)?
+                        .check_writable()
+                        .await?
+                }
+                SinkKind::Pinecone(spec) => {
+                    let conn = crate::sink::pinecone::connect(spec, embedder.dim()).await?;
+                    println!("sink: {} (key accepted, dimension matches)", conn.display);
+                }
+            }
             println!(
                 "pipeline {} is valid: model {} ({} dimensions)",
                 pipeline.pipeline.display(),
@@ -175,11 +196,40 @@ pub async fn execute(cli: Cli) -> Result<()> {
             k,
             format,
             width,
+            filter,
+            namespace,
         } => {
             let p = pipeline.load()?;
+            if k == 0 {
+                return Err(config_error("-k must be at least 1"));
+            }
+            let filter = filter
+                .map(|f| {
+                    serde_json::from_str::<serde_json::Value>(&f)
+                        .map_err(|e| config_error(format!("--filter is not JSON: {e}")))
+                })
+                .transpose()?;
             let embedder = run::load_embedder(&p).await?;
             let width = (width > 0 && format == OutputFormat::Table).then_some(width);
-            let batches = query::search(&p, embedder, &text, k, width).await?;
+            let batches = match p.sink.kind()? {
+                SinkKind::Parquet(_) => {
+                    if filter.is_some() || namespace.is_some() {
+                        return Err(config_error(
+                            "--filter and --namespace apply to a Pinecone sink; use `embedflow sql` to filter Parquet output",
+                        ));
+                    }
+                    query::search(&p, embedder, &text, k, width).await?
+                }
+                SinkKind::Pinecone(spec) => {
+                    let request = query::PineconeQuery {
+                        k,
+                        filter,
+                        namespace: namespace.or_else(|| spec.namespace.clone()),
+                        width,
+                    };
+                    query::search_pinecone(spec, &embedder, &text, &request).await?
+                }
+            };
             query::print(&batches, format)
         }
         Command::Sql {

@@ -59,9 +59,13 @@ pub struct EmbedSpec {
     /// Column holding the text.
     #[serde(default = "default_text")]
     pub text: String,
-    /// Column holding the id; when absent the id is the MD5 of the text.
+    /// Column holding the id; when absent the id is a stable hash of `key` (or of the text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// Columns whose values, hashed together, make the id when there is no id column, so a
+    /// re-run overwrites instead of duplicating. Default: the text column.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key: Vec<String>,
     /// Micro-batch budget in tokens (rows x longest row of the micro-batch).
     #[serde(default = "default_batch_tokens")]
     pub batch_tokens: usize,
@@ -95,14 +99,215 @@ fn default_batch_rows() -> usize {
 pub struct SinkSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parquet: Option<ParquetSinkSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinecone: Option<PineconeSinkSpec>,
+}
+
+/// The configured sink, once validated to be exactly one.
+#[derive(Debug, Clone, Copy)]
+pub enum SinkKind<'a> {
+    Parquet(&'a ParquetSinkSpec),
+    Pinecone(&'a PineconeSinkSpec),
 }
 
 impl SinkSpec {
-    /// The Parquet sink's settings (validated to be present).
+    /// The one sink the pipeline names.
+    pub fn kind(&self) -> Result<SinkKind<'_>> {
+        match (&self.parquet, &self.pinecone) {
+            (Some(p), None) => Ok(SinkKind::Parquet(p)),
+            (None, Some(p)) => Ok(SinkKind::Pinecone(p)),
+            (Some(_), Some(_)) => Err(config_error(
+                "sink: name one sink, not both parquet and pinecone (run the pipeline twice, once with --set for each)",
+            )),
+            (None, None) => Err(config_error(
+                "sink: name one sink, e.g. sink: { parquet: { path: out/vectors } } or sink: { pinecone: { index: docs } }",
+            )),
+        }
+    }
+
+    /// The Parquet sink's settings (an error when the pipeline writes elsewhere).
     pub fn parquet(&self) -> Result<&ParquetSinkSpec> {
-        self.parquet.as_ref().ok_or_else(|| {
-            config_error("sink: name one sink, e.g. sink: { parquet: { path: out/vectors } }")
-        })
+        match self.kind()? {
+            SinkKind::Parquet(p) => Ok(p),
+            SinkKind::Pinecone(_) => Err(config_error(
+                "this command needs a Parquet sink, but the pipeline writes to Pinecone",
+            )),
+        }
+    }
+}
+
+/// A secret read from the pipeline or the environment. It never prints: `Debug`, `Display` and
+/// serialization show `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Secret, D::Error> {
+        Ok(Secret::new(String::deserialize(d)?))
+    }
+}
+
+impl Secret {
+    pub fn new(value: String) -> Secret {
+        crate::error::register_secret(&value);
+        Secret(value)
+    }
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
+}
+
+/// What to do with a row whose metadata is over Pinecone's 40 KB limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OversizedMetadata {
+    /// Fail the run with an error naming the id.
+    #[default]
+    Error,
+    /// Cut the string field named by `truncate_field` until the metadata fits.
+    Truncate,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PineconeSinkSpec {
+    /// Index name, resolved to its data-plane host through the control plane.
+    pub index: String,
+    /// Data-plane host (skips the control-plane lookup); `https://` unless a scheme is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Control-plane URL; default `$PINECONE_CONTROLLER_HOST`, then `https://api.pinecone.io`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<String>,
+    /// The API key; default `$PINECONE_API_KEY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<Secret>,
+    /// A file holding the API key (used when `api_key` and `$PINECONE_API_KEY` are absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_file: Option<PathBuf>,
+    /// Namespace to write to (default: the index's default namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Columns sent as metadata.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metadata: Vec<String>,
+    /// Upper bound on vectors per upsert request (at most 1000); bytes also bound each request.
+    #[serde(default = "default_pinecone_batch_size")]
+    pub batch_size: usize,
+    /// Upper bound on serialized bytes per upsert request (at most 2 MB).
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+    /// Upper bound on upsert requests in flight; the writer adapts below it.
+    #[serde(default = "default_pinecone_concurrency")]
+    pub concurrency: usize,
+    /// Retries of one request (429, 5xx, timeouts, dropped connections) before its rows go to
+    /// the dead-letter file.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: usize,
+    /// Timeout of one HTTP request, in seconds.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+    /// Policy for a row whose metadata is over 40 KB.
+    #[serde(default)]
+    pub oversized_metadata: OversizedMetadata,
+    /// The string metadata field cut by `oversized_metadata: truncate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncate_field: Option<String>,
+    /// Where rows that could not be written go (JSON lines); default
+    /// `embedflow-dead-letter-<index>-<unix time>.jsonl` in the working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<PathBuf>,
+}
+
+/// Pinecone's documented limits.
+pub mod pinecone_limits {
+    pub const MAX_BATCH: usize = 1000;
+    pub const MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
+    pub const MAX_METADATA_BYTES: usize = 40 * 1024;
+    pub const MAX_ID_BYTES: usize = 512;
+    pub const MAX_CONCURRENCY: usize = 256;
+}
+
+fn default_pinecone_batch_size() -> usize {
+    200
+}
+fn default_max_request_bytes() -> usize {
+    2_000_000
+}
+fn default_pinecone_concurrency() -> usize {
+    16
+}
+fn default_max_retries() -> usize {
+    8
+}
+fn default_request_timeout() -> u64 {
+    30
+}
+
+impl PineconeSinkSpec {
+    fn validate(&self) -> Result<()> {
+        use pinecone_limits::*;
+        if self.index.trim().is_empty() {
+            return Err(config_error("sink.pinecone.index is empty"));
+        }
+        if !(1..=MAX_BATCH).contains(&self.batch_size) {
+            return Err(config_error(format!(
+                "sink.pinecone.batch_size must be 1 to {MAX_BATCH} (Pinecone's limit per upsert), got {}",
+                self.batch_size
+            )));
+        }
+        if !(64 * 1024..=MAX_REQUEST_BYTES).contains(&self.max_request_bytes) {
+            return Err(config_error(format!(
+                "sink.pinecone.max_request_bytes must be 65536 to {MAX_REQUEST_BYTES} (Pinecone's 2 MB limit), got {}",
+                self.max_request_bytes
+            )));
+        }
+        if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
+            return Err(config_error(format!(
+                "sink.pinecone.concurrency must be 1 to {MAX_CONCURRENCY}, got {}",
+                self.concurrency
+            )));
+        }
+        if self.request_timeout_secs == 0 {
+            return Err(config_error(
+                "sink.pinecone.request_timeout_secs must be at least 1",
+            ));
+        }
+        if let Some(ns) = &self.namespace
+            && (ns.len() > 512 || !ns.is_ascii())
+        {
+            return Err(config_error(
+                "sink.pinecone.namespace must be at most 512 ASCII characters",
+            ));
+        }
+        match (self.oversized_metadata, &self.truncate_field) {
+            (OversizedMetadata::Truncate, None) => {
+                return Err(config_error(
+                    "sink.pinecone.oversized_metadata is truncate: name the text field to cut with truncate_field",
+                ));
+            }
+            (OversizedMetadata::Truncate, Some(f)) if !self.metadata.contains(f) => {
+                return Err(config_error(format!(
+                    "sink.pinecone.truncate_field `{f}` is not one of the metadata columns {:?}",
+                    self.metadata
+                )));
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }
 
@@ -188,14 +393,23 @@ impl Pipeline {
         if self.embed.max_seq_length == Some(0) {
             return Err(config_error("embed.max_seq_length must be at least 1"));
         }
-        let p = self.sink.parquet()?;
-        if p.path.trim().is_empty() {
-            return Err(config_error("sink.parquet.path is empty"));
-        }
-        if p.row_group_rows == 0 {
+        if self.embed.id.is_some() && !self.embed.key.is_empty() {
             return Err(config_error(
-                "sink.parquet.row_group_rows must be at least 1",
+                "embed.id and embed.key are alternatives: the id is either a column or a hash of key columns",
             ));
+        }
+        match self.sink.kind()? {
+            SinkKind::Parquet(p) => {
+                if p.path.trim().is_empty() {
+                    return Err(config_error("sink.parquet.path is empty"));
+                }
+                if p.row_group_rows == 0 {
+                    return Err(config_error(
+                        "sink.parquet.row_group_rows must be at least 1",
+                    ));
+                }
+            }
+            SinkKind::Pinecone(p) => p.validate()?,
         }
         Ok(())
     }

@@ -12,6 +12,61 @@ pub mod exit {
     pub const FAILED: i32 = 1;
     /// The pipeline file or the command line is invalid: nothing was read or embedded.
     pub const CONFIG: i32 = 2;
+    /// The run finished but some rows could not be written; they are in the dead-letter file
+    /// named in the summary.
+    pub const PARTIAL: i32 = 3;
+}
+
+/// A run that finished with rows in the dead-letter file.
+#[derive(Debug)]
+pub struct PartialRun {
+    pub rows_failed: u64,
+    pub dead_letter: String,
+}
+
+impl fmt::Display for PartialRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "partial run: {} rows could not be written; they are in the dead-letter file {} (fix the cause and re-run: ids are stable, so rows already written are overwritten, not duplicated)",
+            self.rows_failed, self.dead_letter
+        )
+    }
+}
+
+impl std::error::Error for PartialRun {}
+
+static SECRETS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Remembers a secret so that [`redact`] removes it from anything printed.
+pub fn register_secret(value: &str) {
+    if value.len() >= 4
+        && let Ok(mut s) = SECRETS.lock()
+        && !s.iter().any(|v| v == value)
+    {
+        s.push(value.to_string());
+    }
+}
+
+/// Replaces every known secret (registered ones and the usual credential variables) with `***`.
+pub fn redact(text: &str) -> String {
+    let mut out = text.to_string();
+    let mut secrets: Vec<String> = SECRETS.lock().map(|s| s.clone()).unwrap_or_default();
+    for var in [
+        "PINECONE_API_KEY",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+    ] {
+        if let Ok(v) = std::env::var(var)
+            && v.len() >= 4
+        {
+            secrets.push(v);
+        }
+    }
+    for s in secrets {
+        out = out.replace(&s, "***");
+    }
+    out
 }
 
 /// An error in the pipeline file, its environment variables or a `--set` override.
@@ -35,6 +90,8 @@ pub fn config_error(msg: impl Into<String>) -> anyhow::Error {
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     if err.chain().any(|e| e.is::<ConfigError>()) {
         exit::CONFIG
+    } else if err.chain().any(|e| e.is::<PartialRun>()) {
+        exit::PARTIAL
     } else {
         exit::FAILED
     }

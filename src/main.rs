@@ -2,7 +2,7 @@ use std::io::IsTerminal;
 
 use clap::Parser;
 use embedflow::cli::{self, Cli};
-use embedflow::error::{exit, exit_code};
+use embedflow::error::{exit, exit_code, redact};
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(verbose: u8, quiet: bool) {
@@ -48,7 +48,7 @@ fn main() {
     match result {
         Ok(()) => std::process::exit(exit::OK),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", redact(&format!("{e:#}")));
             std::process::exit(exit_code(&e));
         }
     }

@@ -9,7 +9,8 @@ use datafusion::common::DFSchema;
 use datafusion::execution::FunctionRegistry;
 use datafusion::execution::context::SessionConfig;
 use datafusion::prelude::{
-    CsvReadOptions, DataFrame, Expr, JsonReadOptions, ParquetReadOptions, SessionContext, ident,
+    CsvReadOptions, DataFrame, Expr, JsonReadOptions, ParquetReadOptions, SessionContext, cast,
+    ident, lit,
 };
 
 use crate::config::{Pipeline, SourceSpec, TableFormat, TableSpec};
@@ -173,7 +174,17 @@ pub fn output_frame(
             field_type(&schema, id, "embed.id")?;
             ident(id.as_str())
         }
-        None => datafusion::functions::expr_fn::md5(ident(text.as_str())),
+        None => {
+            let key: Vec<String> = if pipeline.embed.key.is_empty() {
+                vec![text.clone()]
+            } else {
+                pipeline.embed.key.clone()
+            };
+            for k in &key {
+                field_type(&schema, k, "embed.key")?;
+            }
+            key_hash(&key)
+        }
     };
     let mut exprs = vec![
         id_expr.alias("id"),
@@ -192,6 +203,25 @@ pub fn output_frame(
         exprs.push(ident(name.as_str()));
     }
     Ok(source.select(exprs)?)
+}
+
+/// A stable id from key columns: the MD5 (hex) of their values as text, joined by U+001F, with
+/// U+0000 standing for null. One text column hashes to the MD5 of the text itself.
+fn key_hash(key: &[String]) -> Expr {
+    use datafusion::functions::expr_fn::{coalesce, concat_ws, md5};
+    if let [only] = key {
+        return md5(cast(ident(only.as_str()), DataType::Utf8));
+    }
+    let parts = key
+        .iter()
+        .map(|k| {
+            coalesce(vec![
+                cast(ident(k.as_str()), DataType::Utf8),
+                lit("\u{0}"),
+            ])
+        })
+        .collect();
+    md5(concat_ws(lit("\u{1f}"), parts))
 }
 
 /// Everything `run`, `validate` and `explain` need.

@@ -11,7 +11,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::execution::FunctionRegistry;
 use datafusion::prelude::{ParquetReadOptions, SessionContext, ident, lit};
 
-use crate::config::Pipeline;
+use crate::config::{Pipeline, PineconeSinkSpec};
 use crate::embed::Embedder;
 use crate::plan::{one_line, session_context};
 use crate::storage::OutputLocation;
@@ -51,6 +51,88 @@ pub async fn search(
     .await
     .map_err(|e| anyhow!("{file}: {}", one_line(&e.to_string())))?;
     top_k(&ctx, "vectors", text, k, width).await
+}
+
+/// A top-k request to a Pinecone index.
+#[derive(Debug, Clone)]
+pub struct PineconeQuery {
+    pub k: usize,
+    pub filter: Option<serde_json::Value>,
+    pub namespace: Option<String>,
+    /// Cut metadata text to this many characters.
+    pub width: Option<usize>,
+}
+
+/// Embeds `text` and asks the pipeline's Pinecone index for its nearest vectors; returns one
+/// batch of `id`, `score` and `metadata` (JSON text), best first.
+pub async fn search_pinecone(
+    spec: &PineconeSinkSpec,
+    embedder: &Arc<Embedder>,
+    text: &str,
+    q: &PineconeQuery,
+) -> Result<Vec<RecordBatch>> {
+    if q.k > 10_000 {
+        bail!("-k is at most 10000 for Pinecone");
+    }
+    let conn = crate::sink::pinecone::connect(spec, embedder.dim()).await?;
+    let e = Arc::clone(embedder);
+    let owned = text.to_string();
+    let vector = tokio::task::spawn_blocking(move || e.embed(&[Some(owned.as_str())]))
+        .await
+        .map_err(|e| anyhow!("embedding panicked: {e}"))??;
+    let mut body = serde_json::json!({
+        "topK": q.k,
+        "vector": vector,
+        "includeMetadata": true,
+        "includeValues": false,
+    });
+    if let Some(ns) = q.namespace.as_deref().filter(|n| !n.is_empty()) {
+        body["namespace"] = ns.into();
+    }
+    if let Some(f) = &q.filter {
+        body["filter"] = f.clone();
+    }
+    let answer = conn
+        .client
+        .post_retrying("/query", serde_json::to_vec(&body)?.into())
+        .await
+        .map_err(|e| anyhow!("query to {} failed: {e}", conn.display))?;
+    let matches = answer
+        .get("matches")
+        .and_then(serde_json::Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut ids = Vec::with_capacity(matches.len());
+    let mut scores = Vec::with_capacity(matches.len());
+    let mut metadata = Vec::with_capacity(matches.len());
+    for m in &matches {
+        ids.push(m.get("id").and_then(|v| v.as_str()).unwrap_or("").to_string());
+        scores.push(m.get("score").and_then(|v| v.as_f64()).unwrap_or(f64::NAN) as f32);
+        let md = m.get("metadata").map(|v| {
+            let s = v.to_string();
+            match q.width {
+                Some(w) if s.chars().count() > w => s.chars().take(w).collect::<String>() + "...",
+                _ => s,
+            }
+        });
+        metadata.push(md);
+    }
+    use datafusion::arrow::array::{Float32Array, StringArray};
+    use datafusion::arrow::datatypes::{Field, Schema};
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("score", DataType::Float32, false),
+        Field::new("metadata", DataType::Utf8, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(ids)),
+            Arc::new(Float32Array::from(scores)),
+            Arc::new(StringArray::from(metadata)),
+        ],
+    )?;
+    Ok(vec![batch])
 }
 
 /// Top-k rows of `table` by cosine similarity to `text`.

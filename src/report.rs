@@ -16,6 +16,14 @@ pub struct RunSummary {
     pub tokens: u64,
     pub seconds: f64,
     pub output: String,
+    /// Rows embedded but not written (network sinks): they are in `dead_letter`.
+    pub rows_failed: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u64>,
 }
 
 impl RunSummary {
@@ -40,7 +48,18 @@ impl fmt::Display for RunSummary {
             self.seconds,
             self.rows_per_second(),
             self.tokens_per_second()
-        )
+        )?;
+        if let (Some(req), Some(ret)) = (self.requests, self.retries) {
+            write!(f, "; {req} requests, {ret} retried")?;
+        }
+        if let Some(dl) = &self.dead_letter {
+            write!(
+                f,
+                "; {} rows NOT written, saved in dead-letter file {dl}",
+                self.rows_failed
+            )?;
+        }
+        Ok(())
     }
 }
 

@@ -15,12 +15,13 @@ use datafusion::prelude::DataFrame;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::config::Pipeline;
+use crate::config::{Pipeline, SinkKind};
 use crate::embed::{EmbedOptions, Embedder};
 use crate::plan::{self, one_line};
 use crate::report::{Progress, RunSummary};
 use crate::sink::Sink;
 use crate::sink::parquet::ParquetSink;
+use crate::sink::pinecone::PineconeSink;
 
 /// Batches computed ahead of the sink.
 pub const IN_FLIGHT_BATCHES: usize = 2;
@@ -50,8 +51,10 @@ pub async fn load_embedder(pipeline: &Pipeline) -> Result<Arc<Embedder>> {
 /// Opens the pipeline's sink for the plan's output schema.
 pub async fn open_sink(pipeline: &Pipeline, frame: &DataFrame) -> Result<Box<dyn Sink>> {
     let schema = Arc::new(frame.schema().as_arrow().clone());
-    let spec = pipeline.sink.parquet()?;
-    Ok(Box::new(ParquetSink::create(spec, schema).await?))
+    Ok(match pipeline.sink.kind()? {
+        SinkKind::Parquet(spec) => Box::new(ParquetSink::create(spec, schema).await?),
+        SinkKind::Pinecone(spec) => Box::new(PineconeSink::open(spec, &schema).await?),
+    })
 }
 
 /// A runtime for the plan's CPU work, separate from the caller's I/O runtime.
@@ -161,6 +164,10 @@ async fn drive(
     let report = sink.finish().await?;
     summary.rows_written = report.rows_written;
     summary.output = report.location;
+    summary.rows_failed = report.rows_failed;
+    summary.dead_letter = report.dead_letter;
+    summary.requests = report.requests;
+    summary.retries = report.retries;
     Ok(summary)
 }
 

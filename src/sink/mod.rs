@@ -5,6 +5,7 @@
 //! memory.
 
 pub mod parquet;
+pub mod pinecone;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
@@ -15,6 +16,12 @@ pub struct SinkReport {
     pub rows_written: u64,
     /// Where the output landed, for the summary line.
     pub location: String,
+    /// Rows that could not be written and went to the dead-letter file.
+    pub rows_failed: u64,
+    pub dead_letter: Option<String>,
+    /// HTTP requests made and retried (network sinks).
+    pub requests: Option<u64>,
+    pub retries: Option<u64>,
 }
 
 #[async_trait]

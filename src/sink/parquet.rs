@@ -80,6 +80,7 @@ impl Sink for ParquetSink {
         Ok(SinkReport {
             rows_written: rows,
             location: location.display,
+            ..Default::default()
         })
     }
 

@@ -1,0 +1,243 @@
+//! Pinecone sink: a backpressured async writer that loses nothing.
+//!
+//! - Preflight ([`PineconeSink::open`], before anything is embedded): the index exists, the key
+//!   works on the control and data planes, and the index's dimension is the model's.
+//! - Rows become serialized records ([`records`]), grouped into requests bounded by count and
+//!   bytes ([`batcher`]), each sent by its own task with retries ([`delivery`]).
+//! - `write` returns only when a request slot is free: requests in flight are bounded by an
+//!   adaptive limit ([`concurrency`]), and the plan is pulled only as fast as requests finish.
+//! - Rows whose retries run out go to the dead-letter file ([`dead_letter`]).
+
+mod batcher;
+pub mod client;
+mod concurrency;
+mod dead_letter;
+mod delivery;
+mod records;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::Schema;
+use tokio::task::JoinSet;
+
+use super::{Sink, SinkReport};
+use crate::config::PineconeSinkSpec;
+use crate::error::config_error;
+use batcher::{Batcher, UpsertBatch};
+use client::PineconeClient;
+use concurrency::AdaptiveConcurrency;
+use dead_letter::DeadLetter;
+use delivery::{Delivery, Shared, deliver};
+use records::RecordEncoder;
+
+/// A checked connection to one index.
+pub struct Connection {
+    pub client: PineconeClient,
+    /// `index docs (namespace prod) at https://...`
+    pub display: String,
+}
+
+/// Finds the index's data plane and checks key and dimension; sends no vectors.
+pub async fn connect(spec: &PineconeSinkSpec, model_dim: usize) -> Result<Connection> {
+    let key = client::api_key(spec)?;
+    let timeout = Duration::from_secs(spec.request_timeout_secs);
+    let controller = client::controller_url(spec);
+    let (data_plane, described_dim) = match &spec.host {
+        Some(host) => (client::data_plane_url(host, "https://"), None),
+        None => {
+            let d = client::describe_index(&key, &controller, &spec.index, timeout).await?;
+            if !d.ready {
+                return Err(anyhow!(
+                    "Pinecone index `{}` is not ready (state {}); wait for it and re-run",
+                    spec.index,
+                    d.state
+                ));
+            }
+            tracing::debug!(
+                "index {} at {} (dimension {:?}, metric {:?})",
+                spec.index,
+                d.host,
+                d.dimension,
+                d.metric
+            );
+            (client::data_plane_url(&d.host, &controller), d.dimension)
+        }
+    };
+    let client = PineconeClient::new(&key, data_plane, timeout)?;
+    let stats = client::index_stats(&client).await?;
+    let dim = described_dim.or_else(|| {
+        stats
+            .get("dimension")
+            .and_then(serde_json::Value::as_u64)
+            .map(|d| d as usize)
+    });
+    if let Some(d) = dim
+        && d != model_dim
+    {
+        return Err(config_error(format!(
+            "Pinecone index `{}` has dimension {d}, but the model makes {model_dim}-dimensional vectors; use an index of dimension {model_dim} or the model the index was built for",
+            spec.index
+        )));
+    }
+    let display = match spec.namespace.as_deref() {
+        Some(ns) if !ns.is_empty() => format!(
+            "Pinecone index {} (namespace {ns}) at {}",
+            spec.index,
+            client.data_plane()
+        ),
+        _ => format!("Pinecone index {} at {}", spec.index, client.data_plane()),
+    };
+    Ok(Connection { client, display })
+}
+
+pub struct PineconeSink {
+    encoder: RecordEncoder,
+    batcher: Batcher,
+    shared: Arc<Shared>,
+    tasks: JoinSet<Result<Delivery>>,
+    dead_letter: DeadLetter,
+    landed: u64,
+    display: String,
+}
+
+/// The dimension of the plan's `vector` column.
+fn vector_dim(schema: &Schema) -> Result<usize> {
+    match schema.field_with_name("vector").map(|f| f.data_type()) {
+        Ok(datafusion::arrow::datatypes::DataType::FixedSizeList(_, n)) => Ok(*n as usize),
+        _ => Err(anyhow!("the pipeline's output has no fixed-size `vector` column")),
+    }
+}
+
+fn default_dead_letter(index: &str) -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let safe: String = index
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .collect();
+    PathBuf::from(format!("embedflow-dead-letter-{safe}-{secs}.jsonl"))
+}
+
+impl PineconeSink {
+    /// Preflight, then a writer ready for batches of the plan's output schema.
+    pub async fn open(spec: &PineconeSinkSpec, schema: &Schema) -> Result<PineconeSink> {
+        let encoder = RecordEncoder::new(spec, schema)?;
+        let conn = connect(spec, vector_dim(schema)?).await?;
+        tracing::info!("writing to {}", conn.display);
+        Ok(PineconeSink {
+            encoder,
+            batcher: Batcher::new(
+                spec.batch_size,
+                spec.max_request_bytes,
+                spec.namespace.as_deref(),
+            ),
+            shared: Arc::new(Shared {
+                client: conn.client,
+                limiter: AdaptiveConcurrency::new(spec.concurrency),
+                max_retries: spec.max_retries,
+                requests: Default::default(),
+                retries: Default::default(),
+                splits: Default::default(),
+            }),
+            tasks: JoinSet::new(),
+            dead_letter: DeadLetter::new(
+                spec.dead_letter
+                    .clone()
+                    .unwrap_or_else(|| default_dead_letter(&spec.index)),
+                spec.namespace.as_deref(),
+            ),
+            landed: 0,
+            display: conn.display,
+        })
+    }
+
+    fn absorb(
+        &mut self,
+        joined: std::result::Result<Result<Delivery>, tokio::task::JoinError>,
+    ) -> Result<()> {
+        let delivery = joined.map_err(|e| anyhow!("an upsert task failed: {e}"))??;
+        self.landed += delivery.landed;
+        for (batch, reason) in &delivery.failed {
+            self.dead_letter.write(batch, reason)?;
+        }
+        Ok(())
+    }
+
+    /// Starts a request once a slot is free; finished requests are absorbed on the way.
+    async fn submit(&mut self, batch: UpsertBatch) -> Result<()> {
+        loop {
+            while let Some(done) = self.tasks.try_join_next() {
+                self.absorb(done)?;
+            }
+            if self.tasks.len() < self.shared.limiter.limit() {
+                break;
+            }
+            if let Some(done) = self.tasks.join_next().await {
+                self.absorb(done)?;
+            }
+        }
+        self.tasks.spawn(deliver(Arc::clone(&self.shared), batch));
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Sink for PineconeSink {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        let records = self.encoder.encode(&batch)?;
+        for r in records {
+            if let Some(full) = self.batcher.push(r) {
+                self.submit(full).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<SinkReport> {
+        if let Some(last) = self.batcher.take() {
+            self.submit(last).await?;
+        }
+        while let Some(done) = self.tasks.join_next().await {
+            self.absorb(done)?;
+        }
+        self.dead_letter.flush()?;
+        let (peak, decreases) = self.shared.limiter.stats();
+        let requests = self.shared.requests.load(Ordering::Relaxed);
+        let retries = self.shared.retries.load(Ordering::Relaxed);
+        tracing::info!(
+            "{} vectors upserted in {requests} requests ({retries} retried, {} split); concurrency peaked at {peak}, backed off {decreases} times",
+            self.landed,
+            self.shared.splits.load(Ordering::Relaxed)
+        );
+        let failed = self.dead_letter.rows();
+        Ok(SinkReport {
+            rows_written: self.landed,
+            location: self.display.clone(),
+            rows_failed: failed,
+            dead_letter: (failed > 0).then(|| self.dead_letter.path().display().to_string()),
+            requests: Some(requests),
+            retries: Some(retries),
+        })
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        let _ = self.dead_letter.flush();
+        if self.dead_letter.rows() > 0 {
+            tracing::warn!(
+                "{} rows that could not be written are in {}",
+                self.dead_letter.rows(),
+                self.dead_letter.path().display()
+            );
+        }
+    }
+}
