@@ -214,12 +214,7 @@ fn key_hash(key: &[String]) -> Expr {
     }
     let parts = key
         .iter()
-        .map(|k| {
-            coalesce(vec![
-                cast(ident(k.as_str()), DataType::Utf8),
-                lit("\u{0}"),
-            ])
-        })
+        .map(|k| coalesce(vec![cast(ident(k.as_str()), DataType::Utf8), lit("\u{0}")]))
         .collect();
     md5(concat_ws(lit("\u{1f}"), parts))
 }

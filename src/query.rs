@@ -11,7 +11,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::execution::FunctionRegistry;
 use datafusion::prelude::{ParquetReadOptions, SessionContext, ident, lit};
 
-use crate::config::{Pipeline, PineconeSinkSpec};
+use crate::config::{PineconeSinkSpec, Pipeline};
 use crate::embed::Embedder;
 use crate::plan::{one_line, session_context};
 use crate::storage::OutputLocation;
@@ -106,7 +106,12 @@ pub async fn search_pinecone(
     let mut scores = Vec::with_capacity(matches.len());
     let mut metadata = Vec::with_capacity(matches.len());
     for m in &matches {
-        ids.push(m.get("id").and_then(|v| v.as_str()).unwrap_or("").to_string());
+        ids.push(
+            m.get("id")
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string(),
+        );
         scores.push(m.get("score").and_then(|v| v.as_f64()).unwrap_or(f64::NAN) as f32);
         let md = m.get("metadata").map(|v| {
             let s = v.to_string();

@@ -84,7 +84,9 @@ async fn upsert(State(p): State<Plane>, body: Bytes) -> Result<Response, ApiErro
     let ns = limits::namespace_name(req.namespace.as_deref()).to_string();
     limits::check_namespace(&ns)?;
     if req.vectors.is_empty() {
-        return Err(ApiError::invalid("Invalid request: vectors must not be empty"));
+        return Err(ApiError::invalid(
+            "Invalid request: vectors must not be empty",
+        ));
     }
     if req.vectors.len() > limits::MAX_UPSERT_VECTORS {
         return Err(ApiError::invalid(format!(
@@ -196,7 +198,9 @@ async fn query(State(p): State<Plane>, body: Bytes) -> Result<Response, ApiError
                 if req.include_values {
                     m["values"] = json!(r.values);
                 }
-                if req.include_metadata && let Some(md) = &r.metadata {
+                if req.include_metadata
+                    && let Some(md) = &r.metadata
+                {
                     m["metadata"] = Value::Object(md.clone());
                 }
                 m
@@ -359,7 +363,11 @@ async fn delete(State(p): State<Plane>, body: Bytes) -> Result<Response, ApiErro
             "exactly one of ids, deleteAll and filter must be given",
         ));
     }
-    if req.ids.as_ref().is_some_and(|ids| ids.len() > limits::MAX_IDS) {
+    if req
+        .ids
+        .as_ref()
+        .is_some_and(|ids| ids.len() > limits::MAX_IDS)
+    {
         return Err(ApiError::invalid(format!(
             "at most {} ids per delete",
             limits::MAX_IDS

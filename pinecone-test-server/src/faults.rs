@@ -32,6 +32,8 @@ pub struct Faults {
     pub retry_after_secs: Option<u64>,
     /// Latency added to every data-plane request.
     pub latency: Duration,
+    /// Paths the faults apply to (e.g. `/vectors/upsert`); empty: every data-plane path.
+    pub paths: Vec<String>,
 }
 
 /// Counts of faults injected so far.
@@ -142,7 +144,6 @@ impl FaultInjector {
     }
 }
 
-
 async fn call(router: Router, req: axum::http::Request<Body>) -> Response {
     match router.oneshot(req).await {
         Ok(r) => r,
@@ -163,28 +164,34 @@ pub async fn serve(listener: TcpListener, router: Router, faults: Option<Arc<Fau
         let router = router.clone();
         let faults = faults.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let router = router.clone();
-                let faults = faults.clone();
-                async move {
-                    let req = req.map(Body::new);
-                    let Some(faults) = faults else {
-                        return Ok::<Response, std::io::Error>(call(router, req).await);
-                    };
-                    if !faults.faults.latency.is_zero() {
-                        tokio::time::sleep(faults.faults.latency).await;
-                    }
-                    match faults.draw() {
-                        Fault::None => Ok(call(router, req).await),
-                        Fault::Status(s) => Ok(faults.fault_response(s)),
-                        Fault::DropBefore => Err(dropped("injected: connection dropped")),
-                        Fault::DropAfter => {
-                            let _ = call(router, req).await;
-                            Err(dropped("injected: connection dropped after the request"))
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let router = router.clone();
+                    let faults = faults.clone();
+                    async move {
+                        let req = req.map(Body::new);
+                        let Some(faults) = faults else {
+                            return Ok::<Response, std::io::Error>(call(router, req).await);
+                        };
+                        if !faults.faults.latency.is_zero() {
+                            tokio::time::sleep(faults.faults.latency).await;
+                        }
+                        let targeted = faults.faults.paths.is_empty()
+                            || faults.faults.paths.iter().any(|p| p == req.uri().path());
+                        if !targeted {
+                            return Ok(call(router, req).await);
+                        }
+                        match faults.draw() {
+                            Fault::None => Ok(call(router, req).await),
+                            Fault::Status(s) => Ok(faults.fault_response(s)),
+                            Fault::DropBefore => Err(dropped("injected: connection dropped")),
+                            Fault::DropAfter => {
+                                let _ = call(router, req).await;
+                                Err(dropped("injected: connection dropped after the request"))
+                            }
                         }
                     }
-                }
-            });
+                });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;

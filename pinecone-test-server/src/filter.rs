@@ -112,7 +112,9 @@ mod tests {
         assert!(ok(json!({"tags": {"$in": ["b"]}})));
         assert!(ok(json!({"missing": {"$exists": false}})));
         assert!(ok(json!({"$or": [{"lang": "fr"}, {"year": 2020}]})));
-        assert!(!ok(json!({"$and": [{"lang": "en"}, {"year": {"$gt": 2020}}]})));
+        assert!(!ok(
+            json!({"$and": [{"lang": "en"}, {"year": {"$gt": 2020}}]})
+        ));
         assert!(matches(&json!({"year": {"$gt": "x"}}), Some(&md)).is_err());
     }
 }

@@ -13,7 +13,10 @@ use clap::Parser;
 use pinecone_test_server::{Faults, IndexConfig, Metric, PineconeServer, ServerConfig};
 
 #[derive(Parser)]
-#[command(version, about = "A Pinecone-compatible HTTP server for tests and local development")]
+#[command(
+    version,
+    about = "A Pinecone-compatible HTTP server for tests and local development"
+)]
 struct Args {
     /// Control-plane port; each index gets the next free port.
     #[arg(long, default_value_t = 5080)]
@@ -45,6 +48,9 @@ struct Args {
     /// Latency added to every data-plane request, in milliseconds.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
+    /// Inject faults only on this path (e.g. /vectors/upsert); repeatable. Default: all.
+    #[arg(long = "fault-path")]
+    fault_paths: Vec<String>,
 }
 
 fn parse_index(s: &str) -> Result<IndexConfig, String> {
@@ -80,6 +86,7 @@ async fn main() {
             rate_drop: args.rate_drop,
             retry_after_secs: args.retry_after,
             latency: Duration::from_millis(args.latency_ms),
+            paths: args.fault_paths,
         },
         bind: SocketAddr::new(args.host, args.port),
     };

@@ -121,7 +121,10 @@ mod tests {
     use super::*;
 
     fn rec(id: &str, pad: usize) -> EncodedRecord {
-        let json = format!(r#"{{"id":"{id}","values":[1.0],"metadata":{{"t":"{}"}}}}"#, "x".repeat(pad));
+        let json = format!(
+            r#"{{"id":"{id}","values":[1.0],"metadata":{{"t":"{}"}}}}"#,
+            "x".repeat(pad)
+        );
         EncodedRecord {
             id: id.into(),
             json: json.into_bytes(),

@@ -158,11 +158,12 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> CallErro
     let message = error_message(body);
     let too_large = status == StatusCode::PAYLOAD_TOO_LARGE
         || (status == StatusCode::BAD_REQUEST
-            && message.to_ascii_lowercase().contains("maximum supported size"));
+            && message
+                .to_ascii_lowercase()
+                .contains("maximum supported size"));
     if too_large {
         CallError::TooLarge(message)
-    } else if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE
-    {
+    } else if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
         CallError::Backpressure {
             status,
             message,
@@ -275,8 +276,9 @@ impl PineconeClient {
 
 fn http_client(key: &Secret, timeout: Duration) -> Result<reqwest::Client> {
     let mut headers = HeaderMap::new();
-    let mut k = HeaderValue::from_str(key.expose())
-        .map_err(|_| config_error("the Pinecone API key holds characters not allowed in a header"))?;
+    let mut k = HeaderValue::from_str(key.expose()).map_err(|_| {
+        config_error("the Pinecone API key holds characters not allowed in a header")
+    })?;
     k.set_sensitive(true);
     headers.insert("api-key", k);
     headers.insert(
@@ -303,10 +305,18 @@ pub async fn describe_index(
     let http = http_client(key, timeout)?;
     let url = format!("{controller}/indexes/{index}");
     let get = || async {
-        let resp = http.get(&url).send().await.map_err(|e| classify_transport(&e))?;
+        let resp = http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| classify_transport(&e))?;
         if resp.status().is_server_error() || resp.status() == StatusCode::TOO_MANY_REQUESTS {
             let (status, headers) = (resp.status(), resp.headers().clone());
-            return Err(classify(status, &headers, &resp.text().await.unwrap_or_default()));
+            return Err(classify(
+                status,
+                &headers,
+                &resp.text().await.unwrap_or_default(),
+            ));
         }
         Ok(resp)
     };
@@ -352,7 +362,10 @@ pub async fn describe_index(
         .ok_or_else(|| anyhow!("{url}: the answer names no host for index `{index}`"))?;
     let status = v.get("status");
     Ok(IndexDescription {
-        dimension: v.get("dimension").and_then(Value::as_u64).map(|d| d as usize),
+        dimension: v
+            .get("dimension")
+            .and_then(Value::as_u64)
+            .map(|d| d as usize),
         metric: v.get("metric").and_then(Value::as_str).map(str::to_string),
         host: host.to_string(),
         ready: status

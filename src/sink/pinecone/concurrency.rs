@@ -78,8 +78,8 @@ impl AdaptiveConcurrency {
     pub fn on_success(&self, rtt: Duration) {
         let rtt = rtt.as_secs_f64();
         let mut s = self.lock();
-        let slow = s.samples >= WARMUP_SAMPLES
-            && s.baseline.is_some_and(|b| rtt > LATENCY_FACTOR * b);
+        let slow =
+            s.samples >= WARMUP_SAMPLES && s.baseline.is_some_and(|b| rtt > LATENCY_FACTOR * b);
         s.baseline = Some(match s.baseline {
             None => rtt,
             Some(b) => 0.9 * b + 0.1 * rtt,
@@ -139,7 +139,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(30));
         c.on_backpressure(Some(Duration::from_millis(200)));
         assert_eq!(c.limit(), 4);
-        assert!(c.wait_time().is_some_and(|d| d > Duration::from_millis(100)));
+        assert!(
+            c.wait_time()
+                .is_some_and(|d| d > Duration::from_millis(100))
+        );
     }
 
     #[test]

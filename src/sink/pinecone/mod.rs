@@ -110,7 +110,9 @@ pub struct PineconeSink {
 fn vector_dim(schema: &Schema) -> Result<usize> {
     match schema.field_with_name("vector").map(|f| f.data_type()) {
         Ok(datafusion::arrow::datatypes::DataType::FixedSizeList(_, n)) => Ok(*n as usize),
-        _ => Err(anyhow!("the pipeline's output has no fixed-size `vector` column")),
+        _ => Err(anyhow!(
+            "the pipeline's output has no fixed-size `vector` column"
+        )),
     }
 }
 
@@ -121,7 +123,13 @@ fn default_dead_letter(index: &str) -> PathBuf {
         .unwrap_or(0);
     let safe: String = index
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     PathBuf::from(format!("embedflow-dead-letter-{safe}-{secs}.jsonl"))
 }

@@ -89,8 +89,7 @@ impl RecordEncoder {
                     field.data_type()
                 )));
             };
-            if spec.truncate_field.as_deref() == Some(name.as_str())
-                && !matches!(kind, Kind::Text)
+            if spec.truncate_field.as_deref() == Some(name.as_str()) && !matches!(kind, Kind::Text)
             {
                 return Err(config_error(format!(
                     "sink.pinecone.truncate_field `{name}` is {}, not text",
@@ -119,7 +118,13 @@ impl RecordEncoder {
         let meta: Vec<(&str, Kind, ArrayRef)> = self
             .columns
             .iter()
-            .map(|(name, kind)| Ok((name.as_str(), *kind, normalize(column(batch, name)?, *kind)?)))
+            .map(|(name, kind)| {
+                Ok((
+                    name.as_str(),
+                    *kind,
+                    normalize(column(batch, name)?, *kind)?,
+                ))
+            })
             .collect::<Result<_>>()?;
 
         let mut out = Vec::with_capacity(batch.num_rows());
