@@ -144,7 +144,7 @@ pub async fn execute(cli: Cli) -> Result<()> {
             let plan = plan::build(&p, Arc::clone(&embedder)).await?;
             match p.sink.kind()? {
                 SinkKind::Parquet(spec) => {
-                    crate::storage::OutputLocation::for_parquet_sink(&spec.path)?
+                    crate::storage::OutputLocation::for_parquet_sink(&spec.path, &p.storage)?
                         .check_writable()
                         .await?
                 }
@@ -252,7 +252,7 @@ pub async fn execute(cli: Cli) -> Result<()> {
                 .map_err(|e| anyhow!("model loading panicked: {e}"))??;
             let ctx = plan::session_context(Some(Arc::new(embedder)));
             if let Some(p) = &loaded {
-                plan::register_tables(&ctx, &p.source).await?;
+                plan::register_tables(&ctx, &p.source, &p.storage).await?;
             }
             for t in &tables {
                 let (name, path) = t.split_once('=').ok_or_else(|| {
@@ -262,7 +262,11 @@ pub async fn execute(cli: Cli) -> Result<()> {
                     path: path.to_string(),
                     format: None,
                 };
-                plan::register_table(&ctx, name, &spec).await?;
+                let storage = loaded
+                    .as_ref()
+                    .map(|p| p.storage.clone())
+                    .unwrap_or_default();
+                plan::register_table(&ctx, name, &spec, &storage).await?;
             }
             let df = ctx
                 .sql(&sql)

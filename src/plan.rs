@@ -6,6 +6,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result, anyhow, bail};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::DFSchema;
+use datafusion::datasource::file_format::options::ReadOptions;
+use datafusion::datasource::listing::{ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::execution::FunctionRegistry;
 use datafusion::execution::context::SessionConfig;
 use datafusion::prelude::{
@@ -13,7 +15,7 @@ use datafusion::prelude::{
     ident, lit,
 };
 
-use crate::config::{Pipeline, SourceSpec, TableFormat, TableSpec};
+use crate::config::{Pipeline, SourceSpec, StorageSpec, TableFormat, TableSpec};
 use crate::embed::Embedder;
 use crate::embed::udf::EmbedUdf;
 use crate::error::config_error;
@@ -58,47 +60,100 @@ fn table_format(spec: &TableSpec) -> TableFormat {
     }
 }
 
-/// Registers one table, naming the table and path in any error.
-pub async fn register_table(ctx: &SessionContext, name: &str, spec: &TableSpec) -> Result<()> {
-    storage::check_local_source(name, &spec.path)?;
-    let path = spec.path.as_str();
-    let format = table_format(spec);
-    // A single named file is read whatever its extension; folders and globs filter by it.
-    let single_file = std::path::Path::new(path).is_file();
-    let result = match format {
-        TableFormat::Parquet => {
-            let mut opts = ParquetReadOptions::default();
-            if single_file {
-                opts.file_extension = "";
-            }
-            ctx.register_parquet(name, path, opts).await
-        }
-        TableFormat::Csv => {
-            let mut opts = CsvReadOptions::new();
-            if single_file {
-                opts.file_extension = "";
-            }
-            ctx.register_csv(name, path, opts).await
-        }
-        TableFormat::Json => {
-            let mut opts = JsonReadOptions::default();
-            if single_file {
-                opts.file_extension = "";
-            }
-            ctx.register_json(name, path, opts).await
-        }
-    };
-    result.map_err(|e| {
-        anyhow!(
-            "table `{name}` ({path}): cannot read as {format:?}: {}",
-            one_line(&e.to_string())
-        )
-    })
+/// A table location for DataFusion. DataFusion reads globs only in local paths; for `s3://`
+/// URLs the glob is split off here the same way (at the folder holding the first glob
+/// character).
+fn listing_url(path: &str) -> datafusion::error::Result<ListingTableUrl> {
+    if !(storage::is_remote(path) && storage::is_glob(path)) {
+        return ListingTableUrl::parse(path);
+    }
+    let first = path.find(['*', '?', '[']).unwrap_or(path.len());
+    let split = path[..first].rfind('/').map_or(0, |i| i + 1);
+    let (prefix, pattern) = path.split_at(split);
+    let url = url::Url::parse(prefix)
+        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+    let glob = glob::Pattern::new(pattern)
+        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+    ListingTableUrl::try_new(url, Some(glob))
 }
 
-pub async fn register_tables(ctx: &SessionContext, source: &SourceSpec) -> Result<()> {
+/// Registers one table, naming the table and path in any error.
+///
+/// Local paths and `s3://` URLs alike: a file, a folder (prefix) or a glob. Hive-style
+/// `key=value/` folders become partition columns (text).
+pub async fn register_table(
+    ctx: &SessionContext,
+    name: &str,
+    spec: &TableSpec,
+    storage: &StorageSpec,
+) -> Result<()> {
+    storage::check_local_source(name, &spec.path)?;
+    storage::register_store(ctx, &format!("table `{name}`"), &spec.path, storage)?;
+    let path = spec.path.as_str();
+    let format = table_format(spec);
+    // A single named local file is read whatever its extension; folders and globs filter by it.
+    let single_file = std::path::Path::new(path).is_file();
+    let config = ctx.copied_config();
+    let table_options = ctx.copied_table_options();
+    let mut options = match format {
+        TableFormat::Parquet => {
+            ParquetReadOptions::default().to_listing_options(&config, table_options)
+        }
+        TableFormat::Csv => CsvReadOptions::new().to_listing_options(&config, table_options),
+        TableFormat::Json => JsonReadOptions::default().to_listing_options(&config, table_options),
+    };
+    if single_file {
+        options.file_extension = String::new();
+    }
+    let describe = |e: datafusion::error::DataFusionError| {
+        let detail = e.to_string();
+        if storage::is_remote(path) {
+            anyhow!(
+                "table `{name}`: {}",
+                storage::describe_store_error(path, &detail)
+            )
+        } else {
+            anyhow!(
+                "table `{name}` ({path}): cannot read as {format:?}: {}",
+                one_line(&detail)
+            )
+        }
+    };
+    let state = ctx.state();
+    let url = listing_url(path).map_err(describe)?;
+    // Hive-style folders under a directory or prefix become text columns.
+    if !single_file && !storage::is_glob(path) {
+        let partitions = options
+            .infer_partitions(&state, &url)
+            .await
+            .map_err(describe)?;
+        if !partitions.is_empty() {
+            tracing::debug!("table {name}: partition columns {partitions:?}");
+            options = options.with_table_partition_cols(
+                partitions
+                    .into_iter()
+                    .map(|p| (p, DataType::Utf8))
+                    .collect(),
+            );
+        }
+    }
+    let schema = options.infer_schema(&state, &url).await.map_err(describe)?;
+    let table_config = ListingTableConfig::new(url)
+        .with_listing_options(options)
+        .with_schema(schema);
+    let table = ListingTable::try_new(table_config).map_err(describe)?;
+    ctx.register_table(name, Arc::new(table))
+        .map_err(describe)?;
+    Ok(())
+}
+
+pub async fn register_tables(
+    ctx: &SessionContext,
+    source: &SourceSpec,
+    storage: &StorageSpec,
+) -> Result<()> {
     for (name, spec) in &source.tables {
-        register_table(ctx, name, spec).await?;
+        register_table(ctx, name, spec, storage).await?;
     }
     Ok(())
 }
@@ -227,7 +282,7 @@ pub struct PipelinePlan {
 
 pub async fn build(pipeline: &Pipeline, embedder: Arc<Embedder>) -> Result<PipelinePlan> {
     let ctx = session_context(Some(embedder));
-    register_tables(&ctx, &pipeline.source).await?;
+    register_tables(&ctx, &pipeline.source, &pipeline.storage).await?;
     let source = source_frame(&ctx, &pipeline.source).await?;
     let frame = output_frame(source, pipeline, &ctx)?;
     Ok(PipelinePlan { ctx, frame })

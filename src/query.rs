@@ -15,6 +15,7 @@ use crate::config::{PineconeSinkSpec, Pipeline};
 use crate::embed::Embedder;
 use crate::plan::{one_line, session_context};
 use crate::storage::OutputLocation;
+use object_store::ObjectStoreExt;
 
 /// How `query` shows results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -34,12 +35,17 @@ pub async fn search(
     width: Option<usize>,
 ) -> Result<Vec<RecordBatch>> {
     let spec = pipeline.sink.parquet()?;
-    let location = OutputLocation::for_parquet_sink(&spec.path)?;
+    let location = OutputLocation::for_parquet_sink(&spec.path, &pipeline.storage)?;
     let file = location.display.clone();
-    if !std::path::Path::new(&file).is_file() {
+    let ctx = session_context(Some(embedder));
+    if location.is_remote() {
+        crate::storage::register_store(&ctx, "sink.parquet.path", &file, &pipeline.storage)?;
+        if location.store.head(&location.path).await.is_err() {
+            bail!("no output at {file}: run `embedflow run` on this pipeline first");
+        }
+    } else if !std::path::Path::new(&file).is_file() {
         bail!("no output at {file}: run `embedflow run` on this pipeline first");
     }
-    let ctx = session_context(Some(embedder));
     ctx.register_parquet(
         "vectors",
         &file,

@@ -52,7 +52,9 @@ pub async fn load_embedder(pipeline: &Pipeline) -> Result<Arc<Embedder>> {
 pub async fn open_sink(pipeline: &Pipeline, frame: &DataFrame) -> Result<Box<dyn Sink>> {
     let schema = Arc::new(frame.schema().as_arrow().clone());
     Ok(match pipeline.sink.kind()? {
-        SinkKind::Parquet(spec) => Box::new(ParquetSink::create(spec, schema).await?),
+        SinkKind::Parquet(spec) => {
+            Box::new(ParquetSink::create(spec, &pipeline.storage, schema).await?)
+        }
         SinkKind::Pinecone(spec) => Box::new(PineconeSink::open(spec, &schema).await?),
     })
 }

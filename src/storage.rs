@@ -1,8 +1,22 @@
-//! Where tables and outputs live: local paths today, object stores by URL scheme.
+//! Where tables and outputs live: local paths, or `s3://bucket/prefix` on S3 and S3-compatible
+//! stores through `object_store`'s AmazonS3 client, registered with DataFusion per bucket.
+//!
+//! Reads stream: DataFusion's Parquet reader fetches footers and row groups with ranged GETs, so
+//! a large table costs no more memory than a small one. Writes are multipart uploads that become
+//! visible only when completed.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
+use datafusion::prelude::SessionContext;
+use object_store::aws::AmazonS3Builder;
+use object_store::{ObjectStore, ObjectStoreExt};
+use url::Url;
+
+use crate::config::{S3Spec, StorageSpec};
+use crate::error::config_error;
 
 /// True for URLs handled by an object store (`s3://...`) rather than the local file system.
 pub fn is_remote(path: &str) -> bool {
@@ -14,10 +28,175 @@ pub fn is_glob(path: &str) -> bool {
     path.contains(['*', '?', '['])
 }
 
+/// A remote location: `s3://bucket/key`.
+#[derive(Debug, Clone)]
+pub struct RemoteUrl {
+    /// `s3://bucket`, the key DataFusion's registry uses.
+    pub store_url: Url,
+    pub bucket: String,
+    /// The key (prefix) inside the bucket, without a leading `/`.
+    pub key: String,
+}
+
+impl RemoteUrl {
+    pub fn parse(what: &str, path: &str) -> Result<RemoteUrl> {
+        let url = Url::parse(path).map_err(|e| config_error(format!("{what}: {path}: {e}")))?;
+        if url.scheme() != "s3" {
+            return Err(config_error(format!(
+                "{what}: {path}: unsupported scheme `{}://` (local paths and s3:// are supported)",
+                url.scheme()
+            )));
+        }
+        let bucket = url
+            .host_str()
+            .filter(|b| !b.is_empty())
+            .ok_or_else(|| config_error(format!("{what}: {path}: no bucket name")))?
+            .to_string();
+        let store_url = Url::parse(&format!("s3://{bucket}"))?;
+        let key = path
+            .strip_prefix(&format!("s3://{bucket}"))
+            .unwrap_or("")
+            .trim_start_matches('/')
+            .to_string();
+        Ok(RemoteUrl {
+            store_url,
+            bucket,
+            key,
+        })
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// An S3 client for `bucket`, configured the way AWS tools are: the `AWS_*` environment, with
+/// the pipeline's `storage.s3` overrides on top.
+pub fn s3_store(url: &str, bucket: &str, spec: Option<&S3Spec>) -> Result<Arc<dyn ObjectStore>> {
+    let default = S3Spec::default();
+    let spec = spec.unwrap_or(&default);
+    let endpoint = spec
+        .endpoint
+        .clone()
+        .or_else(|| env("AWS_ENDPOINT_URL_S3"))
+        .or_else(|| env("AWS_ENDPOINT_URL"));
+    let region = spec
+        .region
+        .clone()
+        .or_else(|| env("AWS_REGION"))
+        .or_else(|| env("AWS_DEFAULT_REGION"))
+        .unwrap_or_else(|| "us-east-1".into());
+    let has_static_keys = env("AWS_ACCESS_KEY_ID").is_some();
+    if !has_static_keys && env("AWS_SECRET_ACCESS_KEY").is_some() {
+        return Err(config_error(format!(
+            "{url}: AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is not"
+        )));
+    }
+    if has_static_keys && env("AWS_SECRET_ACCESS_KEY").is_none() {
+        return Err(config_error(format!(
+            "{url}: AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not"
+        )));
+    }
+    let other_source = env("AWS_WEB_IDENTITY_TOKEN_FILE").is_some()
+        || env("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI").is_some()
+        || env("AWS_CONTAINER_CREDENTIALS_FULL_URI").is_some();
+    if !has_static_keys && !other_source && !spec.anonymous && !spec.instance_metadata {
+        let profile = env("AWS_PROFILE")
+            .map(|p| format!(" (AWS_PROFILE={p} is set, but profiles from ~/.aws are not read: export the profile's keys, e.g. `eval \"$(aws configure export-credentials --profile {p} --format env)\"`)"))
+            .unwrap_or_default();
+        return Err(config_error(format!(
+            "{url}: no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary keys){profile}; for a public bucket set storage.s3.anonymous: true, on EC2/ECS storage.s3.instance_metadata: true"
+        )));
+    }
+    let allow_http = spec.allow_http.unwrap_or_else(|| {
+        endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"))
+    });
+    // Client options first: they hold allow_http, which must not be reset afterwards.
+    let mut builder = AmazonS3Builder::from_env()
+        .with_client_options(
+            object_store::ClientOptions::new()
+                .with_connect_timeout(Duration::from_secs(5))
+                .with_timeout(Duration::from_secs(120)),
+        )
+        .with_bucket_name(bucket)
+        .with_region(region)
+        .with_allow_http(allow_http)
+        .with_virtual_hosted_style_request(!spec.force_path_style.unwrap_or(true))
+        .with_skip_signature(spec.anonymous)
+        .with_retry(object_store::RetryConfig {
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(30),
+            backoff: Default::default(),
+        });
+    if let Some(e) = endpoint {
+        builder = builder.with_endpoint(e);
+    }
+    let store = builder
+        .build()
+        .map_err(|e| config_error(format!("{url}: cannot configure S3: {e}")))?;
+    Ok(Arc::new(store))
+}
+
+/// Registers the object store a remote path needs with the session (no-op for local paths).
+pub fn register_store(
+    ctx: &SessionContext,
+    what: &str,
+    path: &str,
+    storage: &StorageSpec,
+) -> Result<()> {
+    if !is_remote(path) {
+        return Ok(());
+    }
+    let remote = RemoteUrl::parse(what, path)?;
+    let store = s3_store(path, &remote.bucket, storage.s3.as_ref())?;
+    ctx.register_object_store(&remote.store_url, store);
+    Ok(())
+}
+
+/// Turns an object-store failure into a message that says what is wrong with `url`.
+pub fn describe_store_error(url: &str, detail: &str) -> String {
+    let d = detail.to_ascii_lowercase();
+    let why = if d.contains("nosuchbucket") || d.contains("bucket does not exist") {
+        "the bucket does not exist"
+    } else if d.contains("invalidaccesskeyid")
+        || d.contains("signaturedoesnotmatch")
+        || d.contains("accessdenied")
+        || d.contains("access denied")
+        || d.contains("403 forbidden")
+        || d.contains("forbidden")
+    {
+        "access denied: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket policy"
+    } else if d.contains("connect")
+        || d.contains("dns error")
+        || d.contains("error sending request")
+        || d.contains("timed out")
+    {
+        "cannot reach the S3 endpoint: check storage.s3.endpoint / AWS_ENDPOINT_URL"
+    } else if d.contains("parquet magic")
+        || d.contains("invalid parquet")
+        || d.contains("not a parquet")
+    {
+        "the object is not Parquet"
+    } else if d.contains("not found") || d.contains("nosuchkey") || d.contains("no files found") {
+        "no such object (or no matching files under the prefix)"
+    } else {
+        ""
+    };
+    let detail = crate::plan::one_line(detail);
+    if why.is_empty() {
+        format!("{url}: {detail}")
+    } else {
+        format!("{url}: {why} ({detail})")
+    }
+}
+
 /// Checks that a local source path (file, directory or glob) exists, naming it when it does not.
+/// Remote paths are checked when their table is registered.
 pub fn check_local_source(table: &str, path: &str) -> Result<()> {
     if is_remote(path) {
-        bail!("table `{table}`: {path}: remote storage is not supported yet (only local paths)");
+        return Ok(());
     }
     let local = path.strip_prefix("file://").unwrap_or(path);
     if is_glob(local) {
@@ -43,20 +222,33 @@ pub fn check_local_source(table: &str, path: &str) -> Result<()> {
 
 /// A place to write one output object.
 pub struct OutputLocation {
-    pub store: std::sync::Arc<dyn object_store::ObjectStore>,
+    pub store: Arc<dyn ObjectStore>,
     pub path: object_store::path::Path,
-    /// The location as the user wrote it, for messages.
+    /// The location as the user wrote it (plus the file name), for messages.
     pub display: String,
     local_dir: Option<std::path::PathBuf>,
 }
 
 impl OutputLocation {
-    /// `path` is a folder (the vectors go to `part-0.parquet` in it) or a `.parquet` file.
-    pub fn for_parquet_sink(path: &str) -> Result<OutputLocation> {
+    /// `path` is a folder or prefix (the vectors go to `part-0.parquet` in it) or a `.parquet`
+    /// file, local or `s3://`.
+    pub fn for_parquet_sink(path: &str, storage: &StorageSpec) -> Result<OutputLocation> {
         if is_remote(path) {
-            bail!(
-                "sink.parquet.path {path}: remote storage is not supported yet (only local paths)"
-            );
+            let remote = RemoteUrl::parse("sink.parquet.path", path)?;
+            let key = if remote.key.ends_with(".parquet") {
+                remote.key.clone()
+            } else if remote.key.is_empty() {
+                "part-0.parquet".to_string()
+            } else {
+                format!("{}/part-0.parquet", remote.key.trim_end_matches('/'))
+            };
+            let store = s3_store(path, &remote.bucket, storage.s3.as_ref())?;
+            return Ok(OutputLocation {
+                store,
+                path: object_store::path::Path::from(key.as_str()),
+                display: format!("s3://{}/{key}", remote.bucket),
+                local_dir: None,
+            });
         }
         let local = Path::new(path.strip_prefix("file://").unwrap_or(path));
         let file = if local.extension().is_some_and(|e| e == "parquet") {
@@ -64,27 +256,32 @@ impl OutputLocation {
         } else {
             local.join("part-0.parquet")
         };
-        let absolute = std::path::absolute(&file)
-            .map_err(|e| anyhow::anyhow!("sink.parquet.path {path}: {e}"))?;
+        let absolute =
+            std::path::absolute(&file).map_err(|e| anyhow!("sink.parquet.path {path}: {e}"))?;
         let dir = absolute
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| std::path::PathBuf::from("/"));
         let object_path = object_store::path::Path::from_absolute_path(&absolute)
-            .map_err(|e| anyhow::anyhow!("sink.parquet.path {path}: {e}"))?;
+            .map_err(|e| anyhow!("sink.parquet.path {path}: {e}"))?;
         Ok(OutputLocation {
-            store: std::sync::Arc::new(object_store::local::LocalFileSystem::new()),
+            store: Arc::new(object_store::local::LocalFileSystem::new()),
             path: object_path,
             display: file.display().to_string(),
             local_dir: Some(dir),
         })
     }
 
-    /// Fails early, before anything is embedded, when the output cannot be written.
+    pub fn is_remote(&self) -> bool {
+        self.local_dir.is_none()
+    }
+
+    /// Fails early, before anything is embedded, when the output cannot be written: locally a
+    /// temporary file, remotely a small probe object written and deleted beside the output.
     pub async fn check_writable(&self) -> Result<()> {
         if let Some(dir) = &self.local_dir {
             std::fs::create_dir_all(dir).map_err(|e| {
-                anyhow::anyhow!(
+                anyhow!(
                     "output {} is not writable: cannot create {}: {e}",
                     self.display,
                     dir.display()
@@ -93,8 +290,35 @@ impl OutputLocation {
             tempfile::Builder::new()
                 .prefix(".embedflow-write-check")
                 .tempfile_in(dir)
-                .map_err(|e| anyhow::anyhow!("output {} is not writable: {e}", self.display))?;
+                .map_err(|e| anyhow!("output {} is not writable: {e}", self.display))?;
+            return Ok(());
         }
+        // The bucket must exist (some S3-compatible servers create it on the first PUT).
+        // Only a missing bucket or an unreachable endpoint fail here: a key allowed to write
+        // but not to list is checked by the probe below.
+        let parent = self.path.parts().count().saturating_sub(1);
+        let prefix: object_store::path::Path = self.path.parts().take(parent).collect();
+        if let Err(e) = self.store.list_with_delimiter(Some(&prefix)).await {
+            let text = describe_store_error(&self.display, &e.to_string());
+            if text.contains("bucket does not exist") || text.contains("cannot reach") {
+                bail!("output is not writable: {text}");
+            }
+        }
+        let probe = object_store::path::Path::from(format!(
+            "{}.embedflow-write-check-{}",
+            self.path,
+            std::process::id()
+        ));
+        self.store
+            .put(&probe, bytes::Bytes::from_static(b"").into())
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "output is not writable: {}",
+                    describe_store_error(&self.display, &e.to_string())
+                )
+            })?;
+        let _ = self.store.delete(&probe).await;
         Ok(())
     }
 }

@@ -16,7 +16,7 @@ use datafusion::parquet::file::properties::WriterProperties;
 use object_store::buffered::BufWriter;
 
 use super::{Sink, SinkReport};
-use crate::config::ParquetSinkSpec;
+use crate::config::{ParquetSinkSpec, StorageSpec};
 use crate::storage::OutputLocation;
 
 pub struct ParquetSink {
@@ -28,8 +28,12 @@ pub struct ParquetSink {
 
 impl ParquetSink {
     /// Checks the destination is writable and opens the writer; embeds nothing.
-    pub async fn create(spec: &ParquetSinkSpec, schema: SchemaRef) -> Result<ParquetSink> {
-        let location = OutputLocation::for_parquet_sink(&spec.path)?;
+    pub async fn create(
+        spec: &ParquetSinkSpec,
+        storage: &StorageSpec,
+        schema: SchemaRef,
+    ) -> Result<ParquetSink> {
+        let location = OutputLocation::for_parquet_sink(&spec.path, storage)?;
         location.check_writable().await?;
         let props = WriterProperties::builder()
             .set_max_row_group_row_count(Some(spec.row_group_rows))

@@ -9,6 +9,9 @@ use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
 
+#[allow(dead_code)]
+pub mod s3;
+
 /// `../shared` beside the repository, or None (with a message) on a user's clone.
 /// With EMBEDFLOW_REQUIRE_SHARED=1 (CI) its absence fails the test.
 pub fn shared_dir() -> Option<PathBuf> {
