@@ -14,6 +14,8 @@
 //! EMBEDFLOW_BENCH_VECTORS sets the upload size (default 50,000); EMBEDFLOW_BENCH_RSS_ROWS the
 //! RSS row counts (default 10000,200000).
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -24,12 +26,12 @@ use datafusion::arrow::array::{
     ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, StringArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datafusion::parquet::arrow::ArrowWriter;
 use embedflow::config::{PineconeSinkSpec, Pipeline};
 use embedflow::run::{RunOptions, run_pipeline};
 use embedflow::sink::Sink;
 use embedflow::sink::pinecone::PineconeSink;
 use pinecone_test_server::{Faults, IndexConfig, PineconeServer, ServerConfig};
+use support::{peak_rss_kib, short_corpus};
 
 const KEY: &str = "bench-key";
 const DIM: usize = 384;
@@ -259,59 +261,6 @@ fn e2e(rt: &tokio::runtime::Runtime) -> Result<()> {
         "Pinecone sink / Parquet sink throughput: {:.1}%",
         100.0 * rates[1] / rates[0]
     );
-    Ok(())
-}
-
-/// Peak resident memory of a child process, polled from /proc.
-fn peak_rss_kib(mut child: std::process::Child) -> Result<(u64, std::process::ExitStatus)> {
-    let status_path = format!("/proc/{}/status", child.id());
-    let mut peak = 0;
-    loop {
-        if let Ok(s) = std::fs::read_to_string(&status_path)
-            && let Some(line) = s.lines().find(|l| l.starts_with("VmHWM:"))
-        {
-            let kib: u64 = line
-                .split_whitespace()
-                .nth(1)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            peak = peak.max(kib);
-        }
-        if let Some(status) = child.try_wait()? {
-            return Ok((peak, status));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn short_corpus(path: &Path, n: usize) -> Result<()> {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Utf8, false),
-        Field::new("text", DataType::Utf8, false),
-    ]));
-    let mut w = ArrowWriter::try_new(std::fs::File::create(path)?, schema.clone(), None)?;
-    let words = [
-        "river", "compiler", "garden", "invoice", "harbor", "protein", "violin",
-    ];
-    for start in (0..n).step_by(8192) {
-        let end = (start + 8192).min(n);
-        let ids: Vec<String> = (start..end).map(|i| format!("r{i}")).collect();
-        let texts: Vec<String> = (start..end)
-            .map(|i| {
-                format!(
-                    "row {i}: the {} near the {}",
-                    words[i % 7],
-                    words[(i / 7) % 7]
-                )
-            })
-            .collect();
-        let cols: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from(ids)),
-            Arc::new(StringArray::from(texts)),
-        ];
-        w.write(&RecordBatch::try_new(schema.clone(), cols)?)?;
-    }
-    w.close()?;
     Ok(())
 }
 

@@ -9,52 +9,13 @@
 #[allow(dead_code)]
 #[path = "../tests/common/s3.rs"]
 mod s3;
+mod support;
 
-use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Result;
-use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::parquet::file::properties::WriterProperties;
-
-fn corpus(path: &Path, n: usize) -> Result<()> {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Utf8, false),
-        Field::new("text", DataType::Utf8, false),
-    ]));
-    // Row groups of 8k rows, as a data platform would write them.
-    let props = WriterProperties::builder()
-        .set_max_row_group_row_count(Some(8192))
-        .build();
-    let mut w = ArrowWriter::try_new(std::fs::File::create(path)?, schema.clone(), Some(props))?;
-    let words = [
-        "river", "compiler", "garden", "invoice", "harbor", "protein", "violin",
-    ];
-    for start in (0..n).step_by(8192) {
-        let end = (start + 8192).min(n);
-        let ids: Vec<String> = (start..end).map(|i| format!("r{i}")).collect();
-        let texts: Vec<String> = (start..end)
-            .map(|i| {
-                format!(
-                    "row {i}: the {} near the {}",
-                    words[i % 7],
-                    words[(i / 7) % 7]
-                )
-            })
-            .collect();
-        let cols: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from(ids)),
-            Arc::new(StringArray::from(texts)),
-        ];
-        w.write(&RecordBatch::try_new(schema.clone(), cols)?)?;
-    }
-    w.close()?;
-    Ok(())
-}
+use support::{peak_rss_kib, short_corpus};
 
 fn main() -> Result<()> {
     let counts: Vec<usize> = std::env::var("EMBEDFLOW_BENCH_RSS_ROWS")
@@ -73,7 +34,7 @@ fn main() -> Result<()> {
     let mut peaks = Vec::new();
     for n in counts {
         let local = dir.path().join(format!("rows-{n}.parquet"));
-        corpus(&local, n)?;
+        short_corpus(&local, n)?;
         srv.put_file("lake", &format!("in/rows-{n}.parquet"), &local);
         let yaml = dir.path().join(format!("p-{n}.yaml"));
         std::fs::write(
@@ -83,30 +44,13 @@ fn main() -> Result<()> {
             ),
         )?;
         let start = Instant::now();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_embedflow"))
+        let child = Command::new(env!("CARGO_BIN_EXE_embedflow"))
             .args(["-q", "run", "--no-progress"])
             .arg(&yaml)
             .envs(srv.env())
             .stdout(std::process::Stdio::null())
             .spawn()?;
-        let status_path = format!("/proc/{}/status", child.id());
-        let mut peak = 0u64;
-        let status = loop {
-            if let Ok(s) = std::fs::read_to_string(&status_path)
-                && let Some(line) = s.lines().find(|l| l.starts_with("VmHWM:"))
-            {
-                peak = peak.max(
-                    line.split_whitespace()
-                        .nth(1)
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0),
-                );
-            }
-            if let Some(status) = child.try_wait()? {
-                break status;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
+        let (peak, status) = peak_rss_kib(child)?;
         anyhow::ensure!(status.success(), "embedflow run failed for {n} rows");
         anyhow::ensure!(
             srv.object("lake", &format!("out/rows-{n}/part-0.parquet"))

@@ -1,0 +1,68 @@
+//! Helpers shared by the benchmarks: a synthetic table of short rows and peak-RSS measurement.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::file::properties::WriterProperties;
+
+/// `n` short rows (`id`, `text`) in row groups of 8k rows, as a data platform would write them.
+pub fn short_corpus(path: &Path, n: usize) -> Result<()> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("text", DataType::Utf8, false),
+    ]));
+    let props = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(8192))
+        .build();
+    let mut w = ArrowWriter::try_new(std::fs::File::create(path)?, schema.clone(), Some(props))?;
+    let words = [
+        "river", "compiler", "garden", "invoice", "harbor", "protein", "violin",
+    ];
+    for start in (0..n).step_by(8192) {
+        let end = (start + 8192).min(n);
+        let ids: Vec<String> = (start..end).map(|i| format!("r{i}")).collect();
+        let texts: Vec<String> = (start..end)
+            .map(|i| {
+                format!(
+                    "row {i}: the {} near the {}",
+                    words[i % 7],
+                    words[(i / 7) % 7]
+                )
+            })
+            .collect();
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(ids)),
+            Arc::new(StringArray::from(texts)),
+        ];
+        w.write(&RecordBatch::try_new(schema.clone(), cols)?)?;
+    }
+    w.close()?;
+    Ok(())
+}
+
+/// Waits for `child` and returns its peak resident memory (KiB, polled from /proc).
+pub fn peak_rss_kib(mut child: std::process::Child) -> Result<(u64, std::process::ExitStatus)> {
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    loop {
+        if let Ok(s) = std::fs::read_to_string(&status_path)
+            && let Some(line) = s.lines().find(|l| l.starts_with("VmHWM:"))
+        {
+            let kib: u64 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            peak = peak.max(kib);
+        }
+        if let Some(status) = child.try_wait()? {
+            return Ok((peak, status));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
