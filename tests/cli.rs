@@ -433,6 +433,69 @@ fn missing_onnx_runtime_library() {
 }
 
 #[test]
+fn int8_run_stays_close_to_fp32() {
+    let dir = tempfile::tempdir().unwrap();
+    sample(dir.path());
+    write(
+        dir.path(),
+        "p.yaml",
+        &pipeline_yaml("docs.parquet", "out", "  precision: int8\n"),
+    );
+    let o = embedflow(dir.path(), &["run", "p.yaml"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows = read_vectors(&dir.path().join("out/part-0.parquet"));
+    assert_eq!(rows.len(), TEXTS.len());
+    let fp32 = Embedder::load(&EmbedOptions::new("all-MiniLM-L6-v2")).unwrap();
+    let texts: Vec<Option<&str>> = TEXTS.iter().map(|t| Some(*t)).collect();
+    let want = fp32.embed(&texts).unwrap();
+    let dim = fp32.dim();
+    let mut min = f64::MAX;
+    for (id, v) in &rows {
+        let i: usize = id.trim_start_matches("doc-").parse().unwrap();
+        min = min.min(cosine(v, &want[i * dim..(i + 1) * dim]));
+    }
+    assert!(min >= 0.99, "int8 vs fp32 minimum cosine {min}");
+    assert!(
+        min < 0.99999,
+        "int8 equals fp32 ({min}): was the model quantised?"
+    );
+}
+
+#[test]
+fn cuda_device_without_cuda_runtime_fails_loudly() {
+    let dir = tempfile::tempdir().unwrap();
+    sample(dir.path());
+    write(
+        dir.path(),
+        "p.yaml",
+        &pipeline_yaml("docs.parquet", "out", "  device: cuda:0\n"),
+    );
+    let o = embedflow(dir.path(), &["run", "p.yaml"]);
+    // The PyPI onnxruntime (CPU) library in use has no CUDA provider: never a CPU fall back.
+    assert_fails_with(&o, 1, "embed.device cuda:0");
+    assert!(
+        stderr(&o).contains("CUDA execution provider"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("onnxruntime-gpu"), "{}", stderr(&o));
+    assert!(!dir.path().join("out").exists(), "output written");
+}
+
+#[test]
+fn fp16_on_cpu_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    sample(dir.path());
+    write(
+        dir.path(),
+        "p.yaml",
+        &pipeline_yaml("docs.parquet", "out", "  precision: fp16\n"),
+    );
+    let o = embedflow(dir.path(), &["validate", "p.yaml"]);
+    assert_fails_with(&o, 2, "embed.precision fp16 runs on GPUs only");
+}
+
+#[test]
 fn output_path_not_writable() {
     let dir = tempfile::tempdir().unwrap();
     sample(dir.path());

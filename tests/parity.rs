@@ -5,11 +5,26 @@ mod common;
 
 use std::path::Path;
 
+use embedflow::config::Precision;
 use embedflow::embed::{EmbedOptions, Embedder};
 
 fn fp32_embedder(shared: &Path) -> Embedder {
     let dir = shared.join("models/all-MiniLM-L6-v2");
     Embedder::load(&EmbedOptions::new(dir.to_str().unwrap())).expect("load fp32 model")
+}
+
+fn int8_embedder(shared: &Path) -> Embedder {
+    let dir = shared.join("models/all-MiniLM-L6-v2");
+    let mut opts = EmbedOptions::new(dir.to_str().unwrap());
+    opts.precision = Precision::Int8;
+    Embedder::load(&opts).expect("quantise and load the int8 model (needs scripts/setup.sh)")
+}
+
+fn min_with_index(cosines: &[f64]) -> (usize, f64) {
+    cosines.iter().enumerate().fold(
+        (0, f64::MAX),
+        |acc, (i, &c)| if c < acc.1 { (i, c) } else { acc },
+    )
 }
 
 fn default_embedder() -> Embedder {
@@ -86,11 +101,7 @@ fn fp32_vectors_match_sentence_transformers() {
         return;
     };
     let cosines = golden_cosines(&fp32_embedder(&shared), &shared);
-    let (worst, min) =
-        cosines.iter().enumerate().fold(
-            (0, f64::MAX),
-            |acc, (i, &c)| if c < acc.1 { (i, c) } else { acc },
-        );
+    let (worst, min) = min_with_index(&cosines);
     eprintln!("fp32 model: minimum cosine {min:.7} (input {worst})");
     assert!(min >= 0.99999, "input {worst}: cosine {min}");
 }
@@ -137,12 +148,8 @@ fn pearson(a: &[f64], b: &[f64]) -> f64 {
     cov / (va.sqrt() * vb.sqrt())
 }
 
-#[test]
-fn spearman_on_stsb_dev() {
-    let Some(shared) = common::shared_dir() else {
-        return;
-    };
-    let embedder = fp32_embedder(&shared);
+/// Spearman correlation of cosine similarity with the gold scores on STS-B dev.
+fn stsb_spearman(embedder: &Embedder, shared: &Path) -> f64 {
     let tsv = std::fs::read_to_string(shared.join("data/stsb_dev.tsv")).unwrap();
     let mut gold = Vec::new();
     let mut left = Vec::new();
@@ -168,7 +175,44 @@ fn spearman_on_stsb_dev() {
     let sims: Vec<f64> = (0..n)
         .map(|i| common::cosine(&v[i * d..(i + 1) * d], &v[(n + i) * d..(n + i + 1) * d]))
         .collect();
-    let rho = pearson(&ranks(&sims), &ranks(&gold));
+    pearson(&ranks(&sims), &ranks(&gold))
+}
+
+#[test]
+fn spearman_on_stsb_dev() {
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
+    let rho = stsb_spearman(&fp32_embedder(&shared), &shared);
     eprintln!("STS-B dev Spearman: {rho:.4} (reference 0.8672)");
     assert!((rho - 0.8672).abs() <= 0.005, "Spearman {rho}");
+}
+
+/// `embed.precision: int8` keeps parity: minimum cosine >= 0.99 against sentence-transformers
+/// on every golden input, and STS-B Spearman within 0.005 of the fp32 model's.
+#[test]
+fn int8_keeps_parity_with_sentence_transformers() {
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
+    let int8 = int8_embedder(&shared);
+    assert_eq!(int8.precision(), Precision::Int8);
+    let cosines = golden_cosines(&int8, &shared);
+    let (worst, min) = min_with_index(&cosines);
+    let mean = cosines.iter().sum::<f64>() / cosines.len() as f64;
+    eprintln!("int8: minimum cosine {min:.5} (input {worst}), mean {mean:.5}");
+    assert!(min >= 0.99, "input {worst}: cosine {min}");
+    // Quantisation really happened: the vectors are close to, not equal to, fp32's.
+    assert!(
+        min < 0.99999,
+        "int8 vectors equal fp32's: was the model quantised?"
+    );
+
+    let fp32_rho = stsb_spearman(&fp32_embedder(&shared), &shared);
+    let int8_rho = stsb_spearman(&int8, &shared);
+    eprintln!("STS-B dev Spearman: fp32 {fp32_rho:.4}, int8 {int8_rho:.4}");
+    assert!(
+        (int8_rho - fp32_rho).abs() <= 0.005,
+        "int8 Spearman {int8_rho} vs fp32 {fp32_rho}"
+    );
 }

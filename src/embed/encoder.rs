@@ -1,8 +1,8 @@
 //! The `Embedder`: tokenizer + ONNX Runtime session + pooling, matching sentence-transformers.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, anyhow, bail};
 use ort::session::Session;
@@ -12,28 +12,37 @@ use tokenizers::{Encoding, PaddingParams, Tokenizer, TruncationParams};
 
 use super::batch::plan_micro_batches;
 use super::model::{ModelFiles, Pooling};
-use super::runtime;
+use super::{prepare, runtime};
+use crate::config::{Device, Precision};
+
+/// Rows tokenised ahead of inference: the next chunk is tokenised while this one runs.
+const TOKENIZE_CHUNK_ROWS: usize = 2048;
 
 /// How to build an [`Embedder`].
 #[derive(Debug, Clone)]
 pub struct EmbedOptions {
     pub model: String,
-    pub batch_tokens: usize,
+    /// Micro-batch token budget; `None` picks the device's default.
+    pub batch_tokens: Option<usize>,
     pub batch_rows: usize,
     pub max_seq_length: Option<usize>,
     pub threads: Option<usize>,
     pub onnxruntime: Option<PathBuf>,
+    pub precision: Precision,
+    pub device: Device,
 }
 
 impl EmbedOptions {
     pub fn new(model: impl Into<String>) -> Self {
         EmbedOptions {
             model: model.into(),
-            batch_tokens: 8192,
+            batch_tokens: None,
             batch_rows: 256,
             max_seq_length: None,
             threads: None,
             onnxruntime: None,
+            precision: Precision::Fp32,
+            device: Device::Cpu,
         }
     }
 
@@ -45,6 +54,8 @@ impl EmbedOptions {
             max_seq_length: spec.max_seq_length,
             threads: spec.threads,
             onnxruntime: spec.onnxruntime.clone(),
+            precision: spec.precision,
+            device: spec.device.clone(),
         }
     }
 }
@@ -60,7 +71,10 @@ pub struct Tokens {
 pub struct Embedder {
     files: ModelFiles,
     tokenizer: Tokenizer,
-    session: Mutex<Session>,
+    /// One session per device; micro-batches are spread over them.
+    sessions: Vec<Mutex<Session>>,
+    precision: Precision,
+    device: Device,
     input_names: InputNames,
     output_name: String,
     dim: usize,
@@ -88,6 +102,71 @@ impl std::fmt::Debug for Embedder {
 
 fn ort_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow!("{e}")
+}
+
+/// A CPU session: all graph optimisations, one intra-op thread per core, no spinning between
+/// micro-batches (so tokenising and writing get the cores), inter-op parallelism off.
+fn cpu_session(
+    env: &ort::environment::Environment,
+    files: &ModelFiles,
+    onnx: &Path,
+    threads: Option<usize>,
+) -> Result<Session> {
+    let threads = threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    Session::builder(env)
+        .map_err(ort_err)?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(ort_err)?
+        .with_intra_threads(threads)
+        .map_err(ort_err)?
+        .with_inter_threads(1)
+        .map_err(ort_err)?
+        .with_intra_op_spinning(false)
+        .map_err(ort_err)?
+        .commit_from_file(onnx)
+        .map_err(|e| load_error(files, onnx, e))
+}
+
+const CUDA_HINT: &str = "embed.device cuda needs ONNX Runtime from the PyPI onnxruntime-gpu wheel \
+(with the nvidia-* CUDA and cuDNN wheels it names, e.g. `pip install onnxruntime-gpu[cuda,cudnn]`) \
+and ORT_DYLIB_PATH or embed.onnxruntime pointing at its libonnxruntime.so; embedflow never falls \
+back to the CPU";
+
+/// A session on CUDA device `id`. The CUDA execution provider must register: a CPU-only
+/// ONNX Runtime library, missing CUDA/cuDNN libraries or a missing device are errors, never a
+/// silent fall back to the CPU.
+fn cuda_session(
+    env: &ort::environment::Environment,
+    files: &ModelFiles,
+    onnx: &Path,
+    id: u32,
+) -> Result<Session> {
+    use ort::ep::ExecutionProvider;
+    let mut builder = Session::builder(env)
+        .map_err(ort_err)?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(ort_err)?;
+    let ep = ort::ep::CUDA::default().with_device_id(id as i32);
+    ep.register(&mut builder).map_err(|e| {
+        anyhow!(
+            "embed.device cuda:{id}: the CUDA execution provider did not register: {e}; {CUDA_HINT}"
+        )
+    })?;
+    builder.commit_from_file(onnx).map_err(|e| {
+        anyhow!(
+            "embed.device cuda:{id}: model {}: cannot load {} on the GPU: {e}; {CUDA_HINT}",
+            files.name,
+            onnx.display()
+        )
+    })
+}
+
+fn load_error(files: &ModelFiles, onnx: &Path, e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!("model {}: cannot load {}: {e}", files.name, onnx.display())
 }
 
 impl Embedder {
@@ -118,30 +197,25 @@ impl Embedder {
             .map_err(|e| anyhow!("model {}: tokenizer truncation: {e}", files.name))?;
         tokenizer.with_padding(None::<PaddingParams>);
 
-        let threads = opts.threads.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        });
-        let session = Session::builder(&env)
-            .map_err(ort_err)?
-            .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(ort_err)?
-            .with_intra_threads(threads)
-            .map_err(ort_err)?
-            .with_inter_threads(1)
-            .map_err(ort_err)?
-            .with_intra_op_spinning(false)
-            .map_err(ort_err)?
-            .commit_from_file(&files.onnx)
-            .map_err(|e| {
-                anyhow!(
-                    "model {}: cannot load {}: {e}",
-                    files.name,
-                    files.onnx.display()
-                )
-            })?;
-
+        if let Device::Cuda(ids) = &opts.device {
+            // Before any model preparation: a CPU-only library can never run on the GPU.
+            use ort::ep::ExecutionProvider;
+            if !ort::ep::CUDA::is_available().unwrap_or(false) {
+                bail!(
+                    "embed.device cuda:{}: the ONNX Runtime library in use has no CUDA execution provider; {CUDA_HINT}",
+                    ids.first().copied().unwrap_or(0)
+                );
+            }
+        }
+        let onnx = prepare::model_for(&files, opts.precision)?;
+        let sessions = match &opts.device {
+            Device::Cpu => vec![cpu_session(&env, &files, &onnx, opts.threads)?],
+            Device::Cuda(ids) => ids
+                .iter()
+                .map(|&id| cuda_session(&env, &files, &onnx, id))
+                .collect::<Result<Vec<_>>>()?,
+        };
+        let session = &sessions[0];
         let names: Vec<String> = session
             .inputs()
             .iter()
@@ -175,18 +249,26 @@ impl Embedder {
         let mut embedder = Embedder {
             files,
             tokenizer,
-            session: Mutex::new(session),
+            sessions: sessions.into_iter().map(Mutex::new).collect(),
+            precision: opts.precision,
+            device: opts.device.clone(),
             input_names,
             output_name,
             dim: 0,
             max_seq_length,
-            batch_tokens: opts.batch_tokens.max(1),
+            batch_tokens: opts
+                .batch_tokens
+                .unwrap_or_else(|| opts.device.default_batch_tokens())
+                .max(1),
             batch_rows: opts.batch_rows.max(1),
             tokens_seen: AtomicU64::new(0),
         };
         // Probe the width with one tiny input: it also proves the model runs.
         let probe = embedder.tokenize(&[""])?;
-        let (_, dim) = embedder.run_batch(&probe, &[0])?;
+        let mut dim = 0;
+        for session in &embedder.sessions {
+            dim = embedder.run_batch(session, &probe, &[0])?.1;
+        }
         embedder.dim = dim;
         embedder.tokens_seen.store(0, Ordering::Relaxed);
         Ok(embedder)
@@ -206,6 +288,18 @@ impl Embedder {
 
     pub fn max_seq_length(&self) -> usize {
         self.max_seq_length
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn batch_tokens(&self) -> usize {
+        self.batch_tokens
     }
 
     /// Tokens embedded so far (after truncation, without padding).
@@ -234,28 +328,101 @@ impl Embedder {
 
     /// Embeds texts; `None` rows get no vector. Returns row-major vectors (`dim` floats per row,
     /// zeros for `None` rows) in the input order.
+    ///
+    /// Rows are tokenised in chunks on a second thread while the previous chunk runs through the
+    /// model; within a chunk, rows are sorted by length into token-budget micro-batches, which are
+    /// spread over the sessions (one per device).
     pub fn embed(&self, texts: &[Option<&str>]) -> Result<Vec<f32>> {
         let present: Vec<usize> = (0..texts.len()).filter(|&i| texts[i].is_some()).collect();
-        let strs: Vec<&str> = present
-            .iter()
-            .map(|&i| texts[i].unwrap_or_default())
-            .collect();
-        let encodings = self.tokenize(&strs)?;
-        let lengths: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
         let mut out = vec![0f32; texts.len() * self.dim];
-        for batch in plan_micro_batches(&lengths, self.batch_tokens, self.batch_rows) {
-            let (vectors, dim) = self.run_batch(&encodings, &batch)?;
-            debug_assert_eq!(dim, self.dim);
-            for (k, &j) in batch.iter().enumerate() {
-                let row = present[j];
-                out[row * dim..(row + 1) * dim].copy_from_slice(&vectors[k * dim..(k + 1) * dim]);
+        let chunks: Vec<&[usize]> = present.chunks(TOKENIZE_CHUNK_ROWS).collect();
+        std::thread::scope(|scope| -> Result<()> {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Encoding>>>(1);
+            let tokenizer = scope.spawn(move || {
+                for chunk in &chunks {
+                    let strs: Vec<&str> = chunk
+                        .iter()
+                        .map(|&i| texts[i].unwrap_or_default())
+                        .collect();
+                    if tx.send(self.tokenize(&strs)).is_err() {
+                        return;
+                    }
+                }
+            });
+            let mut done = 0usize;
+            for encodings in rx {
+                let encodings = encodings?;
+                let rows = &present[done..done + encodings.len()];
+                done += encodings.len();
+                self.embed_chunk(&encodings, rows, &mut out)?;
             }
-        }
+            tokenizer
+                .join()
+                .map_err(|_| anyhow!("the tokenizer thread panicked"))?;
+            Ok(())
+        })?;
         Ok(out)
     }
 
+    /// Runs one tokenised chunk; `rows[j]` is the output row of `encodings[j]`.
+    fn embed_chunk(&self, encodings: &[Encoding], rows: &[usize], out: &mut [f32]) -> Result<()> {
+        let lengths: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
+        let batches = plan_micro_batches(&lengths, self.batch_tokens, self.batch_rows);
+        let dim = self.dim;
+        let mut place = |batch: &[usize], vectors: &[f32]| {
+            for (k, &j) in batch.iter().enumerate() {
+                let row = rows[j];
+                out[row * dim..(row + 1) * dim].copy_from_slice(&vectors[k * dim..(k + 1) * dim]);
+            }
+        };
+        if self.sessions.len() == 1 {
+            for batch in &batches {
+                let (vectors, _) = self.run_batch(&self.sessions[0], encodings, batch)?;
+                place(batch, &vectors);
+            }
+            return Ok(());
+        }
+        // Several devices: each session's worker takes the next micro-batch when it is free.
+        let next = AtomicUsize::new(0);
+        let results = std::thread::scope(|scope| {
+            let workers: Vec<_> = self
+                .sessions
+                .iter()
+                .map(|session| {
+                    let (next, batches) = (&next, &batches);
+                    scope.spawn(move || -> Result<Vec<(usize, Vec<f32>)>> {
+                        let mut done = Vec::new();
+                        loop {
+                            let b = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(batch) = batches.get(b) else {
+                                return Ok(done);
+                            };
+                            done.push((b, self.run_batch(session, encodings, batch)?.0));
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join()
+                        .map_err(|_| anyhow!("an inference thread panicked"))?
+                })
+                .collect::<Result<Vec<_>>>()
+        })?;
+        for (b, vectors) in results.into_iter().flatten() {
+            place(&batches[b], &vectors);
+        }
+        Ok(())
+    }
+
     /// Runs one micro-batch (rows `batch` of `encodings`), returning pooled vectors in batch order.
-    fn run_batch(&self, encodings: &[Encoding], batch: &[usize]) -> Result<(Vec<f32>, usize)> {
+    fn run_batch(
+        &self,
+        session: &Mutex<Session>,
+        encodings: &[Encoding],
+        batch: &[usize],
+    ) -> Result<(Vec<f32>, usize)> {
         let rows = batch.len();
         let seq = batch
             .iter()
@@ -265,15 +432,16 @@ impl Embedder {
             .max(1);
         let mut ids = vec![0i64; rows * seq];
         let mut mask = vec![0i64; rows * seq];
-        let mut tokens = 0u64;
+        let mut lengths = Vec::with_capacity(rows);
         for (r, &i) in batch.iter().enumerate() {
             let e = &encodings[i];
             for (c, (&id, &m)) in e.get_ids().iter().zip(e.get_attention_mask()).enumerate() {
                 ids[r * seq + c] = id as i64;
                 mask[r * seq + c] = m as i64;
             }
-            tokens += e.get_ids().len() as u64;
+            lengths.push(e.get_ids().len());
         }
+        let tokens: u64 = lengths.iter().map(|&n| n as u64).sum();
         let shape = [rows as i64, seq as i64];
         let mut inputs: Vec<(
             std::borrow::Cow<'_, str>,
@@ -286,9 +454,7 @@ impl Embedder {
         if let Some(n) = &self.input_names.mask {
             inputs.push((
                 n.as_str().into(),
-                Tensor::from_array((shape, mask.clone()))
-                    .map_err(ort_err)?
-                    .into(),
+                Tensor::from_array((shape, mask)).map_err(ort_err)?.into(),
             ));
         }
         if let Some(n) = &self.input_names.type_ids {
@@ -299,8 +465,7 @@ impl Embedder {
                     .into(),
             ));
         }
-        let mut session = self
-            .session
+        let mut session = session
             .lock()
             .map_err(|_| anyhow!("ONNX Runtime session poisoned by an earlier failure"))?;
         let outputs = session
@@ -319,7 +484,7 @@ impl Embedder {
         let pooled = match dims.as_slice() {
             [b, s, d] if *b as usize == rows && *s as usize == seq => pool(
                 hidden,
-                &mask,
+                &lengths,
                 rows,
                 seq,
                 *d as usize,
@@ -350,10 +515,11 @@ impl Embedder {
     }
 }
 
-/// Pools token vectors `[rows, seq, dim]` under the attention mask.
+/// Pools token vectors `[rows, seq, dim]` over each row's first `lengths[r]` tokens (the
+/// tokenizer's attention mask is all ones on a row's own tokens; the rest is padding).
 fn pool(
     hidden: &[f32],
-    mask: &[i64],
+    lengths: &[usize],
     rows: usize,
     seq: usize,
     dim: usize,
@@ -365,12 +531,8 @@ fn pool(
         match how {
             Pooling::Cls => o.copy_from_slice(&hidden[r * seq * dim..r * seq * dim + dim]),
             Pooling::Mean => {
-                let mut count = 0f32;
-                for t in 0..seq {
-                    if mask[r * seq + t] == 0 {
-                        continue;
-                    }
-                    count += 1.0;
+                let count = lengths[r].min(seq) as f32;
+                for t in 0..lengths[r].min(seq) {
                     let h = &hidden[(r * seq + t) * dim..(r * seq + t + 1) * dim];
                     o.iter_mut().zip(h).for_each(|(a, b)| *a += b);
                 }
@@ -379,10 +541,7 @@ fn pool(
             }
             Pooling::Max => {
                 o.iter_mut().for_each(|x| *x = f32::MIN);
-                for t in 0..seq {
-                    if mask[r * seq + t] == 0 {
-                        continue;
-                    }
+                for t in 0..lengths[r].min(seq) {
                     let h = &hidden[(r * seq + t) * dim..(r * seq + t + 1) * dim];
                     o.iter_mut().zip(h).for_each(|(a, b)| *a = a.max(*b));
                 }
@@ -400,11 +559,11 @@ mod tests {
     fn mean_pooling_ignores_masked_tokens() {
         // rows=1, seq=3, dim=2; the last token is padding.
         let hidden = [1.0, 2.0, 3.0, 4.0, 100.0, 100.0];
-        let v = pool(&hidden, &[1, 1, 0], 1, 3, 2, Pooling::Mean);
+        let v = pool(&hidden, &[2], 1, 3, 2, Pooling::Mean);
         assert_eq!(v, vec![2.0, 3.0]);
-        let v = pool(&hidden, &[1, 1, 0], 1, 3, 2, Pooling::Max);
+        let v = pool(&hidden, &[2], 1, 3, 2, Pooling::Max);
         assert_eq!(v, vec![3.0, 4.0]);
-        let v = pool(&hidden, &[1, 1, 0], 1, 3, 2, Pooling::Cls);
+        let v = pool(&hidden, &[2], 1, 3, 2, Pooling::Cls);
         assert_eq!(v, vec![1.0, 2.0]);
     }
 }

@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod encoder;
 pub mod model;
+pub mod prepare;
 pub mod runtime;
 pub mod udf;
 

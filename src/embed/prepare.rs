@@ -1,0 +1,154 @@
+//! Preparing the model for the requested precision once, and caching the result.
+//!
+//! fp32 runs the model as given. int8 and fp16 models are produced by ONNX Runtime's own Python
+//! tools (its quantiser and transformer optimiser, from the same `onnxruntime` wheel that provides
+//! the shared library), run once through `prepare_model.py` and cached under
+//! `$EMBEDFLOW_HOME/prepared/<sha256 of model.onnx>-<precision>-v<recipe>/model.onnx`.
+//! Later runs, and other pipelines on the same model, load the cached file.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+
+use super::model::ModelFiles;
+use super::runtime::embedflow_home;
+use crate::config::Precision;
+
+const SCRIPT: &str = include_str!("prepare_model.py");
+/// Bump when the recipe in `prepare_model.py` changes, so old cache entries are not reused.
+const RECIPE_VERSION: u32 = 1;
+
+/// The ONNX file to load for `precision`, preparing and caching it when needed.
+pub fn model_for(files: &ModelFiles, precision: Precision) -> Result<PathBuf> {
+    if precision == Precision::Fp32 {
+        return Ok(files.onnx.clone());
+    }
+    let digest = file_sha256(&files.onnx)?;
+    let dir = embedflow_home().join("prepared").join(format!(
+        "{}-{}-v{RECIPE_VERSION}",
+        &digest[..16],
+        precision.as_str()
+    ));
+    let target = dir.join("model.onnx");
+    if target.is_file() {
+        tracing::debug!(
+            "{} model from cache: {}",
+            precision.as_str(),
+            target.display()
+        );
+        return Ok(target);
+    }
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create the model cache {}", dir.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".model-")
+        .suffix(".onnx")
+        .tempfile_in(&dir)
+        .with_context(|| format!("cannot write in the model cache {}", dir.display()))?;
+    let python = python_interpreter();
+    tracing::info!(
+        "model {}: preparing the {} model once with {} (cached in {})",
+        files.name,
+        precision.as_str(),
+        python.display(),
+        dir.display()
+    );
+    let mut cmd = Command::new(&python);
+    cmd.arg("-c")
+        .arg(SCRIPT)
+        .arg(&files.onnx)
+        .arg(tmp.path())
+        .arg(precision.as_str());
+    if precision == Precision::Fp16 {
+        let (heads, hidden) = attention_shape(&files.dir)?;
+        cmd.arg(heads.to_string()).arg(hidden.to_string());
+    }
+    let out = cmd.output().with_context(|| {
+        format!(
+            "embed.precision {}: cannot run Python ({}) to prepare the model: {PYTHON_HINT}",
+            precision.as_str(),
+            python.display()
+        )
+    })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("no message");
+        if out.status.code() == Some(3) {
+            bail!(
+                "embed.precision {}: {} lacks what prepares the model ({last}): {PYTHON_HINT}",
+                precision.as_str(),
+                python.display()
+            );
+        }
+        bail!(
+            "model {}: preparing the {} model failed: {last}",
+            files.name,
+            precision.as_str()
+        );
+    }
+    // tempfile creates 0600 files; the cache is as readable as the model it came from.
+    let mode = std::fs::metadata(&files.onnx)?.permissions();
+    std::fs::set_permissions(tmp.path(), mode)?;
+    tmp.persist(&target)
+        .with_context(|| format!("cannot store {}", target.display()))?;
+    // The rest of the model folder (tokenizer, pooling) stays where it is: only the graph changes.
+    Ok(target)
+}
+
+const PYTHON_HINT: &str = "run `bash scripts/setup.sh` (it installs onnxruntime, onnx and onnx-ir \
+into $EMBEDFLOW_HOME/venv), or point EMBEDFLOW_PYTHON at a Python that has them";
+
+/// `EMBEDFLOW_PYTHON`, else the setup's environment, else `python3`.
+fn python_interpreter() -> PathBuf {
+    if let Some(p) = std::env::var_os("EMBEDFLOW_PYTHON").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let venv = embedflow_home().join("venv/bin/python");
+    if venv.is_file() {
+        return venv;
+    }
+    PathBuf::from("python3")
+}
+
+/// Attention heads and hidden size from the model's `config.json` (for the fp16 fusions).
+fn attention_shape(dir: &Path) -> Result<(u64, u64)> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "embed.precision fp16 needs the model's config.json (num_attention_heads, hidden_size): cannot read {}",
+            path.display()
+        )
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("invalid JSON in {}", path.display()))?;
+    let field = |k: &str| {
+        v.get(k)
+            .and_then(serde_json::Value::as_u64)
+            .with_context(|| format!("{} has no {k}", path.display()))
+    };
+    Ok((field("num_attention_heads")?, field("hidden_size")?))
+}
+
+fn file_sha256(path: &Path) -> Result<String> {
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
