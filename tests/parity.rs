@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use embedflow::config::Precision;
-use embedflow::embed::{EmbedOptions, Embedder};
+use embedflow::embed::{EmbedOptions, Embedder, eval};
 
 fn fp32_embedder(shared: &Path) -> Embedder {
     let dir = shared.join("models/all-MiniLM-L6-v2");
@@ -120,62 +120,11 @@ fn offline_default_model_stays_close() {
     assert!(mean >= 0.999, "mean cosine {mean}");
 }
 
-fn ranks(v: &[f64]) -> Vec<f64> {
-    let mut idx: Vec<usize> = (0..v.len()).collect();
-    idx.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
-    let mut r = vec![0.0; v.len()];
-    let mut i = 0;
-    while i < idx.len() {
-        let mut j = i;
-        while j + 1 < idx.len() && v[idx[j + 1]] == v[idx[i]] {
-            j += 1;
-        }
-        let avg = (i + j) as f64 / 2.0 + 1.0;
-        for k in i..=j {
-            r[idx[k]] = avg;
-        }
-        i = j + 1;
-    }
-    r
-}
-
-fn pearson(a: &[f64], b: &[f64]) -> f64 {
-    let n = a.len() as f64;
-    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
-    let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
-    let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
-    let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
-    cov / (va.sqrt() * vb.sqrt())
-}
-
 /// Spearman correlation of cosine similarity with the gold scores on STS-B dev.
 fn stsb_spearman(embedder: &Embedder, shared: &Path) -> f64 {
-    let tsv = std::fs::read_to_string(shared.join("data/stsb_dev.tsv")).unwrap();
-    let mut gold = Vec::new();
-    let mut left = Vec::new();
-    let mut right = Vec::new();
-    for line in tsv.lines() {
-        let parts: Vec<&str> = line.split('\t').collect();
-        let Ok(score) = parts[0].parse::<f64>() else {
-            continue;
-        }; // header
-        gold.push(score);
-        left.push(parts[1].to_string());
-        right.push(parts[2].to_string());
-    }
-    assert_eq!(gold.len(), 1500);
-    let rows: Vec<Option<&str>> = left
-        .iter()
-        .chain(&right)
-        .map(|s| Some(s.as_str()))
-        .collect();
-    let v = embedder.embed(&rows).unwrap();
-    let d = embedder.dim();
-    let n = gold.len();
-    let sims: Vec<f64> = (0..n)
-        .map(|i| common::cosine(&v[i * d..(i + 1) * d], &v[(n + i) * d..(n + i + 1) * d]))
-        .collect();
-    pearson(&ranks(&sims), &ranks(&gold))
+    let pairs = eval::read_sts(&shared.join("data/stsb_dev.tsv")).unwrap();
+    assert_eq!(pairs.len(), 1500);
+    eval::sts_spearman(embedder, &pairs).unwrap()
 }
 
 #[test]

