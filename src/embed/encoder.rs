@@ -207,7 +207,7 @@ impl Embedder {
                 );
             }
         }
-        let onnx = prepare::model_for(&files, opts.precision)?;
+        let onnx = prepare::model_for(&files, opts.precision, &tokenizer)?;
         let sessions = match &opts.device {
             Device::Cpu => vec![cpu_session(&env, &files, &onnx, opts.threads)?],
             Device::Cuda(ids) => ids

@@ -19,10 +19,14 @@ use crate::config::Precision;
 
 const SCRIPT: &str = include_str!("prepare_model.py");
 /// Bump when the recipe in `prepare_model.py` changes, so old cache entries are not reused.
-const RECIPE_VERSION: u32 = 1;
+const RECIPE_VERSION: u32 = 2;
 
 /// The ONNX file to load for `precision`, preparing and caching it when needed.
-pub fn model_for(files: &ModelFiles, precision: Precision) -> Result<PathBuf> {
+pub fn model_for(
+    files: &ModelFiles,
+    precision: Precision,
+    tokenizer: &tokenizers::Tokenizer,
+) -> Result<PathBuf> {
     if precision == Precision::Fp32 {
         return Ok(files.onnx.clone());
     }
@@ -62,9 +66,20 @@ pub fn model_for(files: &ModelFiles, precision: Precision) -> Result<PathBuf> {
         .arg(&files.onnx)
         .arg(tmp.path())
         .arg(precision.as_str());
-    if precision == Precision::Fp16 {
-        let (heads, hidden) = attention_shape(&files.dir)?;
-        cmd.arg(heads.to_string()).arg(hidden.to_string());
+    let calibration = tempfile::Builder::new()
+        .prefix(".calibration-")
+        .suffix(".jsonl")
+        .tempfile_in(&dir)?;
+    match precision {
+        Precision::Int8 => {
+            std::fs::write(calibration.path(), calibration_ids(tokenizer)?)?;
+            cmd.arg(calibration.path());
+        }
+        Precision::Fp16 => {
+            let (heads, hidden) = attention_shape(&files.dir)?;
+            cmd.arg(heads.to_string()).arg(hidden.to_string());
+        }
+        Precision::Fp32 => {}
     }
     let out = cmd.output().with_context(|| {
         format!(
@@ -93,6 +108,24 @@ pub fn model_for(files: &ModelFiles, precision: Precision) -> Result<PathBuf> {
             precision.as_str()
         );
     }
+    let report = String::from_utf8_lossy(&out.stdout);
+    if let Some(agreement) = report
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v["calibration_min_cosine"].as_f64())
+    {
+        if agreement < 0.99 {
+            tracing::warn!(
+                "model {}: the int8 model agrees with fp32 only to a minimum cosine of {agreement:.4} on the calibration text; use precision fp32 where that matters",
+                files.name
+            );
+        } else {
+            tracing::info!(
+                "model {}: int8 vs fp32 minimum cosine {agreement:.4} on the calibration text",
+                files.name
+            );
+        }
+    }
     // tempfile creates 0600 files; the cache is as readable as the model it came from.
     let mode = std::fs::metadata(&files.onnx)?.permissions();
     std::fs::set_permissions(tmp.path(), mode)?;
@@ -100,6 +133,22 @@ pub fn model_for(files: &ModelFiles, precision: Precision) -> Result<PathBuf> {
         .with_context(|| format!("cannot store {}", target.display()))?;
     // The rest of the model folder (tokenizer, pooling) stays where it is: only the graph changes.
     Ok(target)
+}
+
+/// Paragraphs of the bundled sample (The Rust Programming Language, MIT OR Apache-2.0) whose
+/// activations set the int8 smoothing scales.
+const CALIBRATION_TEXT: &str = include_str!("calibration.txt");
+
+/// The calibration paragraphs as the model's token ids, one JSON object per line.
+fn calibration_ids(tokenizer: &tokenizers::Tokenizer) -> Result<String> {
+    let texts: Vec<&str> = CALIBRATION_TEXT.lines().filter(|l| !l.is_empty()).collect();
+    let encodings = tokenizer
+        .encode_batch(texts, true)
+        .map_err(|e| anyhow::anyhow!("tokenizer failed on the calibration text: {e}"))?;
+    Ok(encodings
+        .iter()
+        .map(|e| serde_json::json!({ "ids": e.get_ids() }).to_string() + "\n")
+        .collect())
 }
 
 const PYTHON_HINT: &str = "run `bash scripts/setup.sh` (it installs onnxruntime, onnx and onnx-ir \
