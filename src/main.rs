@@ -5,6 +5,21 @@ use embedflow::cli::{self, Cli};
 use embedflow::error::{exit, exit_code, redact};
 use tracing_subscriber::EnvFilter;
 
+/// Keeps peak memory flat over long runs. glibc raises its mmap threshold each time a large
+/// block is freed, after which the multi-megabyte Arrow buffers of every record batch come from the
+/// heap, and fragment it: peak RSS then crept up 20% between 10k and 200k rows. A fixed 1 MiB
+/// threshold keeps such buffers in their own mappings, returned to the system when dropped.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_allocator() {
+    // SAFETY: mallopt only sets allocator parameters; called before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_allocator() {}
+
 fn init_logging(verbose: u8, quiet: bool) {
     let default = if quiet {
         "error"
@@ -29,6 +44,7 @@ fn init_logging(verbose: u8, quiet: bool) {
 }
 
 fn main() {
+    tune_allocator();
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
