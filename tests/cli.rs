@@ -4,6 +4,7 @@
 mod common;
 
 use std::path::Path;
+use std::process::Command;
 
 use common::*;
 use embedflow::embed::{EmbedOptions, Embedder};
@@ -459,6 +460,49 @@ fn int8_run_stays_close_to_fp32() {
         min < 0.99999,
         "int8 equals fp32 ({min}): was the model quantised?"
     );
+}
+
+#[test]
+fn int8_without_the_python_tools_says_how_to_get_them() {
+    let dir = tempfile::tempdir().unwrap();
+    sample(dir.path());
+    // A model folder of its own, so no int8 model is cached for it yet.
+    let model = dir.path().join("model");
+    let installed = embedflow::embed::model::resolve("all-MiniLM-L6-v2").unwrap();
+    std::fs::create_dir(&model).unwrap();
+    for f in [
+        "tokenizer.json",
+        "config.json",
+        "modules.json",
+        "sentence_bert_config.json",
+    ] {
+        std::fs::copy(installed.dir.join(f), model.join(f)).unwrap();
+    }
+    // Other bytes, another cache key: append a doc_string (ModelProto field 6; the last one wins).
+    let mut onnx = std::fs::read(&installed.onnx).unwrap();
+    onnx.extend_from_slice(&[0x32, 0x01, b'x']);
+    std::fs::write(model.join("model.onnx"), onnx).unwrap();
+    write(
+        dir.path(),
+        "p.yaml",
+        &pipeline_yaml("docs.parquet", "out", "  precision: int8\n").replace(
+            "model: all-MiniLM-L6-v2",
+            &format!("model: {}", model.display()),
+        ),
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_embedflow"))
+        .args(["run", "p.yaml"])
+        .current_dir(dir.path())
+        .env("EMBEDFLOW_PYTHON", "/nonexistent/python3")
+        .output()
+        .unwrap();
+    assert_fails_with(
+        &o,
+        1,
+        "embed.precision int8: cannot run Python (/nonexistent/python3)",
+    );
+    assert!(stderr(&o).contains("scripts/setup.sh"), "{}", stderr(&o));
+    assert!(!dir.path().join("out").exists(), "output written");
 }
 
 #[test]

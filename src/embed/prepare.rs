@@ -72,7 +72,8 @@ pub fn model_for(
         .tempfile_in(&dir)?;
     match precision {
         Precision::Int8 => {
-            std::fs::write(calibration.path(), calibration_ids(tokenizer)?)?;
+            let ids = calibration_ids(tokenizer, files.settings.max_seq_length)?;
+            std::fs::write(calibration.path(), ids)?;
             cmd.arg(calibration.path());
         }
         Precision::Fp16 => {
@@ -139,8 +140,16 @@ pub fn model_for(
 /// activations set the int8 smoothing scales.
 const CALIBRATION_TEXT: &str = include_str!("calibration.txt");
 
-/// The calibration paragraphs as the model's token ids, one JSON object per line.
-fn calibration_ids(tokenizer: &tokenizers::Tokenizer) -> Result<String> {
+/// The calibration paragraphs as the model's token ids, one JSON object per line, truncated at
+/// the model's own `max_seq_length` (not a pipeline's override: the cached model is shared).
+fn calibration_ids(tokenizer: &tokenizers::Tokenizer, max_seq_length: usize) -> Result<String> {
+    let mut tokenizer = tokenizer.clone();
+    tokenizer
+        .with_truncation(Some(tokenizers::TruncationParams {
+            max_length: max_seq_length,
+            ..Default::default()
+        }))
+        .map_err(|e| anyhow::anyhow!("tokenizer truncation: {e}"))?;
     let texts: Vec<&str> = CALIBRATION_TEXT.lines().filter(|l| !l.is_empty()).collect();
     let encodings = tokenizer
         .encode_batch(texts, true)
