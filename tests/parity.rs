@@ -165,3 +165,21 @@ fn int8_keeps_parity_with_sentence_transformers() {
         "int8 Spearman {int8_rho} vs fp32 {fp32_rho}"
     );
 }
+
+/// The fp16 model made for GPUs (BERT fusions, fp16 weights, fp32 output) is checked here on the
+/// CPU, which ONNX Runtime can also run it on: the conversion must keep parity. Its speed needs a
+/// GPU (`cargo bench --bench throughput -- --device cuda:0 --precision fp16`).
+#[test]
+fn fp16_model_keeps_parity() {
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
+    let dir = shared.join("models/all-MiniLM-L6-v2");
+    let mut opts = EmbedOptions::new(dir.to_str().unwrap());
+    opts.precision = Precision::Fp16;
+    let fp16 = Embedder::load(&opts).expect("convert and load the fp16 model");
+    let cosines = golden_cosines(&fp16, &shared);
+    let (worst, min) = min_with_index(&cosines);
+    eprintln!("fp16 (run on the CPU): minimum cosine {min:.6} (input {worst})");
+    assert!(min >= 0.999, "input {worst}: cosine {min}");
+}
