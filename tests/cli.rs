@@ -490,10 +490,15 @@ fn int8_without_the_python_tools_says_how_to_get_them() {
             &format!("model: {}", model.display()),
         ),
     );
+    // A cache of its own (the library found as usual), to see what a failure leaves in it.
+    let home = dir.path().join("home");
+    let library = embedflow::embed::runtime::find_library(None).unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_embedflow"))
         .args(["run", "p.yaml"])
         .current_dir(dir.path())
         .env("EMBEDFLOW_PYTHON", "/nonexistent/python3")
+        .env("EMBEDFLOW_HOME", &home)
+        .env("ORT_DYLIB_PATH", &library)
         .output()
         .unwrap();
     assert_fails_with(
@@ -503,6 +508,13 @@ fn int8_without_the_python_tools_says_how_to_get_them() {
     );
     assert!(stderr(&o).contains("scripts/setup.sh"), "{}", stderr(&o));
     assert!(!dir.path().join("out").exists(), "output written");
+    // Nothing is left in the prepared-model cache.
+    let left: Vec<_> = std::fs::read_dir(home.join("prepared"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left in the cache: {left:?}");
 }
 
 #[test]

@@ -47,10 +47,26 @@ pub fn model_for(
     }
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create the model cache {}", dir.display()))?;
+    let prepared = prepare_into(files, precision, tokenizer, &dir, &target);
+    if prepared.is_err() {
+        // Leave no empty cache entry behind; fails harmlessly if another run filled it meanwhile.
+        let _ = std::fs::remove_dir(&dir);
+    }
+    prepared.map(|()| target)
+}
+
+/// Runs `prepare_model.py` into a temporary file in `dir` and moves it to `target`.
+fn prepare_into(
+    files: &ModelFiles,
+    precision: Precision,
+    tokenizer: &tokenizers::Tokenizer,
+    dir: &Path,
+    target: &Path,
+) -> Result<()> {
     let tmp = tempfile::Builder::new()
         .prefix(".model-")
         .suffix(".onnx")
-        .tempfile_in(&dir)
+        .tempfile_in(dir)
         .with_context(|| format!("cannot write in the model cache {}", dir.display()))?;
     let python = python_interpreter();
     tracing::info!(
@@ -69,7 +85,7 @@ pub fn model_for(
     let calibration = tempfile::Builder::new()
         .prefix(".calibration-")
         .suffix(".jsonl")
-        .tempfile_in(&dir)?;
+        .tempfile_in(dir)?;
     match precision {
         Precision::Int8 => {
             let ids = calibration_ids(tokenizer, files.settings.max_seq_length)?;
@@ -130,10 +146,10 @@ pub fn model_for(
     // tempfile creates 0600 files; the cache is as readable as the model it came from.
     let mode = std::fs::metadata(&files.onnx)?.permissions();
     std::fs::set_permissions(tmp.path(), mode)?;
-    tmp.persist(&target)
+    tmp.persist(target)
         .with_context(|| format!("cannot store {}", target.display()))?;
     // The rest of the model folder (tokenizer, pooling) stays where it is: only the graph changes.
-    Ok(target)
+    Ok(())
 }
 
 /// Paragraphs of the bundled sample (The Rust Programming Language, MIT OR Apache-2.0) whose
