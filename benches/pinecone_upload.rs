@@ -31,7 +31,7 @@ use embedflow::run::{RunOptions, run_pipeline};
 use embedflow::sink::Sink;
 use embedflow::sink::pinecone::PineconeSink;
 use pinecone_test_server::{Faults, IndexConfig, PineconeServer, ServerConfig};
-use support::{peak_rss_kib, short_corpus};
+use support::{peak_rss_kib, print_peak_growth, short_corpus};
 
 const KEY: &str = "bench-key";
 const DIM: usize = 384;
@@ -302,12 +302,7 @@ fn rss() -> Result<()> {
         );
         peaks.push(peak as f64);
     }
-    if let (Some(first), Some(last)) = (peaks.first(), peaks.last()) {
-        println!(
-            "largest / smallest input peak RSS: {:+.1}%",
-            100.0 * (last / first - 1.0)
-        );
-    }
+    print_peak_growth(&peaks);
     Ok(())
 }
 

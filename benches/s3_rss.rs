@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::Result;
-use support::{peak_rss_kib, short_corpus};
+use support::{peak_rss_kib, print_peak_growth, short_corpus};
 
 fn main() -> Result<()> {
     let counts: Vec<usize> = std::env::var("EMBEDFLOW_BENCH_RSS_ROWS")
@@ -65,11 +65,6 @@ fn main() -> Result<()> {
         );
         peaks.push(peak as f64);
     }
-    if let (Some(first), Some(last)) = (peaks.first(), peaks.last()) {
-        println!(
-            "largest / smallest input peak RSS: {:+.1}%",
-            100.0 * (last / first - 1.0)
-        );
-    }
+    print_peak_growth(&peaks);
     Ok(())
 }

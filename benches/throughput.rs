@@ -441,7 +441,7 @@ fn main() -> Result<()> {
         println!("peak RSS: skipped (--quick)");
         return Ok(());
     }
-    let mut rss = Vec::new();
+    let mut peaks = Vec::new();
     for rows in [10_000usize, 200_000] {
         let corpus = tmp.path().join(format!("rss-{rows}.parquet"));
         support::short_corpus(&corpus, rows)?;
@@ -469,11 +469,8 @@ fn main() -> Result<()> {
             kib as f64 / 1024.0,
             t0.elapsed().as_secs_f64()
         );
-        rss.push(kib as f64);
+        peaks.push(kib as f64);
     }
-    println!(
-        "peak RSS 200k vs 10k rows: {:+.1}%",
-        100.0 * (rss[1] / rss[0] - 1.0)
-    );
+    support::print_peak_growth(&peaks);
     Ok(())
 }

@@ -197,8 +197,9 @@ impl std::str::FromStr for Device {
         }
         let bad = || format!("invalid device `{s}`: expected cpu, cuda, cuda:N or cuda:0,1");
         let rest = s
-            .strip_prefix("cuda:")
-            .or_else(|| s.strip_prefix("CUDA:"))
+            .get(..5)
+            .filter(|p| p.eq_ignore_ascii_case("cuda:"))
+            .map(|_| &s[5..])
             .ok_or_else(bad)?;
         let mut ids = Vec::new();
         for part in rest.split(',') {
@@ -225,8 +226,15 @@ impl<'de> Deserialize<'de> for Device {
             Value::String(s) => s,
             Value::Number(n) => format!("cuda:{n}"),
             other => {
+                let got = match other {
+                    Value::Sequence(_) => "a list",
+                    Value::Mapping(_) => "a mapping",
+                    Value::Bool(_) => "a boolean",
+                    Value::Null => "nothing",
+                    _ => "another kind of value",
+                };
                 return Err(serde::de::Error::custom(format!(
-                    "invalid device {other:?}: expected cpu, cuda, cuda:N or cuda:0,1"
+                    "invalid device: expected cpu, cuda, cuda:N or cuda:0,1, got {got}"
                 )));
             }
         };

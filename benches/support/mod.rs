@@ -45,6 +45,16 @@ pub fn short_corpus(path: &Path, n: usize) -> Result<()> {
     Ok(())
 }
 
+/// Prints how much the peak RSS of the largest input exceeds that of the smallest.
+pub fn print_peak_growth(peaks: &[f64]) {
+    if let (Some(first), Some(last)) = (peaks.first(), peaks.last()) {
+        println!(
+            "largest / smallest input peak RSS: {:+.1}%",
+            100.0 * (last / first - 1.0)
+        );
+    }
+}
+
 /// Waits for `child` and returns its peak resident memory (KiB, polled from /proc).
 pub fn peak_rss_kib(mut child: std::process::Child) -> Result<(u64, std::process::ExitStatus)> {
     let status_path = format!("/proc/{}/status", child.id());

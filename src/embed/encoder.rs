@@ -74,7 +74,6 @@ pub struct Embedder {
     /// One session per device; micro-batches are spread over them.
     sessions: Vec<Mutex<Session>>,
     precision: Precision,
-    device: Device,
     input_names: InputNames,
     output_name: String,
     dim: usize,
@@ -197,13 +196,13 @@ impl Embedder {
             .map_err(|e| anyhow!("model {}: tokenizer truncation: {e}", files.name))?;
         tokenizer.with_padding(None::<PaddingParams>);
 
-        if let Device::Cuda(ids) = &opts.device {
+        if let Device::Cuda(_) = &opts.device {
             // Before any model preparation: a CPU-only library can never run on the GPU.
             use ort::ep::ExecutionProvider;
             if !ort::ep::CUDA::is_available().unwrap_or(false) {
                 bail!(
-                    "embed.device cuda:{}: the ONNX Runtime library in use has no CUDA execution provider; {CUDA_HINT}",
-                    ids.first().copied().unwrap_or(0)
+                    "embed.device {}: the ONNX Runtime library in use has no CUDA execution provider; {CUDA_HINT}",
+                    opts.device
                 );
             }
         }
@@ -251,7 +250,6 @@ impl Embedder {
             tokenizer,
             sessions: sessions.into_iter().map(Mutex::new).collect(),
             precision: opts.precision,
-            device: opts.device.clone(),
             input_names,
             output_name,
             dim: 0,
@@ -292,14 +290,6 @@ impl Embedder {
 
     pub fn precision(&self) -> Precision {
         self.precision
-    }
-
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
-    pub fn batch_tokens(&self) -> usize {
-        self.batch_tokens
     }
 
     /// Tokens embedded so far (after truncation, without padding).

@@ -82,15 +82,18 @@ fn prepare_into(
         .arg(&files.onnx)
         .arg(tmp.path())
         .arg(precision.as_str());
-    let calibration = tempfile::Builder::new()
-        .prefix(".calibration-")
-        .suffix(".jsonl")
-        .tempfile_in(dir)?;
+    let mut calibration = None;
     match precision {
         Precision::Int8 => {
             let ids = calibration_ids(tokenizer, files.settings.max_seq_length)?;
-            std::fs::write(calibration.path(), ids)?;
-            cmd.arg(calibration.path());
+            let file = tempfile::Builder::new()
+                .prefix(".calibration-")
+                .suffix(".jsonl")
+                .tempfile_in(dir)
+                .and_then(|f| std::fs::write(f.path(), ids).map(|()| f))
+                .with_context(|| format!("cannot write in the model cache {}", dir.display()))?;
+            cmd.arg(file.path());
+            calibration = Some(file);
         }
         Precision::Fp16 => {
             let (heads, hidden) = attention_shape(&files.dir)?;
@@ -144,8 +147,10 @@ fn prepare_into(
         }
     }
     // tempfile creates 0600 files; the cache is as readable as the model it came from.
-    let mode = std::fs::metadata(&files.onnx)?.permissions();
-    std::fs::set_permissions(tmp.path(), mode)?;
+    drop(calibration);
+    std::fs::metadata(&files.onnx)
+        .and_then(|m| std::fs::set_permissions(tmp.path(), m.permissions()))
+        .with_context(|| format!("cannot store {}", target.display()))?;
     tmp.persist(target)
         .with_context(|| format!("cannot store {}", target.display()))?;
     // The rest of the model folder (tokenizer, pooling) stays where it is: only the graph changes.

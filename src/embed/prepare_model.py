@@ -14,7 +14,7 @@ int8: dynamic int8 (ONNX Runtime's quantize_dynamic: per-channel int8 weights, a
         output) use MatMulNBits instead: 8-bit weights in blocks of 128 and activations quantised
         per row block (accuracy_level 4).
       Plain per-tensor dynamic int8 gives a minimum cosine of 0.97 against sentence-transformers
-      on the golden set; this recipe keeps it above 0.99 at about 2x the fp32 speed. The script
+      on the golden set; this recipe keeps it above 0.99 at about 1.8x the fp32 speed. The script
       prints the minimum cosine between the fp32 and int8 models on the calibration rows.
 fp16: ONNX Runtime's BERT fusions for GPU (Attention, SkipLayerNormalization, BiasGelu), then
       weights and activations in fp16 with fp32 inputs and outputs.
