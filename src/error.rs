@@ -15,6 +15,10 @@ pub mod exit {
     /// The run finished but some rows could not be written; they are in the dead-letter file
     /// named in the summary.
     pub const PARTIAL: i32 = 3;
+    /// Stopped by SIGINT (Ctrl-C): 128 + 2, as shells report it.
+    pub const SIGINT: i32 = 130;
+    /// Stopped by SIGTERM (Airflow, Kubernetes, systemd): 128 + 15.
+    pub const SIGTERM: i32 = 143;
 }
 
 /// A run that finished with rows in the dead-letter file.
@@ -69,26 +73,102 @@ pub fn redact(text: &str) -> String {
     out
 }
 
-/// An error in the pipeline file, its environment variables or a `--set` override.
+/// An error in the pipeline file, its environment variables or a `--set` override: exit code 2,
+/// nothing read or embedded. `key` is the dotted key at fault (`sink.parquet.path`), when one is.
 #[derive(Debug)]
-pub struct ConfigError(pub String);
+pub struct ConfigError {
+    pub key: Option<String>,
+    pub message: String,
+    /// Where the key's value came from, when not from the file itself (`${VAR}`).
+    pub origin: Option<String>,
+}
+
+impl ConfigError {
+    pub fn new(message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            key: None,
+            message: message.into(),
+            origin: None,
+        }
+    }
+}
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        f.write_str(&self.message)?;
+        if let Some(origin) = &self.origin {
+            write!(f, " ({origin})")?;
+        }
+        Ok(())
     }
 }
 
 impl std::error::Error for ConfigError {}
 
+/// A [`ConfigError`] about one key.
+pub fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: Some(key.to_string()),
+        message: message.into(),
+        origin: None,
+    }
+}
+
 /// Builds an `anyhow::Error` carrying a [`ConfigError`].
 pub fn config_error(msg: impl Into<String>) -> anyhow::Error {
-    anyhow::Error::new(ConfigError(msg.into()))
+    anyhow::Error::new(ConfigError::new(msg))
+}
+
+/// The run was stopped by a signal (SIGINT or SIGTERM).
+#[derive(Debug)]
+pub struct Interrupted {
+    pub signal: &'static str,
+    /// What became of the output, for the one message.
+    pub outcome: String,
+}
+
+impl fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "interrupted by {}: {}", self.signal, self.outcome)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Error messages stay on one line (DataFusion's can span several).
+pub fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// An error chain as one line, each cause once: a cause whose text an outer message already
+/// quotes is left out, so nothing reads twice.
+pub fn describe(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = one_line(&cause.to_string());
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    redact(&out)
 }
 
 /// The exit code for an error chain.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
-    if err.chain().any(|e| e.is::<ConfigError>()) {
+    if let Some(i) = err.chain().find_map(|e| e.downcast_ref::<Interrupted>()) {
+        if i.signal == "SIGTERM" {
+            exit::SIGTERM
+        } else {
+            exit::SIGINT
+        }
+    } else if err.chain().any(|e| e.is::<ConfigError>()) {
         exit::CONFIG
     } else if err.chain().any(|e| e.is::<PartialRun>()) {
         exit::PARTIAL

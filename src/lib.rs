@@ -1,9 +1,11 @@
 //! embedflow: declarative pipelines that turn tables of text into vector indexes.
 //!
 //! Data flow, one module per stage:
-//! [`config`] (YAML pipeline) → [`plan`] (DataFusion session, sources, UDFs) →
-//! [`embed`] (tokenizer + ONNX Runtime behind the `embed(text)` UDF) → [`sink`] (Parquet) →
-//! [`run`] (drives the stream into the sink, progress and summary). [`query`] searches the output.
+//! [`config`] (the YAML pipeline; each stage owns its spec) → [`plan`] (DataFusion session,
+//! sources, checks) → [`embed`] (tokenizer + ONNX Runtime behind the `embed(text)` UDF) →
+//! [`sink`] (Parquet, Pinecone) → [`run`] (drives the stream into the sink) → [`report`]
+//! (progress and summary). [`storage`] is where files live (local or S3); [`query`] searches the
+//! output; [`signals`] turns SIGINT and SIGTERM into a clean stop.
 
 pub mod cli;
 pub mod config;
@@ -13,6 +15,7 @@ pub mod plan;
 pub mod query;
 pub mod report;
 pub mod run;
+pub mod signals;
 pub mod similarity;
 pub mod sink;
 pub mod storage;

@@ -1,8 +1,10 @@
 use std::io::IsTerminal;
+use std::process::ExitCode;
 
 use clap::Parser;
 use embedflow::cli::{self, Cli};
-use embedflow::error::{exit, exit_code, redact};
+use embedflow::error::{describe, exit, exit_code};
+use embedflow::signals::{self, Shutdown};
 use tracing_subscriber::EnvFilter;
 
 /// Keeps peak memory flat over long runs. glibc raises its mmap threshold each time a large
@@ -43,29 +45,51 @@ fn init_logging(verbose: u8, quiet: bool) {
         .init();
 }
 
-fn main() {
-    tune_allocator();
-    let cli = Cli::parse();
-    init_logging(cli.verbose, cli.quiet);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+/// True when the error is a closed pipe (`embedflow sql ... | head`): not a failure.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || matches!(
+                e.downcast_ref::<datafusion::arrow::error::ArrowError>(),
+                Some(datafusion::arrow::error::ArrowError::IoError(_, io))
+                    if io.kind() == std::io::ErrorKind::BrokenPipe
+            )
+    })
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("embedflow-io")
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            std::process::exit(exit::FAILED);
-        }
-    };
-    let result = runtime.block_on(cli::execute(cli));
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
+    let result = runtime.block_on(async {
+        let shutdown =
+            Shutdown::install().map_err(|e| anyhow::anyhow!("cannot listen for signals: {e}"))?;
+        cli::execute(cli, shutdown).await
+    });
     runtime.shutdown_background();
-    match result {
-        Ok(()) => std::process::exit(exit::OK),
+    result
+}
+
+fn main() -> ExitCode {
+    tune_allocator();
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    match run(cli) {
+        Ok(()) => ExitCode::from(exit::OK as u8),
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(exit::OK as u8),
         Err(e) => {
-            eprintln!("error: {}", redact(&format!("{e:#}")));
-            std::process::exit(exit_code(&e));
+            eprintln!("error: {}", describe(&e));
+            let code = exit_code(&e);
+            if code == exit::SIGINT || code == exit::SIGTERM {
+                // ONNX Runtime may still be tearing down a session on another thread: leave
+                // without running global destructors, so nothing else is printed.
+                signals::exit_now(code);
+            }
+            ExitCode::from(code as u8)
         }
     }
 }

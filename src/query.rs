@@ -11,9 +11,11 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::execution::FunctionRegistry;
 use datafusion::prelude::{ParquetReadOptions, SessionContext, ident, lit};
 
-use crate::config::{PineconeSinkSpec, Pipeline};
+use crate::config::Pipeline;
 use crate::embed::Embedder;
-use crate::plan::{one_line, session_context};
+use crate::error::one_line;
+use crate::plan::session_context;
+use crate::sink::pinecone::config::PineconeSinkSpec;
 use crate::storage::OutputLocation;
 use object_store::ObjectStoreExt;
 
@@ -98,29 +100,19 @@ pub async fn search_pinecone(
     if let Some(f) = &q.filter {
         body["filter"] = f.clone();
     }
-    let answer = conn
+    let answer: crate::sink::pinecone::client::QueryResponse = conn
         .client
         .post_retrying("/query", serde_json::to_vec(&body)?.into())
         .await
         .map_err(|e| anyhow!("query to {} failed: {e}", conn.display))?;
-    let matches = answer
-        .get("matches")
-        .and_then(serde_json::Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let mut ids = Vec::with_capacity(matches.len());
-    let mut scores = Vec::with_capacity(matches.len());
-    let mut metadata = Vec::with_capacity(matches.len());
-    for m in &matches {
-        ids.push(
-            m.get("id")
-                .and_then(|v| v.as_str())
-                .unwrap_or("")
-                .to_string(),
-        );
-        scores.push(m.get("score").and_then(|v| v.as_f64()).unwrap_or(f64::NAN) as f32);
-        let md = m.get("metadata").map(|v| {
-            let s = v.to_string();
+    let mut ids = Vec::with_capacity(answer.matches.len());
+    let mut scores = Vec::with_capacity(answer.matches.len());
+    let mut metadata = Vec::with_capacity(answer.matches.len());
+    for m in answer.matches {
+        ids.push(m.id);
+        scores.push(m.score.unwrap_or(f64::NAN) as f32);
+        let md = m.metadata.map(|v| {
+            let s = serde_json::Value::Object(v).to_string();
             match q.width {
                 Some(w) if s.chars().count() > w => s.chars().take(w).collect::<String>() + "...",
                 _ => s,

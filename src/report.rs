@@ -18,6 +18,10 @@ pub struct RunSummary {
     pub seconds: f64,
     /// Of `seconds`, the time spent loading (and, once, preparing) the model.
     pub model_seconds: f64,
+    /// Of `seconds`, the time rows streamed from the source to the sink: the rates count it.
+    pub stream_seconds: f64,
+    /// Rows that shared an id with an earlier row (`embed.duplicate_ids: keep_last`).
+    pub duplicate_rows: u64,
     pub output: String,
     /// Rows embedded but not written (network sinks): they are in `dead_letter`.
     pub rows_failed: u64,
@@ -30,17 +34,13 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
-    /// Seconds spent reading, embedding and writing: the run without model loading.
-    pub fn processing_seconds(&self) -> f64 {
-        (self.seconds - self.model_seconds).max(1e-9)
-    }
-    /// Rows per second of processing (model loading excluded).
+    /// Rows per second while streaming (the progress line's rate, on the same clock).
     pub fn rows_per_second(&self) -> f64 {
-        self.rows_embedded as f64 / self.processing_seconds()
+        self.rows_embedded as f64 / self.stream_seconds.max(1e-9)
     }
-    /// Tokens per second of processing (model loading excluded).
+    /// Tokens per second while streaming (the progress line's rate, on the same clock).
     pub fn tokens_per_second(&self) -> f64 {
-        self.tokens as f64 / self.processing_seconds()
+        self.tokens as f64 / self.stream_seconds.max(1e-9)
     }
 }
 
@@ -59,6 +59,13 @@ impl fmt::Display for RunSummary {
             self.rows_per_second(),
             self.tokens_per_second()
         )?;
+        if self.duplicate_rows > 0 {
+            write!(
+                f,
+                "; {} rows shared an id with another row (embed.duplicate_ids: keep_last)",
+                self.duplicate_rows
+            )?;
+        }
         if let (Some(req), Some(ret)) = (self.requests, self.retries) {
             write!(f, "; {req} requests, {ret} retried")?;
         }
@@ -113,11 +120,17 @@ impl Progress {
         }
     }
 
+    /// Seconds since rows started streaming.
+    pub fn elapsed(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    /// Reports `rows` read and `tokens` embedded so far.
     pub fn advance(&mut self, rows: u64, tokens: u64) {
-        self.rows += rows;
-        let elapsed = self.start.elapsed().as_secs_f64().max(1e-9);
+        self.rows = rows;
+        let elapsed = self.elapsed().max(1e-9);
         if let Some(bar) = &self.bar {
-            bar.inc(rows);
+            bar.set_position(rows);
             bar.set_message(format!("{:.0} tok/s", tokens as f64 / elapsed));
         } else if self.last_log.elapsed() >= LOG_EVERY {
             self.last_log = Instant::now();

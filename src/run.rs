@@ -1,12 +1,12 @@
-//! Drives a pipeline: load the model, plan, open the sink, then stream batches from the plan into
-//! the sink with progress, and report a summary.
+//! Drives a pipeline: load the model, plan, check the source, open the sink, then stream batches
+//! from the plan into the sink with progress, and report a summary.
 //!
 //! The DataFusion plan (scan, SQL, `embed()`) runs on a dedicated runtime, so CPU-bound inference
 //! never blocks the I/O runtime that drives the sink. The two meet at a bounded channel: the plan
 //! computes at most [`IN_FLIGHT_BATCHES`] batches ahead of what the sink has accepted.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use datafusion::arrow::array::{Array, RecordBatch};
@@ -15,13 +15,16 @@ use datafusion::prelude::DataFrame;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::config::{Pipeline, SinkKind};
-use crate::embed::{EmbedOptions, Embedder};
-use crate::plan::{self, one_line};
+use crate::config::Pipeline;
+use crate::embed::{EmbedSpec, Embedder};
+use crate::error::{Interrupted, one_line};
+use crate::plan::{self, checks};
 use crate::report::{Progress, RunSummary};
-use crate::sink::Sink;
+use crate::signals::Shutdown;
 use crate::sink::parquet::ParquetSink;
+use crate::sink::parquet::overlap::refuse_output_over_sources;
 use crate::sink::pinecone::PineconeSink;
+use crate::sink::{Sink, SinkKind};
 
 /// Batches computed ahead of the sink.
 pub const IN_FLIGHT_BATCHES: usize = 2;
@@ -32,10 +35,10 @@ pub struct RunOptions {
     pub progress: bool,
 }
 
-/// Loads the pipeline's model off the async runtime.
-pub async fn load_embedder(pipeline: &Pipeline) -> Result<Arc<Embedder>> {
-    let opts = EmbedOptions::from_spec(&pipeline.embed);
-    let embedder = tokio::task::spawn_blocking(move || Embedder::load(&opts))
+/// Loads a model off the async runtime.
+pub async fn load_embedder(spec: &EmbedSpec) -> Result<Arc<Embedder>> {
+    let spec = spec.clone();
+    let embedder = tokio::task::spawn_blocking(move || Embedder::load(&spec))
         .await
         .map_err(|e| anyhow!("model loading panicked: {e}"))??;
     tracing::info!(
@@ -48,8 +51,18 @@ pub async fn load_embedder(pipeline: &Pipeline) -> Result<Arc<Embedder>> {
     Ok(Arc::new(embedder))
 }
 
-/// Opens the pipeline's sink for the plan's output schema.
+/// Checks the destination before anything runs: an output that would overwrite a source is
+/// refused.
+pub fn check_destination(pipeline: &Pipeline) -> Result<()> {
+    if let SinkKind::Parquet(spec) = pipeline.sink.kind()? {
+        refuse_output_over_sources(spec, &pipeline.source)?;
+    }
+    Ok(())
+}
+
+/// Opens the pipeline's sink for the plan's output schema (its preflight runs here).
 pub async fn open_sink(pipeline: &Pipeline, frame: &DataFrame) -> Result<Box<dyn Sink>> {
+    check_destination(pipeline)?;
     let schema = Arc::new(frame.schema().as_arrow().clone());
     Ok(match pipeline.sink.kind()? {
         SinkKind::Parquet(spec) => {
@@ -97,27 +110,50 @@ fn spawn_plan(
 }
 
 /// Runs a pipeline end to end.
-pub async fn run_pipeline(pipeline: &Pipeline, opts: &RunOptions) -> Result<RunSummary> {
+pub async fn run_pipeline(
+    pipeline: &Pipeline,
+    opts: &RunOptions,
+    shutdown: &Shutdown,
+) -> Result<RunSummary> {
     let start = Instant::now();
-    let embedder = load_embedder(pipeline).await?;
+    let embedder = shutdown.until(load_embedder(&pipeline.embed)).await?;
     let model_seconds = start.elapsed().as_secs_f64();
-    let plan = plan::build(pipeline, Arc::clone(&embedder)).await?;
-    let sink = open_sink(pipeline, &plan.frame).await?;
-    let total = if opts.progress {
-        plan::known_source_rows(&plan, pipeline).await
-    } else {
-        None
-    };
+    let prepared = shutdown
+        .until(async {
+            let plan = plan::build(pipeline, Arc::clone(&embedder)).await?;
+            let sink = open_sink(pipeline, &plan.frame).await?;
+            let ids = checks::check_ids(&plan.frame, pipeline).await?;
+            let total = if opts.progress {
+                plan::source::known_source_rows(&plan, pipeline).await
+            } else {
+                None
+            };
+            Ok((plan, sink, ids, total))
+        })
+        .await;
+    let (plan, sink, ids, total) = prepared?;
     let rt = cpu_runtime()?;
     let rx = spawn_plan(&rt, plan.frame.clone());
     let mut progress = Progress::new(total, opts.progress);
-    let result = drive(rx, sink, &embedder, &mut progress).await;
+    let keeps_one_per_id = sink.keeps_one_row_per_id();
+    let result = drive(rx, sink, &embedder, &mut progress, shutdown.clone()).await;
     progress.finish();
-    rt.shutdown_background();
+    // Let the batch being embedded finish, so ONNX Runtime is idle when the process exits.
+    let _ = tokio::task::spawn_blocking(move || rt.shutdown_timeout(Duration::from_secs(30))).await;
     let mut summary = result?;
+    if keeps_one_per_id {
+        summary.rows_written = summary.rows_written.saturating_sub(ids.extra_rows);
+    }
+    summary.duplicate_rows = ids.extra_rows;
     summary.seconds = start.elapsed().as_secs_f64();
     summary.model_seconds = model_seconds;
+    summary.stream_seconds = progress.elapsed();
     summary.tokens = embedder.tokens_seen();
+    let (tokenize, wait, infer) = embedder.timings().seconds();
+    tracing::debug!(
+        "embedding time, summed over threads: tokenising {tokenize:.2} s, waiting for the session {wait:.2} s, inference {infer:.2} s, over {:.2} s of streaming",
+        summary.stream_seconds
+    );
     Ok(summary)
 }
 
@@ -126,44 +162,28 @@ async fn drive(
     mut sink: Box<dyn Sink>,
     embedder: &Embedder,
     progress: &mut Progress,
+    mut shutdown: Shutdown,
 ) -> Result<RunSummary> {
     let mut summary = RunSummary::default();
-    let interrupted = tokio::signal::ctrl_c();
-    tokio::pin!(interrupted);
     loop {
         let item = tokio::select! {
             item = rx.recv() => item,
-            _ = &mut interrupted => {
+            signal = shutdown.requested() => {
+                let outcome = sink.abort_outcome().to_string();
                 sink.abort().await;
-                return Err(anyhow!("interrupted: nothing was published"));
+                return Err(Interrupted { signal, outcome }.into());
             }
         };
         let Some(item) = item else { break };
-        let batch = match item {
-            Ok(b) => b,
-            Err(e) => {
-                sink.abort().await;
-                return Err(anyhow!("{}", one_line(&e.to_string())));
-            }
+        let step = match item {
+            Ok(batch) => step(&mut sink, batch, &mut summary).await,
+            Err(e) => Err(anyhow!("{}", one_line(&e.to_string()))),
         };
-        let rows = batch.num_rows() as u64;
-        let (batch, skipped) = match keep_embedded(&batch) {
-            Ok(x) => x,
-            Err(e) => {
-                sink.abort().await;
-                return Err(e);
-            }
-        };
-        summary.rows_read += rows;
-        summary.rows_skipped += skipped;
-        summary.rows_embedded += rows - skipped;
-        if batch.num_rows() > 0
-            && let Err(e) = sink.write(batch).await
-        {
+        if let Err(e) = step {
             sink.abort().await;
             return Err(e);
         }
-        progress.advance(rows, embedder.tokens_seen());
+        progress.advance(summary.rows_read, embedder.tokens_seen());
     }
     let report = sink.finish().await?;
     summary.rows_written = report.rows_written;
@@ -173,6 +193,23 @@ async fn drive(
     summary.requests = report.requests;
     summary.retries = report.retries;
     Ok(summary)
+}
+
+/// Hands one batch's embedded rows to the sink.
+async fn step(
+    sink: &mut Box<dyn Sink>,
+    batch: RecordBatch,
+    summary: &mut RunSummary,
+) -> Result<()> {
+    let rows = batch.num_rows() as u64;
+    let (batch, skipped) = keep_embedded(&batch)?;
+    summary.rows_read += rows;
+    summary.rows_skipped += skipped;
+    summary.rows_embedded += rows - skipped;
+    if batch.num_rows() > 0 {
+        sink.write(batch).await?;
+    }
+    Ok(())
 }
 
 /// Drops rows whose vector is null (null text) and returns how many were dropped.

@@ -4,10 +4,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
-use embedflow::embed::{EmbedOptions, Embedder};
+use embedflow::embed::{EmbedSpec, Embedder};
 
 const TEXTS: &[&str] = &[
     "How do I handle errors in Rust?",
@@ -28,7 +27,7 @@ fn sample(dir: &Path) {
 }
 
 fn write(dir: &Path, name: &str, text: &str) {
-    std::fs::write(dir.join(name), text).unwrap();
+    write_file(dir, name, text);
 }
 
 #[test]
@@ -59,7 +58,7 @@ fn run_writes_vectors_equal_to_direct_embedding_in_any_order() {
 
     let rows = read_vectors(&dir.path().join("out/part-0.parquet"));
     assert_eq!(rows.len(), TEXTS.len());
-    let embedder = Embedder::load(&EmbedOptions::new("all-MiniLM-L6-v2")).unwrap();
+    let embedder = Embedder::load(&EmbedSpec::new("all-MiniLM-L6-v2")).unwrap();
     for (id, v) in rows {
         let i: usize = id.strip_prefix("doc-").unwrap().parse().unwrap();
         let alone = embedder.embed(&[Some(TEXTS[i])]).unwrap();
@@ -446,7 +445,7 @@ fn int8_run_stays_close_to_fp32() {
     assert!(o.status.success(), "{}", stderr(&o));
     let rows = read_vectors(&dir.path().join("out/part-0.parquet"));
     assert_eq!(rows.len(), TEXTS.len());
-    let fp32 = Embedder::load(&EmbedOptions::new("all-MiniLM-L6-v2")).unwrap();
+    let fp32 = Embedder::load(&EmbedSpec::new("all-MiniLM-L6-v2")).unwrap();
     let texts: Vec<Option<&str>> = TEXTS.iter().map(|t| Some(*t)).collect();
     let want = fp32.embed(&texts).unwrap();
     let dim = fp32.dim();
@@ -493,14 +492,15 @@ fn int8_without_the_python_tools_says_how_to_get_them() {
     // A cache of its own (the library found as usual), to see what a failure leaves in it.
     let home = dir.path().join("home");
     let library = embedflow::embed::runtime::find_library(None).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_embedflow"))
-        .args(["run", "p.yaml"])
-        .current_dir(dir.path())
-        .env("EMBEDFLOW_PYTHON", "/nonexistent/python3")
-        .env("EMBEDFLOW_HOME", &home)
-        .env("ORT_DYLIB_PATH", &library)
-        .output()
-        .unwrap();
+    let o = embedflow_env(
+        dir.path(),
+        &["run", "p.yaml"],
+        &[
+            ("EMBEDFLOW_PYTHON", Some("/nonexistent/python3")),
+            ("EMBEDFLOW_HOME", home.to_str()),
+            ("ORT_DYLIB_PATH", library.to_str()),
+        ],
+    );
     assert_fails_with(
         &o,
         1,
@@ -526,8 +526,15 @@ fn cuda_device_without_cuda_runtime_fails_loudly() {
         "p.yaml",
         &pipeline_yaml("docs.parquet", "out", "  device: cuda:0\n"),
     );
-    let o = embedflow(dir.path(), &["run", "p.yaml"]);
-    // The PyPI onnxruntime (CPU) library in use has no CUDA provider: never a CPU fall back.
+    // The CPU library from the PyPI `onnxruntime` wheel (what scripts/setup.sh installs), named
+    // explicitly so the test means the same on a machine with a GPU build: no CUDA provider,
+    // and never a fall back to the CPU.
+    let cpu_library = embedflow::embed::runtime::embedflow_home().join("lib/libonnxruntime.so");
+    let o = embedflow_env(
+        dir.path(),
+        &["run", "p.yaml"],
+        &[("ORT_DYLIB_PATH", Some(cpu_library.to_str().unwrap()))],
+    );
     assert_fails_with(&o, 1, "embed.device cuda:0");
     assert!(
         stderr(&o).contains("CUDA execution provider"),

@@ -110,14 +110,7 @@ fn pinecone_yaml(server: &PineconeServer, extra: &str) -> String {
 }
 
 fn run_with_key(dir: &Path, key: &str, args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_embedflow"))
-        .args(args)
-        .current_dir(dir)
-        .env("PINECONE_API_KEY", key)
-        .env_remove("EMBEDFLOW_LOG")
-        .env_remove("PINECONE_CONTROLLER_HOST")
-        .output()
-        .expect("run embedflow")
+    embedflow_env(dir, args, &[("PINECONE_API_KEY", Some(key))])
 }
 
 fn run(dir: &Path, args: &[&str]) -> Output {
@@ -126,10 +119,6 @@ fn run(dir: &Path, args: &[&str]) -> Output {
 
 fn summary(dir: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
-}
-
-fn assert_ok(o: &Output) {
-    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(o));
 }
 
 #[test]
@@ -240,7 +229,7 @@ fn dropped_connections_are_retried() {
 }
 
 #[test]
-fn key_columns_make_stable_ids() {
+fn key_columns_make_stable_ids_and_duplicates_are_counted_as_the_index_holds_them() {
     let dir = tempfile::tempdir().unwrap();
     corpus(&dir.path().join("docs.parquet"), 40);
     let srv = server(Faults::default());
@@ -250,23 +239,113 @@ fn key_columns_make_stable_ids() {
             "    docs: { path: docs.parquet }\n",
             "    docs: { path: docs.parquet }\n  sql: SELECT text, lang, year FROM docs\n",
         );
+    std::fs::write(dir.path().join("pc.yaml"), &yaml).unwrap();
+    // 40 rows, but (lang, year) repeats: refused before anything is sent...
+    let o = run(dir.path(), &["run", "pc.yaml", "--no-progress"]);
+    assert_fails_with(&o, 1, "ids appear on more than one row");
+    assert_eq!(srv.upsert_requests("docs"), 0);
+    // ...unless keep_last is chosen: one vector per distinct key, and the summary counts those.
+    let yaml = yaml.replace(
+        "  key: [lang, year]\n",
+        "  key: [lang, year]\n  duplicate_ids: keep_last\n",
+    );
     std::fs::write(dir.path().join("pc.yaml"), yaml).unwrap();
-    assert_ok(&run(dir.path(), &["run", "pc.yaml", "--no-progress"]));
+    let args = [
+        "run",
+        "pc.yaml",
+        "--no-progress",
+        "--summary-json",
+        "summary.json",
+    ];
+    assert_ok(&run(dir.path(), &args));
     let first = srv.records("docs", "");
-    // 40 rows, but (lang, year) repeats: one vector per distinct key, last write wins.
     let distinct: std::collections::BTreeSet<(bool, usize)> =
         (0..40).map(|i| (i % 3 == 0, i % 25)).collect();
     assert_eq!(first.len(), distinct.len());
+    // Every row was sent exactly once (the map above cannot see a duplicate; this count can).
+    assert_eq!(srv.vectors_upserted("docs"), 40);
+    let s = summary(dir.path());
+    assert_eq!(s["rows_embedded"], 40, "{s}");
+    assert_eq!(s["rows_written"], distinct.len() as u64, "{s}");
+    assert_eq!(s["duplicate_rows"], 40 - distinct.len() as u64, "{s}");
     assert!(
         first
             .keys()
             .all(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
     );
-    assert_ok(&run(dir.path(), &["run", "pc.yaml", "--no-progress"]));
+    assert_ok(&run(dir.path(), &args));
     let second = srv.records("docs", "");
     assert_eq!(
         first.keys().collect::<Vec<_>>(),
         second.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(srv.vectors_upserted("docs"), 80);
+}
+
+#[test]
+fn an_unreachable_index_stops_the_embedding_and_keeps_what_was_computed() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 20_000;
+    corpus(&dir.path().join("docs.parquet"), n);
+    // The index answers the preflight, then every upsert fails.
+    let srv = server(Faults {
+        rate_503: 1.0,
+        paths: vec!["/vectors/upsert".into()],
+        ..Default::default()
+    });
+    std::fs::write(
+        dir.path().join("pc.yaml"),
+        pinecone_yaml(
+            &srv,
+            "    max_retries: 100\n    give_up_after_secs: 2\n    dead_letter: failed.jsonl\n",
+        ),
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    let o = run(dir.path(), &["run", "pc.yaml", "--no-progress"]);
+    let took = start.elapsed();
+    assert_fails_with(&o, 1, "is unreachable: every request failed for");
+    assert!(stderr(&o).contains("failed.jsonl"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("503"), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("rows read"), "{}", stdout(&o));
+    // It stopped long before embedding 20,000 rows (about 40 s here).
+    assert!(took < std::time::Duration::from_secs(25), "took {took:?}");
+    let lines: Vec<Value> = std::fs::read_to_string(dir.path().join("failed.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!lines.is_empty() && lines.len() < n, "{} rows", lines.len());
+    let mut ids: Vec<&str> = lines
+        .iter()
+        .map(|l| l["vector"]["id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        lines.len(),
+        "a row twice in the dead-letter file"
+    );
+    assert_eq!(lines[0]["vector"]["values"].as_array().unwrap().len(), 384);
+}
+
+#[test]
+fn a_non_ascii_namespace_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    corpus(&dir.path().join("docs.parquet"), 5);
+    let srv = server(Faults::default());
+    std::fs::write(
+        dir.path().join("pc.yaml"),
+        pinecone_yaml(&srv, "    namespace: caf\u{e9}\n"),
+    )
+    .unwrap();
+    let o = run(dir.path(), &["run", "pc.yaml"]);
+    assert_fails_with(&o, 2, "sink.pinecone.namespace");
+    assert!(
+        stderr(&o).contains("non-ASCII character `\u{e9}`"),
+        "{}",
+        stderr(&o)
     );
 }
 

@@ -18,30 +18,13 @@ const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Runs embedflow with the server's AWS environment, changed by `env` (a `None` removes).
 fn run_s3(srv: &S3Server, cwd: &Path, args: &[&str], env: &[(&str, Option<&str>)]) -> Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_embedflow"));
-    cmd.args(args).current_dir(cwd).env_remove("EMBEDFLOW_LOG");
-    for var in [
-        "AWS_PROFILE",
-        "AWS_SESSION_TOKEN",
-        "AWS_ENDPOINT_URL_S3",
-        "AWS_DEFAULT_REGION",
-    ] {
-        cmd.env_remove(var);
-    }
-    for (k, v) in srv.env() {
-        cmd.env(k, v);
-    }
-    for (k, v) in env {
-        match v {
-            Some(v) => cmd.env(k, v),
-            None => cmd.env_remove(k),
-        };
-    }
-    cmd.output().expect("run embedflow")
-}
-
-fn assert_ok(o: &Output) {
-    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(o));
+    let server_env = srv.env();
+    let mut all: Vec<(&str, Option<&str>)> = server_env
+        .iter()
+        .map(|(k, v)| (*k, Some(v.as_str())))
+        .collect();
+    all.extend_from_slice(env);
+    embedflow_env(cwd, args, &all)
 }
 
 fn vectors_by_id(path: &Path) -> BTreeMap<String, Vec<f32>> {

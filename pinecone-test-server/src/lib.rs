@@ -158,6 +158,15 @@ impl PineconeServer {
             .unwrap_or(0)
     }
 
+    /// How many vectors the index received in accepted upserts, counting an id each time it
+    /// came (so a vector sent twice counts twice, where [`Self::records`] shows it once).
+    pub fn vectors_upserted(&self, index: &str) -> u64 {
+        self.indexes
+            .get(index)
+            .map(|(_, i)| i.vectors_upserted())
+            .unwrap_or(0)
+    }
+
     /// Faults injected so far.
     pub fn fault_counts(&self) -> FaultCounts {
         self.faults.counts()

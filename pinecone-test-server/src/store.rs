@@ -44,6 +44,8 @@ pub struct Index {
     host: String,
     namespaces: Mutex<BTreeMap<String, BTreeMap<String, Record>>>,
     upserts: AtomicU64,
+    /// Vectors received in accepted upserts, duplicates included.
+    vectors_upserted: AtomicU64,
 }
 
 impl Index {
@@ -53,6 +55,7 @@ impl Index {
             host,
             namespaces: Mutex::new(BTreeMap::new()),
             upserts: AtomicU64::new(0),
+            vectors_upserted: AtomicU64::new(0),
         }
     }
 
@@ -78,6 +81,7 @@ impl Index {
     pub fn upsert(&self, namespace: &str, records: Vec<(String, Record)>) -> usize {
         self.upserts.fetch_add(1, Ordering::Relaxed);
         let n = records.len();
+        self.vectors_upserted.fetch_add(n as u64, Ordering::Relaxed);
         let mut all = self.lock();
         let ns = all.entry(namespace.to_string()).or_default();
         for (id, r) in records {
@@ -88,6 +92,10 @@ impl Index {
 
     pub fn upsert_requests(&self) -> u64 {
         self.upserts.load(Ordering::Relaxed)
+    }
+
+    pub fn vectors_upserted(&self) -> u64 {
+        self.vectors_upserted.load(Ordering::Relaxed)
     }
 
     pub fn snapshot(&self, namespace: &str) -> BTreeMap<String, Record> {

@@ -1,6 +1,6 @@
 //! The `Embedder`: tokenizer + ONNX Runtime session + pooling, matching sentence-transformers.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -12,51 +12,33 @@ use tokenizers::{Encoding, PaddingParams, Tokenizer, TruncationParams};
 
 use super::batch::plan_micro_batches;
 use super::model::{ModelFiles, Pooling};
+use super::spec::{Device, EmbedSpec, Precision};
 use super::{prepare, runtime};
-use crate::config::{Device, Precision};
+use crate::error::invalid;
 
-/// Rows tokenised ahead of inference: the next chunk is tokenised while this one runs.
+/// Rows tokenised ahead of inference within one `embed()` call: for calls larger than this, the
+/// next chunk is tokenised while this one runs. A pipeline's record batches are smaller
+/// ([`crate::plan::PLAN_BATCH_ROWS`]), so there the overlap comes from DataFusion's partitions
+/// instead: while one partition's micro-batches hold the session, another tokenises its batch.
 const TOKENIZE_CHUNK_ROWS: usize = 2048;
 
-/// How to build an [`Embedder`].
-#[derive(Debug, Clone)]
-pub struct EmbedOptions {
-    pub model: String,
-    /// Micro-batch token budget; `None` picks the device's default.
-    pub batch_tokens: Option<usize>,
-    pub batch_rows: usize,
-    pub max_seq_length: Option<usize>,
-    pub threads: Option<usize>,
-    pub onnxruntime: Option<PathBuf>,
-    pub precision: Precision,
-    pub device: Device,
+/// Where embedding time goes (summed over threads), for `-vv` and the benchmarks.
+#[derive(Debug, Default)]
+pub struct Timings {
+    tokenize_ns: AtomicU64,
+    wait_ns: AtomicU64,
+    infer_ns: AtomicU64,
 }
 
-impl EmbedOptions {
-    pub fn new(model: impl Into<String>) -> Self {
-        EmbedOptions {
-            model: model.into(),
-            batch_tokens: None,
-            batch_rows: 256,
-            max_seq_length: None,
-            threads: None,
-            onnxruntime: None,
-            precision: Precision::Fp32,
-            device: Device::Cpu,
-        }
+impl Timings {
+    fn add(counter: &AtomicU64, since: std::time::Instant) {
+        counter.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
 
-    pub fn from_spec(spec: &crate::config::EmbedSpec) -> Self {
-        EmbedOptions {
-            model: spec.model.clone(),
-            batch_tokens: spec.batch_tokens,
-            batch_rows: spec.batch_rows,
-            max_seq_length: spec.max_seq_length,
-            threads: spec.threads,
-            onnxruntime: spec.onnxruntime.clone(),
-            precision: spec.precision,
-            device: spec.device.clone(),
-        }
+    /// (tokenising, waiting for a free session, inference) in seconds.
+    pub fn seconds(&self) -> (f64, f64, f64) {
+        let s = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64 / 1e9;
+        (s(&self.tokenize_ns), s(&self.wait_ns), s(&self.infer_ns))
     }
 }
 
@@ -81,6 +63,7 @@ pub struct Embedder {
     batch_tokens: usize,
     batch_rows: usize,
     tokens_seen: AtomicU64,
+    timings: Timings,
 }
 
 #[derive(Debug)]
@@ -170,14 +153,32 @@ fn load_error(files: &ModelFiles, onnx: &Path, e: impl std::fmt::Display) -> any
 
 impl Embedder {
     /// Resolves the model, loads ONNX Runtime and the tokenizer, and probes the output width.
-    pub fn load(opts: &EmbedOptions) -> Result<Embedder> {
+    pub fn load(opts: &EmbedSpec) -> Result<Embedder> {
         let files = super::model::resolve(&opts.model)?;
         Self::from_files(files, opts)
     }
 
-    pub fn from_files(files: ModelFiles, opts: &EmbedOptions) -> Result<Embedder> {
+    pub fn from_files(files: ModelFiles, opts: &EmbedSpec) -> Result<Embedder> {
         let env = runtime::environment(opts.onnxruntime.as_deref())?;
         let max_seq_length = opts.max_seq_length.unwrap_or(files.settings.max_seq_length);
+        if let Some(limit) = files.settings.max_positions
+            && max_seq_length > limit
+        {
+            let key = if opts.max_seq_length.is_some() {
+                "embed.max_seq_length"
+            } else {
+                "the model's sentence_bert_config.json max_seq_length"
+            };
+            return Err(invalid(
+                "embed.max_seq_length",
+                format!(
+                    "{max_seq_length} ({key}) is more than model {} allows: its position embeddings cover {limit} tokens (max_position_embeddings in {}); use at most {limit}",
+                    files.name,
+                    files.dir.join("config.json").display()
+                ),
+            )
+            .into());
+        }
 
         let mut tokenizer = Tokenizer::from_file(&files.tokenizer).map_err(|e| {
             anyhow!(
@@ -254,12 +255,10 @@ impl Embedder {
             output_name,
             dim: 0,
             max_seq_length,
-            batch_tokens: opts
-                .batch_tokens
-                .unwrap_or_else(|| opts.device.default_batch_tokens())
-                .max(1),
+            batch_tokens: opts.batch_tokens(),
             batch_rows: opts.batch_rows.max(1),
             tokens_seen: AtomicU64::new(0),
+            timings: Timings::default(),
         };
         // Probe the width with one tiny input: it also proves the model runs.
         let probe = embedder.tokenize(&[""])?;
@@ -269,6 +268,7 @@ impl Embedder {
         }
         embedder.dim = dim;
         embedder.tokens_seen.store(0, Ordering::Relaxed);
+        embedder.timings = Timings::default();
         Ok(embedder)
     }
 
@@ -297,11 +297,20 @@ impl Embedder {
         self.tokens_seen.load(Ordering::Relaxed)
     }
 
+    /// Where embedding time went so far.
+    pub fn timings(&self) -> &Timings {
+        &self.timings
+    }
+
     /// Tokenises texts as sentence-transformers does.
     pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Encoding>> {
-        self.tokenizer
+        let start = std::time::Instant::now();
+        let out = self
+            .tokenizer
             .encode_batch(texts.to_vec(), true)
-            .map_err(|e| anyhow!("tokenizer failed: {e}"))
+            .map_err(|e| anyhow!("tokenizer failed: {e}"));
+        Timings::add(&self.timings.tokenize_ns, start);
+        out
     }
 
     /// Token ids and attention mask for one text.
@@ -319,9 +328,9 @@ impl Embedder {
     /// Embeds texts; `None` rows get no vector. Returns row-major vectors (`dim` floats per row,
     /// zeros for `None` rows) in the input order.
     ///
-    /// Rows are tokenised in chunks on a second thread while the previous chunk runs through the
-    /// model; within a chunk, rows are sorted by length into token-budget micro-batches, which are
-    /// spread over the sessions (one per device).
+    /// Rows are tokenised in chunks of [`TOKENIZE_CHUNK_ROWS`] on a second thread while the
+    /// previous chunk runs through the model; within a chunk, rows are sorted by length into
+    /// token-budget micro-batches, which are spread over the sessions (one per device).
     pub fn embed(&self, texts: &[Option<&str>]) -> Result<Vec<f32>> {
         let present: Vec<usize> = (0..texts.len()).filter(|&i| texts[i].is_some()).collect();
         let mut out = vec![0f32; texts.len() * self.dim];
@@ -455,12 +464,16 @@ impl Embedder {
                     .into(),
             ));
         }
+        let waited = std::time::Instant::now();
         let mut session = session
             .lock()
             .map_err(|_| anyhow!("ONNX Runtime session poisoned by an earlier failure"))?;
+        Timings::add(&self.timings.wait_ns, waited);
+        let started = std::time::Instant::now();
         let outputs = session
             .run(inputs)
             .map_err(|e| anyhow!("model {}: inference failed: {e}", self.files.name))?;
+        Timings::add(&self.timings.infer_ns, started);
         let (out_shape, hidden) = outputs[self.output_name.as_str()]
             .try_extract_tensor::<f32>()
             .map_err(|e| {

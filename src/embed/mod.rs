@@ -7,6 +7,8 @@ pub mod eval;
 pub mod model;
 pub mod prepare;
 pub mod runtime;
+pub mod spec;
 pub mod udf;
 
-pub use encoder::{EmbedOptions, Embedder};
+pub use encoder::Embedder;
+pub use spec::{Device, DuplicateIds, EmbedSpec, Precision};

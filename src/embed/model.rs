@@ -26,6 +26,8 @@ pub struct ModelFiles {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSettings {
     pub max_seq_length: usize,
+    /// The longest input the model's position embeddings allow (`config.json`), when known.
+    pub max_positions: Option<usize>,
     pub pooling: Pooling,
     pub normalize: bool,
 }
@@ -166,12 +168,14 @@ pub fn read_settings(dir: &Path) -> Result<ModelSettings> {
     let normalize = modules.iter().any(|m| m.kind.ends_with("Normalize"));
     let sbert: Option<SentenceBertConfig> = read_json(&dir.join("sentence_bert_config.json"))?;
     let transformer: Option<TransformerConfig> = read_json(&dir.join("config.json"))?;
+    let max_positions = transformer.and_then(|t| t.max_position_embeddings);
     let max_seq_length = sbert
         .and_then(|s| s.max_seq_length)
-        .or(transformer.and_then(|t| t.max_position_embeddings))
+        .or(max_positions)
         .unwrap_or(512);
     Ok(ModelSettings {
         max_seq_length,
+        max_positions,
         pooling,
         normalize,
     })
@@ -300,6 +304,7 @@ mod tests {
             s,
             ModelSettings {
                 max_seq_length: 256,
+                max_positions: None,
                 pooling: Pooling::Mean,
                 normalize: true
             }

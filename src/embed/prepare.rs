@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::model::ModelFiles;
 use super::runtime::embedflow_home;
-use crate::config::Precision;
+use super::spec::Precision;
 
 const SCRIPT: &str = include_str!("prepare_model.py");
 /// Bump when the recipe in `prepare_model.py` changes, so old cache entries are not reused.

@@ -18,8 +18,8 @@ int8: dynamic int8 (ONNX Runtime's quantize_dynamic: per-channel int8 weights, a
       prints the minimum cosine between the fp32 and int8 models on the calibration rows.
 fp16: ONNX Runtime's BERT fusions for GPU (Attention, SkipLayerNormalization, BiasGelu), then
       weights and activations in fp16 with fp32 inputs and outputs.
-Both first let ONNX Runtime fold constants (basic graph optimisations), so weights stored as int8
-plus a scale (as in the offline default model) become plain initializers the tools can see.
+Both first let ONNX Runtime fold constants (basic graph optimisations), so weights that a graph
+computes from constants (int8 plus a scale, say) become plain initializers the tools can see.
 Exit code 3 means a Python package is missing; stderr says which.
 """
 import os

@@ -9,6 +9,63 @@ pub mod pinecone;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ConfigError, invalid};
+use parquet::config::ParquetSinkSpec;
+use pinecone::config::PineconeSinkSpec;
+
+/// `sink:` in the pipeline: exactly one of the keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parquet: Option<ParquetSinkSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinecone: Option<PineconeSinkSpec>,
+}
+
+/// The configured sink, once validated to be exactly one.
+#[derive(Debug, Clone, Copy)]
+pub enum SinkKind<'a> {
+    Parquet(&'a ParquetSinkSpec),
+    Pinecone(&'a PineconeSinkSpec),
+}
+
+impl SinkSpec {
+    /// The one sink the pipeline names.
+    pub fn kind(&self) -> Result<SinkKind<'_>, ConfigError> {
+        match (&self.parquet, &self.pinecone) {
+            (Some(p), None) => Ok(SinkKind::Parquet(p)),
+            (None, Some(p)) => Ok(SinkKind::Pinecone(p)),
+            (Some(_), Some(_)) => Err(invalid(
+                "sink",
+                "name one sink, not both parquet and pinecone (run the pipeline twice, once with --set for each)",
+            )),
+            (None, None) => Err(invalid(
+                "sink",
+                "name one sink, e.g. sink: { parquet: { path: out/vectors } } or sink: { pinecone: { index: docs } }",
+            )),
+        }
+    }
+
+    /// The Parquet sink's settings (an error when the pipeline writes elsewhere).
+    pub fn parquet(&self) -> Result<&ParquetSinkSpec, ConfigError> {
+        match self.kind()? {
+            SinkKind::Parquet(p) => Ok(p),
+            SinkKind::Pinecone(_) => Err(ConfigError::new(
+                "this command needs a Parquet sink, but the pipeline writes to Pinecone",
+            )),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.kind()? {
+            SinkKind::Parquet(p) => p.validate(),
+            SinkKind::Pinecone(p) => p.validate(),
+        }
+    }
+}
 
 /// What a finished sink reports for the run summary.
 #[derive(Debug, Clone, Default)]
@@ -28,8 +85,14 @@ pub struct SinkReport {
 pub trait Sink: Send {
     /// Writes one batch of `id`, `vector` and metadata columns.
     async fn write(&mut self, batch: RecordBatch) -> anyhow::Result<()>;
+    /// True when rows sharing an id end up as one (an index); false when each row is kept.
+    fn keeps_one_row_per_id(&self) -> bool {
+        false
+    }
     /// Publishes the output; before this returns nothing looks complete.
     async fn finish(self: Box<Self>) -> anyhow::Result<SinkReport>;
-    /// Discards everything written so far.
+    /// Stops writing: a file output is discarded, an index keeps what it already holds.
     async fn abort(self: Box<Self>);
+    /// What [`Sink::abort`] leaves behind, for the message that ends an interrupted run.
+    fn abort_outcome(&self) -> &'static str;
 }

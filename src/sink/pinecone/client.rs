@@ -11,9 +11,11 @@ use backon::Retryable;
 use bytes::Bytes;
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderValue};
-use serde_json::Value;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
-use crate::config::{PineconeSinkSpec, Secret};
+use super::config::PineconeSinkSpec;
+use crate::config::Secret;
 use crate::error::config_error;
 
 /// The API version whose shapes this client speaks (describe_index has top-level `dimension`).
@@ -70,14 +72,89 @@ pub fn data_plane_url(host: &str, controller: &str) -> String {
     }
 }
 
-/// What the control plane says about an index.
-#[derive(Debug, Clone)]
+/// What the control plane says about an index (`GET /indexes/{name}`).
+#[derive(Debug, Clone, Deserialize)]
 pub struct IndexDescription {
+    #[serde(default)]
     pub dimension: Option<usize>,
+    #[serde(default)]
     pub metric: Option<String>,
+    #[serde(default)]
     pub host: String,
+    #[serde(default)]
+    pub status: IndexStatus,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct IndexStatus {
+    #[serde(default = "ready_by_default")]
     pub ready: bool,
+    #[serde(default = "unknown_state")]
     pub state: String,
+}
+
+impl Default for IndexStatus {
+    fn default() -> Self {
+        IndexStatus {
+            ready: ready_by_default(),
+            state: unknown_state(),
+        }
+    }
+}
+
+fn ready_by_default() -> bool {
+    true
+}
+
+fn unknown_state() -> String {
+    "unknown".into()
+}
+
+/// `POST /describe_index_stats`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct IndexStats {
+    #[serde(default)]
+    pub dimension: Option<usize>,
+}
+
+/// `POST /vectors/upsert`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpsertResponse {
+    #[serde(default)]
+    pub upserted_count: u64,
+}
+
+/// `POST /query`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct QueryResponse {
+    #[serde(default)]
+    pub matches: Vec<QueryMatch>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct QueryMatch {
+    pub id: String,
+    #[serde(default)]
+    pub score: Option<f64>,
+    #[serde(default)]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// An error body: `{"message"}` on the data plane, `{"error": {"message"}}` on the control
+/// plane.
+#[derive(Debug, Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    error: Option<ErrorDetail>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorDetail {
+    #[serde(default)]
+    message: Option<String>,
 }
 
 /// A failed call, classified for the writer.
@@ -111,6 +188,12 @@ impl CallError {
             _ => None,
         }
     }
+
+    /// The backoff's next delay, but never sooner than the server's `Retry-After` (for
+    /// backon's `adjust`).
+    pub fn honour_retry_after(&self, next: Option<Duration>) -> Option<Duration> {
+        next.map(|d| self.retry_after().map_or(d, |r| r.max(d)))
+    }
 }
 
 impl std::fmt::Display for CallError {
@@ -129,13 +212,9 @@ impl std::fmt::Display for CallError {
 /// Pinecone's message from an error body: `{"message"}` on the data plane,
 /// `{"error": {"message"}}` on the control plane, or the raw text (some 401s are plain text).
 pub fn error_message(body: &str) -> String {
-    let parsed: Option<Value> = serde_json::from_str(body).ok();
-    let msg = parsed.as_ref().and_then(|v| {
-        v.get("message")
-            .or_else(|| v.get("error").and_then(|e| e.get("message")))
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    });
+    let msg = serde_json::from_str::<ErrorBody>(body)
+        .ok()
+        .and_then(|b| b.message.or(b.error.and_then(|e| e.message)));
     let msg = msg.unwrap_or_else(|| body.trim().to_string());
     let msg: String = msg.chars().take(500).collect();
     if msg.is_empty() {
@@ -233,17 +312,15 @@ impl PineconeClient {
 
     /// [`Self::post`] with retries of what may be retried, for calls outside the writer
     /// (preflight, query).
-    pub async fn post_retrying(
+    pub async fn post_retrying<T: DeserializeOwned>(
         &self,
         path: &str,
         body: Bytes,
-    ) -> std::result::Result<Value, CallError> {
+    ) -> std::result::Result<T, CallError> {
         (|| self.post(path, body.clone()))
             .retry(preflight_backoff())
             .when(CallError::retryable)
-            .adjust(|e: &CallError, next: Option<Duration>| {
-                next.map(|d| e.retry_after().map_or(d, |r| r.max(d)))
-            })
+            .adjust(CallError::honour_retry_after)
             .notify(|e: &CallError, d: Duration| {
                 tracing::debug!("{path} failed ({e}); retrying in {:.2} s", d.as_secs_f64())
             })
@@ -251,7 +328,11 @@ impl PineconeClient {
     }
 
     /// POSTs a JSON body to a data-plane path and returns the parsed answer.
-    pub async fn post(&self, path: &str, body: Bytes) -> std::result::Result<Value, CallError> {
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Bytes,
+    ) -> std::result::Result<T, CallError> {
         let url = format!("{}{path}", self.data_plane);
         let resp = self
             .http
@@ -269,7 +350,9 @@ impl PineconeClient {
             return Err(classify(status, &headers, &text));
         }
         serde_json::from_str(&text).map_err(|e| {
-            CallError::Transient(format!("{status} with a body that is not JSON ({e})"))
+            CallError::Transient(format!(
+                "{status} with a body that is not the expected JSON ({e})"
+            ))
         })
     }
 }
@@ -323,9 +406,7 @@ pub async fn describe_index(
     let resp = get
         .retry(preflight_backoff())
         .when(CallError::retryable)
-        .adjust(|e: &CallError, next: Option<Duration>| {
-            next.map(|d| e.retry_after().map_or(d, |r| r.max(d)))
-        })
+        .adjust(CallError::honour_retry_after)
         .await;
     let resp = resp.map_err(|e| {
         anyhow!(
@@ -353,36 +434,17 @@ pub async fn describe_index(
             error_message(&body)
         ),
     }
-    let v: Value = serde_json::from_str(&body)
-        .with_context(|| format!("{url} answered with a body that is not JSON"))?;
-    let host = v
-        .get("host")
-        .and_then(Value::as_str)
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| anyhow!("{url}: the answer names no host for index `{index}`"))?;
-    let status = v.get("status");
-    Ok(IndexDescription {
-        dimension: v
-            .get("dimension")
-            .and_then(Value::as_u64)
-            .map(|d| d as usize),
-        metric: v.get("metric").and_then(Value::as_str).map(str::to_string),
-        host: host.to_string(),
-        ready: status
-            .and_then(|s| s.get("ready"))
-            .and_then(Value::as_bool)
-            .unwrap_or(true),
-        state: status
-            .and_then(|s| s.get("state"))
-            .and_then(Value::as_str)
-            .unwrap_or("unknown")
-            .to_string(),
-    })
+    let d: IndexDescription = serde_json::from_str(&body)
+        .with_context(|| format!("{url} answered with a body that is not an index description"))?;
+    if d.host.is_empty() {
+        bail!("{url}: the answer names no host for index `{index}`");
+    }
+    Ok(d)
 }
 
 /// `POST /describe_index_stats` on the data plane: proves the key works there and gives the
 /// index's dimension when the control plane was skipped.
-pub async fn index_stats(client: &PineconeClient) -> Result<Value> {
+pub async fn index_stats(client: &PineconeClient) -> Result<IndexStats> {
     let url = format!("{}/describe_index_stats", client.data_plane());
     client
         .post_retrying("/describe_index_stats", Bytes::from_static(b"{}"))

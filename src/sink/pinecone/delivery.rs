@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 
 use super::batcher::UpsertBatch;
-use super::client::{CallError, PineconeClient};
+use super::client::{CallError, PineconeClient, UpsertResponse};
 use super::concurrency::AdaptiveConcurrency;
 
 /// What every delivery shares.
@@ -23,9 +23,73 @@ pub struct Shared {
     pub client: PineconeClient,
     pub limiter: AdaptiveConcurrency,
     pub max_retries: usize,
+    pub health: Health,
     pub requests: AtomicU64,
     pub retries: AtomicU64,
     pub splits: AtomicU64,
+}
+
+/// Whether the index still answers: once every request has failed for `give_up_after`, the
+/// index counts as unreachable, deliveries stop retrying and the writer stops taking rows.
+pub struct Health {
+    give_up_after: Duration,
+    state: std::sync::Mutex<HealthState>,
+    dead: tokio::sync::watch::Sender<bool>,
+}
+
+struct HealthState {
+    /// The first failure since the last success.
+    failing_since: Option<Instant>,
+    last_error: String,
+}
+
+impl Health {
+    pub fn new(give_up_after: Duration) -> Health {
+        Health {
+            give_up_after,
+            state: std::sync::Mutex::new(HealthState {
+                failing_since: None,
+                last_error: String::new(),
+            }),
+            dead: tokio::sync::watch::channel(false).0,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn succeeded(&self) {
+        self.lock().failing_since = None;
+    }
+
+    fn failed(&self, error: &CallError) {
+        let mut s = self.lock();
+        let since = *s.failing_since.get_or_insert_with(Instant::now);
+        s.last_error = error.to_string();
+        if since.elapsed() >= self.give_up_after {
+            self.dead.send_replace(true);
+        }
+    }
+
+    pub fn is_dead(&self) -> bool {
+        *self.dead.borrow()
+    }
+
+    /// How long requests have been failing, and the last error.
+    pub fn failing(&self) -> (Duration, String) {
+        let s = self.lock();
+        (
+            s.failing_since.map(|t| t.elapsed()).unwrap_or_default(),
+            s.last_error.clone(),
+        )
+    }
+
+    /// Resolves when the index is declared unreachable.
+    async fn gone(&self) {
+        let mut rx = self.dead.subscribe();
+        let _ = rx.wait_for(|dead| *dead).await;
+    }
 }
 
 /// What became of one request.
@@ -52,18 +116,21 @@ async fn attempt(shared: &Shared, body: Bytes) -> std::result::Result<u64, CallE
     }
     shared.requests.fetch_add(1, Ordering::Relaxed);
     let start = Instant::now();
-    match shared.client.post("/vectors/upsert", body).await {
+    match shared
+        .client
+        .post::<UpsertResponse>("/vectors/upsert", body)
+        .await
+    {
         Ok(answer) => {
             shared.limiter.on_success(start.elapsed());
-            Ok(answer
-                .get("upsertedCount")
-                .and_then(serde_json::Value::as_u64)
-                .unwrap_or(0))
+            shared.health.succeeded();
+            Ok(answer.upserted_count)
         }
         Err(e) => {
             if let CallError::Backpressure { retry_after, .. } = &e {
                 shared.limiter.on_backpressure(*retry_after);
             }
+            shared.health.failed(&e);
             Err(e)
         }
     }
@@ -73,12 +140,10 @@ async fn attempt(shared: &Shared, body: Bytes) -> std::result::Result<u64, CallE
 pub fn deliver(shared: Arc<Shared>, batch: UpsertBatch) -> BoxFuture<'static, Result<Delivery>> {
     Box::pin(async move {
         let body = batch.body();
-        let result = (|| attempt(&shared, body.clone()))
+        let retried = (|| attempt(&shared, body.clone()))
             .retry(backoff(shared.max_retries))
-            .when(CallError::retryable)
-            .adjust(|e: &CallError, next: Option<Duration>| {
-                next.map(|d| e.retry_after().map_or(d, |r| r.max(d)))
-            })
+            .when(|e: &CallError| e.retryable() && !shared.health.is_dead())
+            .adjust(CallError::honour_retry_after)
             .notify(|e: &CallError, wait: Duration| {
                 shared.retries.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(
@@ -86,8 +151,13 @@ pub fn deliver(shared: Arc<Shared>, batch: UpsertBatch) -> BoxFuture<'static, Re
                     batch.len(),
                     wait.as_secs_f64()
                 );
-            })
-            .await;
+            });
+        let result = tokio::select! {
+            r = retried => r,
+            () = shared.health.gone() => Err(CallError::Transient(
+                "not sent: the index was unreachable".into(),
+            )),
+        };
         match result {
             Ok(n) => {
                 if n != batch.len() as u64 {

@@ -11,6 +11,7 @@
 mod batcher;
 pub mod client;
 mod concurrency;
+pub mod config;
 mod dead_letter;
 mod delivery;
 mod records;
@@ -27,13 +28,13 @@ use datafusion::arrow::datatypes::Schema;
 use tokio::task::JoinSet;
 
 use super::{Sink, SinkReport};
-use crate::config::PineconeSinkSpec;
 use crate::error::config_error;
 use batcher::{Batcher, UpsertBatch};
 use client::PineconeClient;
 use concurrency::AdaptiveConcurrency;
+use config::PineconeSinkSpec;
 use dead_letter::DeadLetter;
-use delivery::{Delivery, Shared, deliver};
+use delivery::{Delivery, Health, Shared, deliver};
 use records::RecordEncoder;
 
 /// A checked connection to one index.
@@ -52,11 +53,11 @@ pub async fn connect(spec: &PineconeSinkSpec, model_dim: usize) -> Result<Connec
         Some(host) => (client::data_plane_url(host, "https://"), None),
         None => {
             let d = client::describe_index(&key, &controller, &spec.index, timeout).await?;
-            if !d.ready {
+            if !d.status.ready {
                 return Err(anyhow!(
                     "Pinecone index `{}` is not ready (state {}); wait for it and re-run",
                     spec.index,
-                    d.state
+                    d.status.state
                 ));
             }
             tracing::debug!(
@@ -71,12 +72,7 @@ pub async fn connect(spec: &PineconeSinkSpec, model_dim: usize) -> Result<Connec
     };
     let client = PineconeClient::new(&key, data_plane, timeout)?;
     let stats = client::index_stats(&client).await?;
-    let dim = described_dim.or_else(|| {
-        stats
-            .get("dimension")
-            .and_then(serde_json::Value::as_u64)
-            .map(|d| d as usize)
-    });
+    let dim = described_dim.or(stats.dimension);
     if let Some(d) = dim
         && d != model_dim
     {
@@ -151,6 +147,7 @@ impl PineconeSink {
                 client: conn.client,
                 limiter: AdaptiveConcurrency::new(spec.concurrency),
                 max_retries: spec.max_retries,
+                health: Health::new(Duration::from_secs(spec.give_up_after_secs)),
                 requests: Default::default(),
                 retries: Default::default(),
                 splits: Default::default(),
@@ -179,12 +176,28 @@ impl PineconeSink {
         Ok(())
     }
 
+    /// Fails once the index has been unreachable for `give_up_after_secs`.
+    fn check_reachable(&self) -> Result<()> {
+        if !self.shared.health.is_dead() {
+            return Ok(());
+        }
+        let (failing, last_error) = self.shared.health.failing();
+        Err(Unreachable {
+            index: self.display.clone(),
+            seconds: failing.as_secs(),
+            last_error,
+            dead_letter: self.dead_letter.path().display().to_string(),
+        }
+        .into())
+    }
+
     /// Starts a request once a slot is free; finished requests are absorbed on the way.
     async fn submit(&mut self, batch: UpsertBatch) -> Result<()> {
         loop {
             while let Some(done) = self.tasks.try_join_next() {
                 self.absorb(done)?;
             }
+            self.check_reachable()?;
             if self.tasks.len() < self.shared.limiter.limit() {
                 break;
             }
@@ -209,6 +222,10 @@ impl Sink for PineconeSink {
         Ok(())
     }
 
+    fn keeps_one_row_per_id(&self) -> bool {
+        true
+    }
+
     async fn finish(mut self: Box<Self>) -> Result<SinkReport> {
         if let Some(last) = self.batcher.take() {
             self.submit(last).await?;
@@ -216,6 +233,7 @@ impl Sink for PineconeSink {
         while let Some(done) = self.tasks.join_next().await {
             self.absorb(done)?;
         }
+        self.check_reachable()?;
         self.dead_letter.flush()?;
         let (peak, decreases) = self.shared.limiter.stats();
         let requests = self.shared.requests.load(Ordering::Relaxed);
@@ -236,9 +254,32 @@ impl Sink for PineconeSink {
         })
     }
 
+    fn abort_outcome(&self) -> &'static str {
+        "requests in flight were cancelled; vectors already upserted stay in the index, and a re-run overwrites them (ids are stable)"
+    }
+
     async fn abort(mut self: Box<Self>) {
-        self.tasks.abort_all();
-        while self.tasks.join_next().await.is_some() {}
+        if self.shared.health.is_dead() {
+            // The index is gone: requests in flight end at once, and what they and the batcher
+            // hold goes to the dead-letter file, so nothing computed is lost.
+            while let Some(done) = self.tasks.join_next().await {
+                if let Err(e) = self.absorb(done) {
+                    tracing::warn!("{e:#}");
+                }
+            }
+            if let Some(rest) = self.batcher.take()
+                && let Err(e) = self
+                    .dead_letter
+                    .write(&rest, "not sent: the index was unreachable")
+            {
+                tracing::warn!("{e:#}");
+            }
+        } else {
+            // Interrupted or failed: requests in flight are cancelled. Vectors already upserted
+            // stay in the index; a re-run overwrites them (ids are stable).
+            self.tasks.abort_all();
+            while self.tasks.join_next().await.is_some() {}
+        }
         let _ = self.dead_letter.flush();
         if self.dead_letter.rows() > 0 {
             tracing::warn!(
@@ -249,3 +290,24 @@ impl Sink for PineconeSink {
         }
     }
 }
+
+/// Every request failed for `give_up_after_secs`: the run stops embedding.
+#[derive(Debug)]
+pub struct Unreachable {
+    pub index: String,
+    pub seconds: u64,
+    pub last_error: String,
+    pub dead_letter: String,
+}
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} is unreachable: every request failed for {} s (last error: {}; sink.pinecone.give_up_after_secs sets the limit); stopped embedding, and the rows computed but not written are in the dead-letter file {}",
+            self.index, self.seconds, self.last_error, self.dead_letter
+        )
+    }
+}
+
+impl std::error::Error for Unreachable {}

@@ -14,7 +14,7 @@ use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, Schema};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::config::{OversizedMetadata, PineconeSinkSpec, pinecone_limits};
+use super::config::{OversizedMetadata, PineconeSinkSpec, limits as pinecone_limits};
 use crate::error::config_error;
 
 /// One record ready to send: its id and its serialized JSON object.

@@ -1,8 +1,10 @@
 //! Parquet sink: streams row groups to one file and publishes it atomically.
 //!
-//! The file is written through `object_store` (local disk today): a multipart upload that
+//! The file is written through `object_store` (local disk or S3): a multipart upload that
 //! becomes visible under its final name only when completed, so a failed run leaves no file that
-//! looks finished. Row groups are capped (`row_group_rows`), which bounds the writer's memory.
+//! looks finished. Locally the upload is a staging file beside the output ([`staging`]); S3
+//! aborts the multipart upload. Row groups are capped (`row_group_rows`), which bounds the
+//! writer's memory.
 
 use std::sync::Arc;
 
@@ -16,8 +18,13 @@ use datafusion::parquet::file::properties::WriterProperties;
 use object_store::buffered::BufWriter;
 
 use super::{Sink, SinkReport};
-use crate::config::{ParquetSinkSpec, StorageSpec};
+pub mod config;
+pub mod overlap;
+mod staging;
+
 use crate::storage::OutputLocation;
+use crate::storage::StorageSpec;
+use config::ParquetSinkSpec;
 
 pub struct ParquetSink {
     location: OutputLocation,
@@ -34,6 +41,9 @@ impl ParquetSink {
         schema: SchemaRef,
     ) -> Result<ParquetSink> {
         let location = OutputLocation::for_parquet_sink(&spec.path, storage)?;
+        if let Some(dir) = location.local_dir() {
+            staging::remove_stale(dir, location.file_name());
+        }
         location.check_writable().await?;
         let props = WriterProperties::builder()
             .set_max_row_group_row_count(Some(spec.row_group_rows))
@@ -86,6 +96,10 @@ impl Sink for ParquetSink {
             location: location.display,
             ..Default::default()
         })
+    }
+
+    fn abort_outcome(&self) -> &'static str {
+        "nothing was published; the previous output is as it was"
     }
 
     async fn abort(self: Box<Self>) {

@@ -15,8 +15,11 @@ use object_store::aws::AmazonS3Builder;
 use object_store::{ObjectStore, ObjectStoreExt};
 use url::Url;
 
-use crate::config::{S3Spec, StorageSpec};
+pub mod config;
+pub mod errors;
+
 use crate::error::config_error;
+pub use config::{S3Spec, StorageSpec};
 
 /// True for URLs handled by an object store (`s3://...`) rather than the local file system.
 pub fn is_remote(path: &str) -> bool {
@@ -139,57 +142,21 @@ pub fn s3_store(url: &str, bucket: &str, spec: Option<&S3Spec>) -> Result<Arc<dy
     Ok(Arc::new(store))
 }
 
-/// Registers the object store a remote path needs with the session (no-op for local paths).
+/// Registers the object store a remote path needs with the session and returns it (`None` for
+/// local paths).
 pub fn register_store(
     ctx: &SessionContext,
     what: &str,
     path: &str,
     storage: &StorageSpec,
-) -> Result<()> {
+) -> Result<Option<Arc<dyn ObjectStore>>> {
     if !is_remote(path) {
-        return Ok(());
+        return Ok(None);
     }
     let remote = RemoteUrl::parse(what, path)?;
     let store = s3_store(path, &remote.bucket, storage.s3.as_ref())?;
-    ctx.register_object_store(&remote.store_url, store);
-    Ok(())
-}
-
-/// Turns an object-store failure into a message that says what is wrong with `url`.
-pub fn describe_store_error(url: &str, detail: &str) -> String {
-    let d = detail.to_ascii_lowercase();
-    let why = if d.contains("nosuchbucket") || d.contains("bucket does not exist") {
-        "the bucket does not exist"
-    } else if d.contains("invalidaccesskeyid")
-        || d.contains("signaturedoesnotmatch")
-        || d.contains("accessdenied")
-        || d.contains("access denied")
-        || d.contains("403 forbidden")
-        || d.contains("forbidden")
-    {
-        "access denied: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket policy"
-    } else if d.contains("connect")
-        || d.contains("dns error")
-        || d.contains("error sending request")
-        || d.contains("timed out")
-    {
-        "cannot reach the S3 endpoint: check storage.s3.endpoint / AWS_ENDPOINT_URL"
-    } else if d.contains("parquet magic")
-        || d.contains("invalid parquet")
-        || d.contains("not a parquet")
-    {
-        "the object is not Parquet"
-    } else if d.contains("not found") || d.contains("nosuchkey") || d.contains("no files found") {
-        "no such object (or no matching files under the prefix)"
-    } else {
-        ""
-    };
-    let detail = crate::plan::one_line(detail);
-    if why.is_empty() {
-        format!("{url}: {detail}")
-    } else {
-        format!("{url}: {why} ({detail})")
-    }
+    ctx.register_object_store(&remote.store_url, Arc::clone(&store));
+    Ok(Some(store))
 }
 
 /// Checks that a local source path (file, directory or glob) exists, naming it when it does not.
@@ -220,6 +187,35 @@ pub fn check_local_source(table: &str, path: &str) -> Result<()> {
     }
 }
 
+/// The file name a folder output gets.
+pub const OUTPUT_FILE: &str = "part-0.parquet";
+
+/// True when a sink path names a Parquet file rather than a folder or prefix.
+pub fn names_parquet_file(path: &str) -> bool {
+    path.to_ascii_lowercase().ends_with(".parquet")
+}
+
+/// The output file of a local sink path: the path itself when it names a `.parquet` file, else
+/// [`OUTPUT_FILE`] inside it.
+pub fn local_output_file(path: &Path) -> std::path::PathBuf {
+    if names_parquet_file(&path.to_string_lossy()) {
+        path.to_path_buf()
+    } else {
+        path.join(OUTPUT_FILE)
+    }
+}
+
+/// The output key of an `s3://` sink path's key, by the same rule.
+pub fn remote_output_key(key: &str) -> String {
+    if names_parquet_file(key) {
+        key.to_string()
+    } else if key.trim_matches('/').is_empty() {
+        OUTPUT_FILE.to_string()
+    } else {
+        format!("{}/{OUTPUT_FILE}", key.trim_end_matches('/'))
+    }
+}
+
 /// A place to write one output object.
 pub struct OutputLocation {
     pub store: Arc<dyn ObjectStore>,
@@ -235,13 +231,7 @@ impl OutputLocation {
     pub fn for_parquet_sink(path: &str, storage: &StorageSpec) -> Result<OutputLocation> {
         if is_remote(path) {
             let remote = RemoteUrl::parse("sink.parquet.path", path)?;
-            let key = if remote.key.ends_with(".parquet") {
-                remote.key.clone()
-            } else if remote.key.is_empty() {
-                "part-0.parquet".to_string()
-            } else {
-                format!("{}/part-0.parquet", remote.key.trim_end_matches('/'))
-            };
+            let key = remote_output_key(&remote.key);
             let store = s3_store(path, &remote.bucket, storage.s3.as_ref())?;
             return Ok(OutputLocation {
                 store,
@@ -250,12 +240,7 @@ impl OutputLocation {
                 local_dir: None,
             });
         }
-        let local = Path::new(path.strip_prefix("file://").unwrap_or(path));
-        let file = if local.extension().is_some_and(|e| e == "parquet") {
-            local.to_path_buf()
-        } else {
-            local.join("part-0.parquet")
-        };
+        let file = local_output_file(Path::new(path.strip_prefix("file://").unwrap_or(path)));
         let absolute =
             std::path::absolute(&file).map_err(|e| anyhow!("sink.parquet.path {path}: {e}"))?;
         let dir = absolute
@@ -274,6 +259,16 @@ impl OutputLocation {
 
     pub fn is_remote(&self) -> bool {
         self.local_dir.is_none()
+    }
+
+    /// The local folder the output goes to (`None` for `s3://`).
+    pub fn local_dir(&self) -> Option<&Path> {
+        self.local_dir.as_deref()
+    }
+
+    /// The output's file name (`part-0.parquet`).
+    pub fn file_name(&self) -> &str {
+        self.path.filename().unwrap_or("part-0.parquet")
     }
 
     /// Fails early, before anything is embedded, when the output cannot be written: locally a
@@ -299,9 +294,15 @@ impl OutputLocation {
         let parent = self.path.parts().count().saturating_sub(1);
         let prefix: object_store::path::Path = self.path.parts().take(parent).collect();
         if let Err(e) = self.store.list_with_delimiter(Some(&prefix)).await {
-            let text = describe_store_error(&self.display, &e.to_string());
-            if text.contains("bucket does not exist") || text.contains("cannot reach") {
-                bail!("output is not writable: {text}");
+            let problem = errors::classify_with_probe(&e, Some(self.store.as_ref())).await;
+            if matches!(
+                problem,
+                errors::StoreProblem::BucketMissing | errors::StoreProblem::Unreachable
+            ) {
+                bail!(
+                    "output is not writable: {}",
+                    errors::describe(&self.display, problem, &e)
+                );
             }
         }
         let probe = object_store::path::Path::from(format!(
@@ -313,9 +314,10 @@ impl OutputLocation {
             .put(&probe, bytes::Bytes::from_static(b"").into())
             .await
             .map_err(|e| {
+                let problem = errors::classify(&e);
                 anyhow!(
                     "output is not writable: {}",
-                    describe_store_error(&self.display, &e.to_string())
+                    errors::describe(&self.display, problem, &e)
                 )
             })?;
         let _ = self.store.delete(&probe).await;

@@ -1,0 +1,107 @@
+//! Checks on the source made before anything is embedded or written. The id column alone is
+//! scanned (DataFusion prunes `embed()` from a plan that does not use the vectors), so they cost
+//! a read of the ids, not an embedding.
+
+use anyhow::{Result, bail};
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::compute::cast as cast_array;
+use datafusion::arrow::datatypes::{DataType, Int64Type};
+use datafusion::functions_aggregate::expr_fn::{count, first_value, max, sum};
+use datafusion::prelude::{DataFrame, cast, col, lit};
+
+use crate::config::Pipeline;
+use crate::embed::DuplicateIds;
+
+/// What the id scan found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdReport {
+    /// Ids that appear on more than one row.
+    pub duplicate_ids: u64,
+    /// Rows beyond the first for each of those ids: what a sink that keeps one row per id drops.
+    pub extra_rows: u64,
+}
+
+/// What the id is, for messages.
+fn describe_id(pipeline: &Pipeline) -> String {
+    match &pipeline.embed.id {
+        Some(c) => format!("embed.id: column `{c}`"),
+        None if pipeline.embed.key.is_empty() => format!(
+            "the id (MD5 of the text column `{}`; set embed.id or embed.key to choose it)",
+            pipeline.embed.text
+        ),
+        None => format!(
+            "the id (MD5 of embed.key columns {})",
+            pipeline.embed.key.join(", ")
+        ),
+    }
+}
+
+/// Fails on null or empty ids and, unless `embed.duplicate_ids: keep_last`, on ids shared by
+/// several rows, naming an example and the counts.
+pub async fn check_ids(frame: &DataFrame, pipeline: &Pipeline) -> Result<IdReport> {
+    let what = describe_id(pipeline);
+    let id = cast(col("id"), DataType::Utf8);
+    let ids = frame.clone().select(vec![id.alias("id")])?;
+
+    let missing = ids
+        .clone()
+        .filter(col("id").is_null().or(col("id").eq(lit(""))))?
+        .count()
+        .await?;
+    if missing > 0 {
+        bail!(
+            "{what}: {missing} rows have a null or empty id; every row needs an id (filter them out in source.sql, or give them one)"
+        );
+    }
+
+    let per_id = ids
+        .aggregate(vec![col("id")], vec![count(lit(1)).alias("n")])?
+        .filter(col("n").gt(lit(1)))?;
+    let totals = per_id
+        .aggregate(
+            vec![],
+            vec![
+                count(lit(1)).alias("ids"),
+                sum(col("n")).alias("rows"),
+                max(col("n")).alias("most"),
+                first_value(col("id"), vec![col("n").sort(false, false)]).alias("example"),
+            ],
+        )?
+        .collect()
+        .await?;
+    let Some(batch) = totals.first().filter(|b| b.num_rows() > 0) else {
+        return Ok(IdReport::default());
+    };
+    let int = |i: usize| -> Result<u64> {
+        let a = cast_array(batch.column(i), &DataType::Int64)?;
+        let a = a.as_primitive::<Int64Type>();
+        Ok(if a.is_null(0) { 0 } else { a.value(0) as u64 })
+    };
+    let (dup_ids, dup_rows, most) = (int(0)?, int(1)?, int(2)?);
+    if dup_ids == 0 {
+        return Ok(IdReport::default());
+    }
+    let example = cast_array(batch.column(3), &DataType::Utf8)?;
+    let example = example.as_string::<i32>();
+    let example = if example.is_null(0) {
+        String::new()
+    } else {
+        example.value(0).to_string()
+    };
+    let report = IdReport {
+        duplicate_ids: dup_ids,
+        extra_rows: dup_rows - dup_ids,
+    };
+    match pipeline.embed.duplicate_ids {
+        DuplicateIds::Error => bail!(
+            "{what}: {dup_ids} ids appear on more than one row ({dup_rows} rows in all), e.g. `{example}` on {most} rows; a sink keeps one vector per id, so the later rows would overwrite the earlier. Make the ids unique, or set embed.duplicate_ids: keep_last to keep one vector per id"
+        ),
+        DuplicateIds::KeepLast => {
+            tracing::warn!(
+                "{what}: {dup_ids} ids appear on more than one row, e.g. `{example}` on {most} rows; embed.duplicate_ids is keep_last, so the sink keeps one vector per id ({} rows fewer)",
+                report.extra_rows
+            );
+            Ok(report)
+        }
+    }
+}

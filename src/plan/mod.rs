@@ -1,0 +1,182 @@
+//! The DataFusion side: a session with the pipeline's tables ([`source`]) and functions, the
+//! DataFrame that produces `id`, `vector` and metadata columns, and the checks made on the source
+//! before anything is embedded ([`checks`]).
+
+pub mod checks;
+pub mod source;
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::DFSchema;
+use datafusion::execution::FunctionRegistry;
+use datafusion::execution::context::{SQLOptions, SessionConfig};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::{DataFrame, Expr, SessionContext, cast, ident, lit};
+
+use crate::config::Pipeline;
+use crate::embed::Embedder;
+use crate::embed::udf::EmbedUdf;
+use crate::error::{config_error, one_line};
+use crate::similarity::CosineSimilarity;
+
+/// Rows per record batch inside the plan: small enough for smooth progress and bounded memory,
+/// large enough for length-sorted micro-batches inside `embed()`.
+pub const PLAN_BATCH_ROWS: usize = 1024;
+
+/// A DataFusion session with embedflow's functions registered.
+pub fn session_context(embedder: Option<Arc<Embedder>>) -> SessionContext {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let config = SessionConfig::new()
+        .with_batch_size(PLAN_BATCH_ROWS)
+        .with_target_partitions(cores)
+        .with_information_schema(true);
+    let ctx = SessionContext::new_with_config(config);
+    ctx.register_udf(CosineSimilarity::udf());
+    if let Some(e) = embedder {
+        ctx.register_udf(EmbedUdf::udf(e));
+    }
+    ctx
+}
+
+fn available(schema: &DFSchema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| format!("{} ({})", f.name(), f.data_type()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn field_type<'a>(schema: &'a DFSchema, name: &str, key: &str) -> Result<&'a DataType> {
+    schema
+        .fields()
+        .iter()
+        .find(|f| f.name() == name)
+        .map(|f| f.data_type())
+        .ok_or_else(|| {
+            anyhow!(
+                "{key}: column `{name}` not found; available columns: {}",
+                available(schema)
+            )
+        })
+}
+
+fn is_text(t: &DataType) -> bool {
+    match t {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
+        DataType::Dictionary(_, v) => is_text(v),
+        _ => false,
+    }
+}
+
+/// The pipeline's DataFrame: `id`, `vector` (from `embed(text)`) and the other source columns.
+pub fn output_frame(
+    source: DataFrame,
+    pipeline: &Pipeline,
+    ctx: &SessionContext,
+) -> Result<DataFrame> {
+    let schema = source.schema().clone();
+    let text = &pipeline.embed.text;
+    let text_type = field_type(&schema, text, "embed.text")?;
+    if !is_text(text_type) {
+        bail!(
+            "embed.text: column `{text}` is {text_type}, not text; convert it in source.sql, e.g. CAST({text} AS VARCHAR) AS {text}"
+        );
+    }
+    let embed = ctx
+        .udf("embed")
+        .context("embed() is not registered: no model loaded")?;
+    let id_expr: Expr = match &pipeline.embed.id {
+        Some(id) => {
+            field_type(&schema, id, "embed.id")?;
+            ident(id.as_str())
+        }
+        None => {
+            let key: Vec<String> = if pipeline.embed.key.is_empty() {
+                vec![text.clone()]
+            } else {
+                pipeline.embed.key.clone()
+            };
+            for k in &key {
+                field_type(&schema, k, "embed.key")?;
+            }
+            key_hash(&key)
+        }
+    };
+    let mut exprs = vec![
+        id_expr.alias("id"),
+        embed.call(vec![ident(text.as_str())]).alias("vector"),
+    ];
+    for f in schema.fields() {
+        let name = f.name();
+        if Some(name) == pipeline.embed.id.as_ref() {
+            continue;
+        }
+        if name == "id" || name == "vector" {
+            bail!(
+                "source column `{name}` clashes with the output's `{name}` column; rename it in source.sql (e.g. SELECT {name} AS source_{name}, ...)"
+            );
+        }
+        exprs.push(ident(name.as_str()));
+    }
+    Ok(source.select(exprs)?)
+}
+
+/// A stable id from key columns: the MD5 (hex) of their values as text, joined by U+001F, with
+/// U+0000 standing for null. One text column hashes to the MD5 of the text itself.
+fn key_hash(key: &[String]) -> Expr {
+    use datafusion::functions::expr_fn::{coalesce, concat_ws, md5};
+    if let [only] = key {
+        return md5(cast(ident(only.as_str()), DataType::Utf8));
+    }
+    let parts = key
+        .iter()
+        .map(|k| coalesce(vec![cast(ident(k.as_str()), DataType::Utf8), lit("\u{0}")]))
+        .collect();
+    md5(concat_ws(lit("\u{1f}"), parts))
+}
+
+/// Everything `run`, `validate` and `explain` need.
+pub struct PipelinePlan {
+    pub ctx: SessionContext,
+    pub frame: DataFrame,
+}
+
+pub async fn build(pipeline: &Pipeline, embedder: Arc<Embedder>) -> Result<PipelinePlan> {
+    let ctx = session_context(Some(embedder));
+    source::register_tables(&ctx, &pipeline.source, &pipeline.storage).await?;
+    let source = source::source_frame(&ctx, &pipeline.source).await?;
+    let frame = output_frame(source, pipeline, &ctx)?;
+    Ok(PipelinePlan { ctx, frame })
+}
+
+/// Plans `sql` as a query that only reads: DDL, DML, COPY and other statements are refused
+/// (a configuration error) before anything runs, using DataFusion's own SQL options.
+pub async fn read_only_sql(ctx: &SessionContext, sql: &str) -> Result<DataFrame> {
+    let plan = ctx
+        .state()
+        .create_logical_plan(sql)
+        .await
+        .map_err(|e| anyhow!("{}", one_line(&e.to_string())))?;
+    let read_only = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    if read_only.verify_plan(&plan).is_err() {
+        let what = match &plan {
+            LogicalPlan::Ddl(ddl) => ddl.name().to_string(),
+            LogicalPlan::Dml(dml) => format!("{} {}", dml.op, dml.table_name),
+            LogicalPlan::Copy(copy) => format!("COPY TO {}", copy.output_url),
+            LogicalPlan::Statement(s) => s.name().to_string(),
+            _ => "the statement".to_string(),
+        };
+        return Err(config_error(format!(
+            "{what} writes or creates files or tables, and a query here may only read (COPY, CREATE, INSERT, DROP and SET are refused; `embedflow sql --allow-writes` allows them)"
+        )));
+    }
+    Ok(ctx.execute_logical_plan(plan).await?)
+}
