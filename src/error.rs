@@ -143,6 +143,16 @@ pub fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// The innermost cause of an error, on one line: DataFusion and object_store wrap their causes
+/// with prefixes that repeat them ("Parquet error: Parquet error: ..."); the root says it once.
+pub fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = err;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    one_line(&current.to_string())
+}
+
 /// An error chain as one line, each cause once: a cause whose text an outer message already
 /// quotes is left out, so nothing reads twice.
 pub fn describe(err: &anyhow::Error) -> String {

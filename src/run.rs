@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::config::Pipeline;
 use crate::embed::{EmbedSpec, Embedder};
-use crate::error::{Interrupted, one_line};
+use crate::error::{Interrupted, root_cause};
 use crate::plan::{self, checks};
 use crate::report::{Progress, RunSummary};
 use crate::signals::Shutdown;
@@ -177,7 +177,7 @@ async fn drive(
         let Some(item) = item else { break };
         let step = match item {
             Ok(batch) => step(&mut sink, batch, &mut summary).await,
-            Err(e) => Err(anyhow!("{}", one_line(&e.to_string()))),
+            Err(e) => Err(anyhow!("{}", root_cause(&e))),
         };
         if let Err(e) = step {
             sink.abort().await;

@@ -555,7 +555,7 @@ fn fp16_on_cpu_is_a_config_error() {
         &pipeline_yaml("docs.parquet", "out", "  precision: fp16\n"),
     );
     let o = embedflow(dir.path(), &["validate", "p.yaml"]);
-    assert_fails_with(&o, 2, "embed.precision fp16 runs on GPUs only");
+    assert_fails_with(&o, 2, "embed.precision: fp16 runs on GPUs only");
 }
 
 #[test]

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::PipelinePlan;
 use crate::config::Pipeline;
-use crate::error::{ConfigError, config_error, invalid, one_line};
+use crate::error::{ConfigError, config_error, invalid, root_cause};
 use crate::storage::{self, StorageSpec};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,7 +132,7 @@ pub async fn register_table(
         }
         Err(e) => Err(anyhow!(
             "table `{name}` ({path}): cannot read as {format:?}: {}",
-            one_line(&e.to_string())
+            root_cause(&e)
         )),
     }
 }

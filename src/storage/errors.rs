@@ -3,8 +3,8 @@
 
 use std::error::Error as StdError;
 
-use object_store::ObjectStore;
 use object_store::client::HttpErrorKind;
+use object_store::{ObjectStore, ObjectStoreExt};
 
 /// The kinds of store failure a user can act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,16 +67,18 @@ pub fn classify(err: &(dyn StdError + 'static)) -> StoreProblem {
     StoreProblem::Other
 }
 
-/// Classifies an error from `store`; a "not found" is told apart from a missing bucket by
-/// listing the bucket's root (only on this error path).
+/// Classifies an error from `store`. A missing bucket reaches object_store as a generic error
+/// (listing) or a "not found" (reading), so on those two, and only on this error path, the
+/// bucket itself is asked: a HEAD of its root is S3's HeadBucket, whose 404 object_store maps to
+/// its `NotFound` variant.
 pub async fn classify_with_probe(
     err: &(dyn StdError + 'static),
     store: Option<&dyn ObjectStore>,
 ) -> StoreProblem {
     let problem = classify(err);
-    if problem == StoreProblem::NotFound
+    if matches!(problem, StoreProblem::NotFound | StoreProblem::Other)
         && let Some(store) = store
-        && let Err(e) = store.list_with_delimiter(None).await
+        && let Err(e) = store.head(&object_store::path::Path::from("")).await
         && classify(&e) == StoreProblem::NotFound
     {
         return StoreProblem::BucketMissing;

@@ -191,22 +191,30 @@ impl PineconeSink {
         .into())
     }
 
-    /// Starts a request once a slot is free; finished requests are absorbed on the way.
+    /// Starts a request once the concurrency limit has a slot for it; finished requests are
+    /// absorbed while it waits.
     async fn submit(&mut self, batch: UpsertBatch) -> Result<()> {
         loop {
             while let Some(done) = self.tasks.try_join_next() {
                 self.absorb(done)?;
             }
             self.check_reachable()?;
-            if self.tasks.len() < self.shared.limiter.limit() {
-                break;
-            }
-            if let Some(done) = self.tasks.join_next().await {
-                self.absorb(done)?;
+            let limiter = self.shared.limiter.clone();
+            tokio::select! {
+                permit = limiter.acquire() => {
+                    let shared = Arc::clone(&self.shared);
+                    self.tasks.spawn(async move {
+                        let delivery = deliver(shared, batch).await;
+                        drop(permit);
+                        delivery
+                    });
+                    return Ok(());
+                }
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    self.absorb(done)?;
+                }
             }
         }
-        self.tasks.spawn(deliver(Arc::clone(&self.shared), batch));
-        Ok(())
     }
 }
 
