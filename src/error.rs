@@ -153,19 +153,23 @@ pub fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
     one_line(&current.to_string())
 }
 
-/// An error chain as one line, each cause once: a cause whose text an outer message already
-/// quotes is left out, so nothing reads twice.
+/// An error chain as one line, each cause once. Library errors often wrap a cause by quoting it
+/// ("External: Generic LocalFileSystem error: ...: No space left on device"): a cause that quotes
+/// the next one is left out, so the line keeps the context added here and the innermost words.
 pub fn describe(err: &anyhow::Error) -> String {
+    let texts: Vec<String> = err.chain().map(|c| one_line(&c.to_string())).collect();
     let mut out = String::new();
-    for cause in err.chain() {
-        let text = one_line(&cause.to_string());
-        if text.is_empty() || out.contains(&text) {
+    for (i, text) in texts.iter().enumerate() {
+        let quotes_next = texts
+            .get(i + 1)
+            .is_some_and(|next| text.contains(next.as_str()));
+        if text.is_empty() || quotes_next || out.contains(text.as_str()) {
             continue;
         }
         if !out.is_empty() {
             out.push_str(": ");
         }
-        out.push_str(&text);
+        out.push_str(text);
     }
     redact(&out)
 }

@@ -430,3 +430,54 @@ fn an_error_names_its_cause_once() {
         assert!(!parts[i + 1..].contains(p), "`{p}` repeats: {err}");
     }
 }
+
+#[test]
+#[ignore = "needs root: mounts a 1 MiB tmpfs (scripts/test.sh runs it with the ../shared tests)"]
+fn a_full_disk_stops_the_run_when_it_fills() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    long_sample(d);
+    let small = d.join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount a tmpfs (needs root)");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.clone());
+    let o = embedflow(
+        d,
+        &[
+            "run",
+            "long.yaml",
+            "--no-progress",
+            "--set",
+            &format!("sink.parquet.path={}", small.join("out").display()),
+            "--set",
+            "sink.parquet.row_group_rows=256",
+        ],
+    );
+    assert_fails_with(&o, 1, "No space left on device");
+    let err = error_line(&o);
+    // The run stopped when the disk filled, long before the sample's 3,101 rows.
+    let after: u64 = err
+        .split("(after ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no row count in: {err}"));
+    assert!(after < 3101, "{err}");
+    // The cause once, without the wrappers' repetitions.
+    assert!(!err.contains("External: External"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(small.join("out"))
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

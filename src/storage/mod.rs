@@ -2,7 +2,8 @@
 //! stores through `object_store`'s AmazonS3 client, registered with DataFusion per bucket.
 //!
 //! Reads stream: DataFusion's Parquet reader fetches footers and row groups with ranged GETs, so
-//! a large table costs no more memory than a small one. Writes are multipart uploads that become
+//! a large table costs no more memory than a small one. The HTTP requests run on the I/O runtime
+//! that opened the store, not on the plan's CPU runtime. Writes are multipart uploads that become
 //! visible only when completed.
 
 use std::path::Path;
@@ -135,6 +136,13 @@ pub fn s3_store(url: &str, bucket: &str, spec: Option<&S3Spec>) -> Result<Arc<dy
         });
     if let Some(e) = endpoint {
         builder = builder.with_endpoint(e);
+    }
+    // Requests run on the runtime that opens the store: the I/O runtime. DataFusion's scan then
+    // polls them from the plan runtime, whose threads are busy with inference, without doing
+    // network work there (DataFusion's `thread_pools.rs` example).
+    if let Ok(io) = tokio::runtime::Handle::try_current() {
+        builder =
+            builder.with_http_connector(object_store::client::SpawnedReqwestConnector::new(io));
     }
     let store = builder
         .build()

@@ -49,7 +49,19 @@ impl ParquetSink {
             .set_max_row_group_row_count(Some(spec.row_group_rows))
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
             .build();
-        let object_writer = BufWriter::new(Arc::clone(&location.store), location.path.clone());
+        // Bytes leave memory in parts of this size, at most two in flight: a failed part (disk
+        // full, a lost connection) stops the run at the next part, not at the end.
+        let part_bytes = if location.is_remote() {
+            5 << 20 // S3's smallest part
+        } else {
+            1 << 20
+        };
+        let object_writer = BufWriter::with_capacity(
+            Arc::clone(&location.store),
+            location.path.clone(),
+            part_bytes,
+        )
+        .with_max_concurrency(2);
         let writer = AsyncArrowWriter::try_new(object_writer, Arc::clone(&schema), Some(props))
             .with_context(|| format!("cannot start Parquet output {}", location.display))?;
         Ok(ParquetSink {
@@ -72,10 +84,13 @@ impl Sink for ParquetSink {
                     self.location.display
                 )
             })?;
-        self.writer
-            .write(&batch)
-            .await
-            .with_context(|| format!("cannot write {}", self.location.display))?;
+        let written = self.rows;
+        self.writer.write(&batch).await.with_context(|| {
+            format!(
+                "cannot write {} (after {written} rows)",
+                self.location.display
+            )
+        })?;
         self.rows += batch.num_rows() as u64;
         Ok(())
     }

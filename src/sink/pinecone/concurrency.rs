@@ -135,6 +135,7 @@ impl AdaptiveConcurrency {
     }
 
     /// A slot if one is free now.
+    #[cfg(test)]
     pub fn try_acquire(&self) -> Option<Permit> {
         let permit = Arc::clone(&self.inner.semaphore).try_acquire_owned().ok()?;
         Some(self.admitted(permit))
@@ -153,6 +154,7 @@ impl AdaptiveConcurrency {
     }
 
     /// Requests allowed in flight now.
+    #[cfg(test)]
     pub fn limit(&self) -> usize {
         self.inner.lock().limit
     }
