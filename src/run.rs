@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::config::Pipeline;
 use crate::embed::{EmbedSpec, Embedder};
-use crate::error::{Interrupted, root_cause};
+use crate::error::Interrupted;
 use crate::plan::{self, checks};
 use crate::report::{Progress, RunSummary};
 use crate::signals::Shutdown;
@@ -122,7 +122,13 @@ pub async fn run_pipeline(
         .until(async {
             let plan = plan::build(pipeline, Arc::clone(&embedder)).await?;
             let sink = open_sink(pipeline, &plan.frame).await?;
-            let ids = checks::check_ids(&plan.frame, pipeline).await?;
+            let ids = match checks::check_ids(&plan.frame, pipeline).await {
+                Ok(ids) => ids,
+                Err(e) => {
+                    sink.abort().await;
+                    return Err(explain_scan_error(e, &plan, pipeline).await);
+                }
+            };
             let total = if opts.progress {
                 plan::source::known_source_rows(&plan, pipeline).await
             } else {
@@ -140,7 +146,10 @@ pub async fn run_pipeline(
     progress.finish();
     // Let the batch being embedded finish, so ONNX Runtime is idle when the process exits.
     let _ = tokio::task::spawn_blocking(move || rt.shutdown_timeout(Duration::from_secs(30))).await;
-    let mut summary = result?;
+    let mut summary = match result {
+        Ok(s) => s,
+        Err(e) => return Err(explain_scan_error(e, &plan, pipeline).await),
+    };
     if keeps_one_per_id {
         summary.rows_written = summary.rows_written.saturating_sub(ids.extra_rows);
     }
@@ -177,7 +186,7 @@ async fn drive(
         let Some(item) = item else { break };
         let step = match item {
             Ok(batch) => step(&mut sink, batch, &mut summary).await,
-            Err(e) => Err(anyhow!("{}", root_cause(&e))),
+            Err(e) => Err(anyhow::Error::new(e)),
         };
         if let Err(e) = step {
             sink.abort().await;
@@ -193,6 +202,28 @@ async fn drive(
     summary.requests = report.requests;
     summary.retries = report.retries;
     Ok(summary)
+}
+
+/// Names the table and column of a scan that failed decoding Parquet (the error itself does
+/// not); other errors pass through.
+async fn explain_scan_error(
+    err: anyhow::Error,
+    plan: &plan::PipelinePlan,
+    pipeline: &Pipeline,
+) -> anyhow::Error {
+    let decoding = err.chain().any(|e| {
+        crate::storage::errors::classify(e) == crate::storage::errors::StoreProblem::NotParquet
+    });
+    if !decoding {
+        return err;
+    }
+    match checks::locate_parquet_error(&plan.ctx, pipeline).await {
+        Some((table, column)) => anyhow!(
+            "table `{table}`, column `{column}`: {} (a text column must hold UTF-8; cast it in source.sql, or fix the file)",
+            crate::error::describe(&err)
+        ),
+        None => err,
+    }
 }
 
 /// Hands one batch's embedded rows to the sink.

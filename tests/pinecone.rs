@@ -174,7 +174,15 @@ fn every_vector_arrives_exactly_despite_429_503_and_dropped_connections() {
     assert!(s["retries"].as_u64().unwrap() > 0, "{s}");
 
     let stored = srv.records("docs", "prod");
-    assert_eq!(stored.len(), n, "every id once");
+    assert_eq!(stored.len(), n, "every id");
+    // Every id arrived, and nothing was sent twice except what a dropped connection may have
+    // applied before it dropped (at most one request of 100 per drop).
+    let sent = srv.vectors_upserted("docs");
+    assert!(
+        sent >= n as u64 && sent <= n as u64 + 100 * faults.dropped,
+        "{sent} vectors sent for {n} rows with {} drops",
+        faults.dropped
+    );
     let mut worst = 0f32;
     for (id, want) in &expected {
         let got = stored.get(id).unwrap_or_else(|| panic!("{id} missing"));
@@ -224,8 +232,14 @@ fn dropped_connections_are_retried() {
     )
     .unwrap();
     assert_ok(&run(dir.path(), &["run", "pc.yaml", "--no-progress"]));
-    assert!(srv.fault_counts().dropped > 0);
+    let dropped = srv.fault_counts().dropped;
+    assert!(dropped > 0);
     assert_eq!(srv.records("docs", "").len(), 300);
+    let sent = srv.vectors_upserted("docs");
+    assert!(
+        (300..=300 + 10 * dropped).contains(&sent),
+        "{sent} vectors sent for 300 rows with {dropped} drops"
+    );
 }
 
 #[test]

@@ -481,3 +481,49 @@ fn a_full_disk_stops_the_run_when_it_fills() {
         .unwrap_or_default();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// A Parquet file whose `text` column (a UTF-8 string column) holds bytes that are not UTF-8.
+fn write_invalid_utf8(path: &Path) {
+    use datafusion::parquet::data_type::{ByteArray, ByteArrayType};
+    use datafusion::parquet::file::properties::WriterProperties;
+    use datafusion::parquet::file::writer::SerializedFileWriter;
+    use datafusion::parquet::schema::parser::parse_message_type;
+    let schema = parse_message_type(
+        "message docs { required binary id (UTF8); required binary text (UTF8); }",
+    )
+    .unwrap();
+    let file = std::fs::File::create(path).unwrap();
+    let mut writer = SerializedFileWriter::new(
+        file,
+        std::sync::Arc::new(schema),
+        std::sync::Arc::new(WriterProperties::builder().build()),
+    )
+    .unwrap();
+    let mut group = writer.next_row_group().unwrap();
+    let columns: [Vec<ByteArray>; 2] = [
+        vec!["a".into(), "b".into()],
+        vec!["fine".into(), ByteArray::from(vec![0x66, 0xff, 0xfe, 0x6f])],
+    ];
+    for values in columns {
+        let mut column = group.next_column().unwrap().unwrap();
+        column
+            .typed::<ByteArrayType>()
+            .write_batch(&values, None, None)
+            .unwrap();
+        column.close().unwrap();
+    }
+    group.close().unwrap();
+    writer.close().unwrap();
+}
+
+#[test]
+fn invalid_utf8_names_the_table_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_invalid_utf8(&d.join("docs.parquet"));
+    write_file(d, "p.yaml", &pipeline_yaml("docs.parquet", "out", ""));
+    let o = embedflow(d, &["run", "p.yaml"]);
+    assert_fails_with(&o, 1, "table `docs`, column `text`");
+    assert!(error_line(&o).contains("UTF-8"), "{}", stderr(&o));
+    assert!(!d.join("out/part-0.parquet").exists());
+}

@@ -105,3 +105,44 @@ pub async fn check_ids(frame: &DataFrame, pipeline: &Pipeline) -> Result<IdRepor
         }
     }
 }
+
+/// After a scan failed inside Parquet decoding (typed: a Parquet error in the chain), finds the
+/// table and text column that hold it by reading each text column alone. A Parquet text column
+/// with bytes that are not UTF-8 is the usual cause; the error itself names neither.
+pub async fn locate_parquet_error(
+    ctx: &datafusion::prelude::SessionContext,
+    pipeline: &Pipeline,
+) -> Option<(String, String)> {
+    for name in pipeline.source.tables.keys() {
+        let Ok(table) = ctx.table(name.as_str()).await else {
+            continue;
+        };
+        let columns: Vec<String> = table
+            .schema()
+            .fields()
+            .iter()
+            .filter(|f| {
+                matches!(
+                    f.data_type(),
+                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+                )
+            })
+            .map(|f| f.name().clone())
+            .collect();
+        for column in columns {
+            // Lengths need the values decoded (a count could come from the file's statistics).
+            let length = datafusion::functions::expr_fn::character_length(
+                datafusion::prelude::ident(&column),
+            );
+            let scan = table.clone().aggregate(vec![], vec![sum(length)]);
+            let Ok(scan) = scan else { continue };
+            if let Err(e) = scan.collect().await
+                && crate::storage::errors::classify(&e)
+                    == crate::storage::errors::StoreProblem::NotParquet
+            {
+                return Some((name.clone(), column));
+            }
+        }
+    }
+    None
+}

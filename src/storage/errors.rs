@@ -56,6 +56,10 @@ pub fn classify(err: &(dyn StdError + 'static)) -> StoreProblem {
         }
         if e.is::<datafusion::parquet::errors::ParquetError>()
             || matches!(
+                e.downcast_ref::<datafusion::arrow::error::ArrowError>(),
+                Some(datafusion::arrow::error::ArrowError::ParquetError(_))
+            )
+            || matches!(
                 e.downcast_ref::<datafusion::error::DataFusionError>(),
                 Some(datafusion::error::DataFusionError::ParquetError(_))
             )

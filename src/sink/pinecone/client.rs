@@ -235,6 +235,8 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// Classifies a non-success response.
 pub fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> CallError {
     let message = error_message(body);
+    // Pinecone signals an oversized request with a plain 400 whose message names the maximum
+    // size (pinecone-api.md: no code sets it apart from other 400s), or a proxy's bare 413.
     let too_large = status == StatusCode::PAYLOAD_TOO_LARGE
         || (status == StatusCode::BAD_REQUEST
             && message
