@@ -72,47 +72,53 @@ pub enum Command {
         #[arg(long)]
         physical: bool,
     },
-    /// Exact cosine top-k over a pipeline's Parquet output.
-    Query {
-        #[command(flatten)]
-        pipeline: PipelineArgs,
-        /// The text to search for.
-        text: String,
-        /// How many results.
-        #[arg(short, default_value_t = 10)]
-        k: usize,
-        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
-        format: OutputFormat,
-        /// Cut text columns to this many characters in table output (0: no cut).
-        #[arg(long, default_value_t = 80)]
-        width: usize,
-        /// Pinecone sink: a metadata filter as JSON, e.g. '{"lang": {"$eq": "en"}}'.
-        #[arg(long, value_name = "JSON")]
-        filter: Option<String>,
-        /// Pinecone sink: search this namespace instead of the pipeline's.
-        #[arg(long)]
-        namespace: Option<String>,
-    },
+    /// Exact cosine top-k over a pipeline's Parquet output, or Pinecone's query API.
+    Query(QueryArgs),
     /// Ad-hoc SQL with embed() and cosine_similarity() registered.
-    Sql {
-        /// The SQL statement.
-        query: String,
-        /// Register this pipeline's tables and use its model.
-        #[arg(long, value_name = "PIPELINE")]
-        pipeline: Option<PathBuf>,
-        /// Register a table: NAME=PATH (Parquet, CSV or JSON; file, folder or glob). Repeatable.
-        #[arg(long = "table", value_name = "NAME=PATH")]
-        tables: Vec<String>,
-        /// Model for embed() when no pipeline is given.
-        #[arg(long, default_value = "all-MiniLM-L6-v2")]
-        model: String,
-        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
-        format: OutputFormat,
-        /// Allow statements that write or create files or tables (COPY, CREATE EXTERNAL TABLE,
-        /// INSERT, DROP); by default `sql` only reads.
-        #[arg(long)]
-        allow_writes: bool,
-    },
+    Sql(SqlArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    #[command(flatten)]
+    pipeline: PipelineArgs,
+    /// The text to search for.
+    text: String,
+    /// How many results.
+    #[arg(short, default_value_t = 10)]
+    k: usize,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    format: OutputFormat,
+    /// Cut text columns to this many characters in table output (0: no cut).
+    #[arg(long, default_value_t = 80)]
+    width: usize,
+    /// Pinecone sink: a metadata filter as JSON, e.g. '{"lang": {"$eq": "en"}}'.
+    #[arg(long, value_name = "JSON")]
+    filter: Option<String>,
+    /// Pinecone sink: search this namespace instead of the pipeline's.
+    #[arg(long)]
+    namespace: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    /// The SQL statement.
+    query: String,
+    /// Register this pipeline's tables and use its model.
+    #[arg(long, value_name = "PIPELINE")]
+    pipeline: Option<PathBuf>,
+    /// Register a table: NAME=PATH (Parquet, CSV or JSON; file, folder or glob). Repeatable.
+    #[arg(long = "table", value_name = "NAME=PATH")]
+    tables: Vec<String>,
+    /// Model for embed() when no pipeline is given.
+    #[arg(long, default_value = "all-MiniLM-L6-v2")]
+    model: String,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    format: OutputFormat,
+    /// Allow statements that write or create files or tables (COPY, CREATE EXTERNAL TABLE,
+    /// INSERT, DROP); by default `sql` only reads.
+    #[arg(long)]
+    allow_writes: bool,
 }
 
 /// Runs one command; each has its own function below.
@@ -132,43 +138,8 @@ pub async fn execute(cli: Cli, shutdown: Shutdown) -> Result<()> {
         Command::Explain { pipeline, physical } => {
             shutdown.until(explain_command(&pipeline, physical)).await
         }
-        Command::Query {
-            pipeline,
-            text,
-            k,
-            format,
-            width,
-            filter,
-            namespace,
-        } => {
-            let search = Search {
-                text,
-                k,
-                format,
-                width,
-                filter,
-                namespace,
-            };
-            shutdown.until(query_command(&pipeline, search)).await
-        }
-        Command::Sql {
-            query,
-            pipeline,
-            tables,
-            model,
-            format,
-            allow_writes,
-        } => {
-            let sql = SqlCommand {
-                query,
-                pipeline,
-                tables,
-                model,
-                format,
-                allow_writes,
-            };
-            shutdown.until(sql_command(sql)).await
-        }
+        Command::Query(args) => shutdown.until(query_command(args)).await,
+        Command::Sql(args) => shutdown.until(sql_command(args)).await,
     }
 }
 
@@ -250,19 +221,9 @@ async fn explain_command(args: &PipelineArgs, physical: bool) -> Result<()> {
     Ok(())
 }
 
-/// `query`'s arguments.
-struct Search {
-    text: String,
-    k: usize,
-    format: OutputFormat,
-    width: usize,
-    filter: Option<String>,
-    namespace: Option<String>,
-}
-
 /// `query`: top-k over the Parquet output, or Pinecone's query API.
-async fn query_command(args: &PipelineArgs, s: Search) -> Result<()> {
-    let p = args.load()?;
+async fn query_command(s: QueryArgs) -> Result<()> {
+    let p = s.pipeline.load()?;
     if s.k == 0 {
         return Err(config_error("-k must be at least 1"));
     }
@@ -297,19 +258,9 @@ async fn query_command(args: &PipelineArgs, s: Search) -> Result<()> {
     query::print(&batches, s.format)
 }
 
-/// `sql`'s arguments.
-struct SqlCommand {
-    query: String,
-    pipeline: Option<PathBuf>,
-    tables: Vec<String>,
-    model: String,
-    format: OutputFormat,
-    allow_writes: bool,
-}
-
 /// `sql`: ad-hoc SQL with `embed()` and `cosine_similarity()`; read-only unless
 /// `--allow-writes`.
-async fn sql_command(c: SqlCommand) -> Result<()> {
+async fn sql_command(c: SqlArgs) -> Result<()> {
     let loaded = match &c.pipeline {
         Some(path) => Some(Pipeline::load(path, &[])?),
         None => None,

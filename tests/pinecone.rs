@@ -28,6 +28,15 @@ fn server(faults: Faults) -> PineconeServer {
     PineconeServer::start(config).expect("start the Pinecone test server")
 }
 
+/// A server that answers the preflight, then 503s every upsert.
+fn server_refusing_upserts() -> PineconeServer {
+    server(Faults {
+        rate_503: 1.0,
+        paths: vec!["/vectors/upsert".into()],
+        ..Default::default()
+    })
+}
+
 const WORDS: [&str; 12] = [
     "river",
     "compiler",
@@ -302,11 +311,7 @@ fn an_unreachable_index_stops_the_embedding_and_keeps_what_was_computed() {
     let n = 20_000;
     corpus(&dir.path().join("docs.parquet"), n);
     // The index answers the preflight, then every upsert fails.
-    let srv = server(Faults {
-        rate_503: 1.0,
-        paths: vec!["/vectors/upsert".into()],
-        ..Default::default()
-    });
+    let srv = server_refusing_upserts();
     std::fs::write(
         dir.path().join("pc.yaml"),
         pinecone_yaml(
@@ -463,11 +468,7 @@ fn api_key_never_appears_in_output_even_at_trace_level() {
 fn rows_that_cannot_be_written_go_to_the_dead_letter_file_and_exit_3() {
     let dir = tempfile::tempdir().unwrap();
     corpus(&dir.path().join("docs.parquet"), 25);
-    let srv = server(Faults {
-        rate_503: 1.0,
-        paths: vec!["/vectors/upsert".into()],
-        ..Default::default()
-    });
+    let srv = server_refusing_upserts();
     std::fs::write(
         dir.path().join("pc.yaml"),
         pinecone_yaml(
