@@ -17,6 +17,12 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Runs embedflow with the server's AWS environment, changed by `env` (a `None` removes).
+fn tmp_lock(body: &str) -> tempfile::NamedTempFile {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), body).unwrap();
+    f
+}
+
 fn run_s3(srv: &S3Server, cwd: &Path, args: &[&str], env: &[(&str, Option<&str>)]) -> Output {
     let server_env = srv.env();
     let mut all: Vec<(&str, Option<&str>)> = server_env
@@ -87,6 +93,31 @@ fn quickstart_reading_and_writing_s3_gives_the_local_vectors() {
     assert_eq!(
         srv.keys("lake"),
         vec!["books/sample.parquet", "vectors/quickstart/part-0.parquet"]
+    );
+
+    // A live run elsewhere holds the output's lock (created with If-None-Match): refused.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let lock_file = tmp_lock(&format!(
+        "{{\"host\":\"other-host\",\"pid\":7,\"started\":{now},\"heartbeat\":{now}}}"
+    ));
+    srv.put_file(
+        "lake",
+        "vectors/quickstart/part-0.parquet.embedflow-lock",
+        lock_file.path(),
+    );
+    let o = run_s3(&srv, Path::new(REPO), &args, &[]);
+    assert_fails_with(&o, 1, "another embedflow run is writing this output");
+    assert!(
+        stderr(&o).contains("host other-host, pid 7"),
+        "{}",
+        stderr(&o)
+    );
+    let _ = std::fs::remove_file(
+        srv.object("lake", "vectors/quickstart/part-0.parquet.embedflow-lock")
+            .unwrap(),
     );
 
     // query reads the S3 output.

@@ -527,3 +527,75 @@ fn invalid_utf8_names_the_table_and_column() {
     assert!(error_line(&o).contains("UTF-8"), "{}", stderr(&o));
     assert!(!d.join("out/part-0.parquet").exists());
 }
+
+#[test]
+fn a_second_run_on_the_same_output_is_refused_naming_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    long_sample(d);
+    let first = embedflow_command(d, &["run", "long.yaml", "--no-progress"], &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lock = d.join("out/part-0.parquet.embedflow-lock");
+    let start = Instant::now();
+    while !lock.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no lock appeared"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = embedflow(d, &["run", "long.yaml", "--no-progress"]);
+    assert_fails_with(&o, 1, "another embedflow run is writing this output");
+    let err = error_line(&o);
+    assert!(err.contains(&format!("pid {}", first.id())), "{err}");
+    assert!(err.contains("started 20"), "{err}");
+    // The refused run touched nothing: the first one finishes and publishes.
+    let o = first.wait_with_output().unwrap();
+    assert_ok(&o);
+    assert_eq!(read_vectors(&d.join("out/part-0.parquet")).len(), 3101);
+    assert!(!lock.exists(), "the lock outlived its run");
+
+    // A lock left by a process that is gone (kill -9) is taken over.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id();
+    gone.wait().unwrap();
+    std::fs::write(
+        &lock,
+        format!(
+            "{{\"host\":\"{}\",\"pid\":{gone_pid},\"started\":1,\"heartbeat\":1}}",
+            String::from_utf8(
+                std::process::Command::new("hostname")
+                    .output()
+                    .unwrap()
+                    .stdout
+            )
+            .unwrap()
+            .trim()
+        ),
+    )
+    .unwrap();
+    sample(d);
+    write_file(d, "p.yaml", &pipeline_yaml("docs.parquet", "out", ""));
+    let o = embedflow(d, &["run", "p.yaml"]);
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains("taking over the lock"),
+        "{}",
+        stderr(&o)
+    );
+    // One held by a live run elsewhere (fresh heartbeat) is not.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    std::fs::write(
+        &lock,
+        format!("{{\"host\":\"other-host\",\"pid\":1,\"started\":{now},\"heartbeat\":{now}}}"),
+    )
+    .unwrap();
+    let o = embedflow(d, &["run", "p.yaml"]);
+    assert_fails_with(&o, 1, "host other-host, pid 1");
+}

@@ -18,6 +18,7 @@ use url::Url;
 
 pub mod config;
 pub mod errors;
+pub mod lock;
 
 use crate::error::config_error;
 pub use config::{S3Spec, StorageSpec};

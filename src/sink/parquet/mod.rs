@@ -22,8 +22,8 @@ pub mod config;
 pub mod overlap;
 mod staging;
 
-use crate::storage::OutputLocation;
-use crate::storage::StorageSpec;
+use crate::storage::lock::OutputLock;
+use crate::storage::{OutputLocation, StorageSpec};
 use config::ParquetSinkSpec;
 
 pub struct ParquetSink {
@@ -31,6 +31,8 @@ pub struct ParquetSink {
     schema: SchemaRef,
     writer: AsyncArrowWriter<BufWriter>,
     rows: u64,
+    /// Held from open to publish or abort: one run writes an output at a time.
+    lock: OutputLock,
 }
 
 impl ParquetSink {
@@ -41,10 +43,17 @@ impl ParquetSink {
         schema: SchemaRef,
     ) -> Result<ParquetSink> {
         let location = OutputLocation::for_parquet_sink(&spec.path, storage)?;
+        location.check_writable().await?;
+        let lock = OutputLock::acquire(
+            Arc::clone(&location.store),
+            object_store::path::Path::from(format!("{}.embedflow-lock", location.path)),
+            format!("{}.embedflow-lock", location.display),
+        )
+        .await?;
+        // Only the lock's holder may clean up: another run's staging file is not stale.
         if let Some(dir) = location.local_dir() {
             staging::remove_stale(dir, location.file_name());
         }
-        location.check_writable().await?;
         let props = WriterProperties::builder()
             .set_max_row_group_row_count(Some(spec.row_group_rows))
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
@@ -69,6 +78,7 @@ impl ParquetSink {
             schema,
             writer,
             rows: 0,
+            lock,
         })
     }
 }
@@ -100,12 +110,15 @@ impl Sink for ParquetSink {
             location,
             writer,
             rows,
+            lock,
             ..
         } = *self;
-        writer
+        let closed = writer
             .close()
             .await
-            .with_context(|| format!("cannot publish {}", location.display))?;
+            .with_context(|| format!("cannot publish {}", location.display));
+        lock.release().await;
+        closed?;
         Ok(SinkReport {
             rows_written: rows,
             location: location.display,
@@ -118,12 +131,16 @@ impl Sink for ParquetSink {
     }
 
     async fn abort(self: Box<Self>) {
-        let mut inner = self.writer.into_inner();
+        let ParquetSink {
+            location,
+            writer,
+            lock,
+            ..
+        } = *self;
+        let mut inner = writer.into_inner();
         if let Err(e) = inner.abort().await {
-            tracing::warn!(
-                "could not discard partial output {}: {e}",
-                self.location.display
-            );
+            tracing::warn!("could not discard partial output {}: {e}", location.display);
         }
+        lock.release().await;
     }
 }
