@@ -22,6 +22,9 @@ pub struct RunSummary {
     pub stream_seconds: f64,
     /// Rows that shared an id with an earlier row (`embed.duplicate_ids: keep_last`).
     pub duplicate_rows: u64,
+    /// Texts longer than `max_seq_length`: only their first `max_seq_length` word pieces were
+    /// embedded, as sentence-transformers does.
+    pub rows_truncated: u64,
     pub output: String,
     /// Rows embedded but not written (network sinks): they are in `dead_letter`.
     pub rows_failed: u64,

@@ -158,6 +158,19 @@ pub async fn run_pipeline(
     summary.model_seconds = model_seconds;
     summary.stream_seconds = progress.elapsed();
     summary.tokens = embedder.tokens_seen();
+    summary.rows_truncated = embedder.truncated_rows();
+    if summary.rows_truncated > 0 {
+        let most = embedder
+            .max_positions()
+            .map(|m| format!(" (this model takes up to {m})"))
+            .unwrap_or_default();
+        tracing::warn!(
+            "{} of {} texts were longer than max_seq_length, {} word pieces: only their beginning was embedded, as sentence-transformers does; raise embed.max_seq_length{most}, or split long texts into several rows in source.sql",
+            summary.rows_truncated,
+            summary.rows_embedded,
+            embedder.max_seq_length()
+        );
+    }
     let (tokenize, wait, infer) = embedder.timings().seconds();
     tracing::debug!(
         "embedding time, summed over threads: tokenising {tokenize:.2} s, waiting for the session {wait:.2} s, inference {infer:.2} s, over {:.2} s of streaming",

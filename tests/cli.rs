@@ -185,6 +185,40 @@ fn null_text_is_skipped_and_counted() {
 }
 
 #[test]
+fn truncated_texts_are_counted_and_said_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = "ownership and borrowing ".repeat(200);
+    let longer = "lifetimes ".repeat(400);
+    write_text_parquet(
+        &dir.path().join("docs.parquet"),
+        &["short", "long", "longer"],
+        &[Some("a short text"), Some(&long), Some(&longer)],
+    );
+    write(
+        dir.path(),
+        "p.yaml",
+        &pipeline_yaml("docs.parquet", "out", ""),
+    );
+    let o = embedflow(dir.path(), &["run", "p.yaml", "--summary-json", "s.json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    let said: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("longer than max_seq_length"))
+        .collect();
+    assert_eq!(said.len(), 1, "{}", stderr(&o));
+    assert!(
+        said[0].contains("2 of 3 texts") && said[0].contains("256 word pieces"),
+        "{}",
+        said[0]
+    );
+    assert!(said[0].contains("up to 512"), "{}", said[0]);
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("s.json")).unwrap()).unwrap();
+    assert_eq!(s["rows_truncated"], 2);
+}
+
+#[test]
 fn empty_table_writes_valid_empty_output() {
     let dir = tempfile::tempdir().unwrap();
     write_text_parquet(&dir.path().join("docs.parquet"), &[], &[]);

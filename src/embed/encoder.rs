@@ -63,6 +63,8 @@ pub struct Embedder {
     batch_tokens: usize,
     batch_rows: usize,
     tokens_seen: AtomicU64,
+    /// Texts longer than `max_seq_length`, cut as sentence-transformers cuts them.
+    truncated_rows: AtomicU64,
     timings: Timings,
 }
 
@@ -258,6 +260,7 @@ impl Embedder {
             batch_tokens: opts.batch_tokens(),
             batch_rows: opts.batch_rows.max(1),
             tokens_seen: AtomicU64::new(0),
+            truncated_rows: AtomicU64::new(0),
             timings: Timings::default(),
         };
         // Probe the width with one tiny input: it also proves the model runs.
@@ -295,6 +298,16 @@ impl Embedder {
     /// Tokens embedded so far (after truncation, without padding).
     pub fn tokens_seen(&self) -> u64 {
         self.tokens_seen.load(Ordering::Relaxed)
+    }
+
+    /// Texts embedded so far that were longer than `max_seq_length` and cut.
+    pub fn truncated_rows(&self) -> u64 {
+        self.truncated_rows.load(Ordering::Relaxed)
+    }
+
+    /// The longest input the model's position embeddings allow, when known.
+    pub fn max_positions(&self) -> Option<usize> {
+        self.files.settings.max_positions
     }
 
     /// Where embedding time went so far.
@@ -366,6 +379,11 @@ impl Embedder {
     /// Runs one tokenised chunk; `rows[j]` is the output row of `encodings[j]`.
     fn embed_chunk(&self, encodings: &[Encoding], rows: &[usize], out: &mut [f32]) -> Result<()> {
         let lengths: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
+        let cut = encodings
+            .iter()
+            .filter(|e| !e.get_overflowing().is_empty())
+            .count();
+        self.truncated_rows.fetch_add(cut as u64, Ordering::Relaxed);
         let batches = plan_micro_batches(&lengths, self.batch_tokens, self.batch_rows);
         let dim = self.dim;
         let mut place = |batch: &[usize], vectors: &[f32]| {
