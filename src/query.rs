@@ -173,14 +173,38 @@ pub async fn top_k(
             _ => column,
         });
     }
+    let mut df = df.select(exprs)?;
+    // A chunked output holds several rows per source row: keep each source's best chunk.
+    let chunked = ["source_id", "chunk"]
+        .iter()
+        .all(|c| schema.field_with_unqualified_name(c).is_ok());
+    if chunked {
+        use datafusion::logical_expr::ExprFunctionExt;
+        let rank = datafusion::functions_window::expr_fn::row_number()
+            .partition_by(vec![ident("source_id")])
+            .order_by(vec![ident("score").sort(false, true)])
+            .build()?
+            .alias(RANK);
+        df = df.window(vec![rank])?.filter(ident(RANK).eq(lit(1u64)))?;
+        let keep: Vec<String> = df
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .filter(|n| n != RANK)
+            .collect();
+        df = df.select_columns(&keep.iter().map(String::as_str).collect::<Vec<_>>())?;
+    }
     let df = df
-        .select(exprs)?
         .sort(vec![ident("score").sort(false, true)])?
         .limit(0, Some(k))?;
     df.collect()
         .await
         .map_err(|e| anyhow!("query failed: {}", one_line(&e.to_string())))
 }
+
+/// The rank of a chunk within its source row, dropped before printing.
+const RANK: &str = "__embedflow_rank";
 
 /// Prints batches in the chosen format to stdout.
 pub fn print(batches: &[RecordBatch], format: OutputFormat) -> Result<()> {

@@ -122,7 +122,7 @@ pub async fn run_pipeline(
         .until(async {
             let plan = plan::build(pipeline, Arc::clone(&embedder)).await?;
             let sink = open_sink(pipeline, &plan.frame).await?;
-            let ids = match checks::check_ids(&plan.frame, pipeline).await {
+            let ids = match checks::check_ids(&plan.ids, pipeline).await {
                 Ok(ids) => ids,
                 Err(e) => {
                     sink.abort().await;

@@ -300,6 +300,11 @@ impl Embedder {
         self.tokens_seen.load(Ordering::Relaxed)
     }
 
+    /// The model's tokenizer, as configured for inference (truncating at `max_seq_length`).
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
     /// Texts embedded so far that were longer than `max_seq_length` and cut.
     pub fn truncated_rows(&self) -> u64 {
         self.truncated_rows.load(Ordering::Relaxed)

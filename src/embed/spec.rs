@@ -27,6 +27,10 @@ pub struct EmbedSpec {
     /// `keep_last` (the sink keeps one vector per id: the later row overwrites the earlier).
     #[serde(default)]
     pub duplicate_ids: DuplicateIds,
+    /// Split long texts into token-bounded chunks, one output row each (`<id>#<n>`); without
+    /// it, a text is cut at `max_seq_length`, as sentence-transformers does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunking: Option<super::chunk::ChunkingSpec>,
     /// Micro-batch budget in tokens (rows x longest row of the micro-batch). Default: the
     /// device's ([`Device::default_batch_tokens`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -70,6 +74,7 @@ impl EmbedSpec {
             id: None,
             key: Vec::new(),
             duplicate_ids: DuplicateIds::default(),
+            chunking: None,
             batch_tokens: None,
             batch_rows: default_batch_rows(),
             max_seq_length: None,
@@ -111,6 +116,9 @@ impl EmbedSpec {
                 "embed.precision",
                 "int8 is for CPUs (VNNI); on CUDA use fp16",
             ));
+        }
+        if let Some(c) = &self.chunking {
+            c.validate()?;
         }
         if self.id.is_some() && !self.key.is_empty() {
             return Err(invalid(

@@ -38,10 +38,10 @@ fn describe_id(pipeline: &Pipeline) -> String {
 
 /// Fails on null or empty ids and, unless `embed.duplicate_ids: keep_last`, on ids shared by
 /// several rows, naming an example and the counts.
-pub async fn check_ids(frame: &DataFrame, pipeline: &Pipeline) -> Result<IdReport> {
+pub async fn check_ids(ids: &DataFrame, pipeline: &Pipeline) -> Result<IdReport> {
     let what = describe_id(pipeline);
     let id = cast(col("id"), DataType::Utf8);
-    let ids = frame.clone().select(vec![id.alias("id")])?;
+    let ids = ids.clone().select(vec![id.alias("id")])?;
 
     let missing = ids
         .clone()

@@ -73,7 +73,52 @@ fn is_text(t: &DataType) -> bool {
     }
 }
 
-/// The pipeline's DataFrame: `id`, `vector` (from `embed(text)`) and the other source columns.
+/// The id of each source row: the `embed.id` column, or the MD5 of the key columns (default:
+/// the text).
+fn id_expr(schema: &DFSchema, pipeline: &Pipeline) -> Result<Expr> {
+    Ok(match &pipeline.embed.id {
+        Some(id) => {
+            field_type(schema, id, "embed.id")?;
+            ident(id.as_str())
+        }
+        None => {
+            let key: Vec<String> = if pipeline.embed.key.is_empty() {
+                vec![pipeline.embed.text.clone()]
+            } else {
+                pipeline.embed.key.clone()
+            };
+            for k in &key {
+                field_type(schema, k, "embed.key")?;
+            }
+            key_hash(&key)
+        }
+    })
+}
+
+/// The source's other columns, which ride along as metadata; a name the output uses itself is
+/// an error that says how to rename it.
+fn metadata_columns(schema: &DFSchema, pipeline: &Pipeline, taken: &[&str]) -> Result<Vec<Expr>> {
+    let mut exprs = Vec::new();
+    for f in schema.fields() {
+        let name = f.name();
+        if Some(name) == pipeline.embed.id.as_ref()
+            || (pipeline.embed.chunking.is_some() && *name == pipeline.embed.text)
+        {
+            continue;
+        }
+        if taken.contains(&name.as_str()) {
+            bail!(
+                "source column `{name}` clashes with the output's `{name}` column; rename it in source.sql (e.g. SELECT {name} AS source_{name}, ...)"
+            );
+        }
+        exprs.push(ident(name.as_str()));
+    }
+    Ok(exprs)
+}
+
+/// The pipeline's DataFrame: `id`, `vector` (from `embed(text)`) and the other source columns;
+/// with `embed.chunking`, one row per chunk: `id` is `<source id>#<n>`, with `chunk`, the
+/// chunk's `text` and `source_id`.
 pub fn output_frame(
     source: DataFrame,
     pipeline: &Pipeline,
@@ -90,41 +135,54 @@ pub fn output_frame(
     let embed = ctx
         .udf("embed")
         .context("embed() is not registered: no model loaded")?;
-    let id_expr: Expr = match &pipeline.embed.id {
-        Some(id) => {
-            field_type(&schema, id, "embed.id")?;
-            ident(id.as_str())
-        }
-        None => {
-            let key: Vec<String> = if pipeline.embed.key.is_empty() {
-                vec![text.clone()]
-            } else {
-                pipeline.embed.key.clone()
-            };
-            for k in &key {
-                field_type(&schema, k, "embed.key")?;
-            }
-            key_hash(&key)
-        }
-    };
-    let mut exprs = vec![
-        id_expr.alias("id"),
-        embed.call(vec![ident(text.as_str())]).alias("vector"),
-    ];
-    for f in schema.fields() {
-        let name = f.name();
-        if Some(name) == pipeline.embed.id.as_ref() {
-            continue;
-        }
-        if name == "id" || name == "vector" {
-            bail!(
-                "source column `{name}` clashes with the output's `{name}` column; rename it in source.sql (e.g. SELECT {name} AS source_{name}, ...)"
-            );
-        }
-        exprs.push(ident(name.as_str()));
+    let id = id_expr(&schema, pipeline)?;
+    if pipeline.embed.chunking.is_none() {
+        let mut exprs = vec![
+            id.alias("id"),
+            embed.call(vec![ident(text.as_str())]).alias("vector"),
+        ];
+        exprs.extend(metadata_columns(&schema, pipeline, &["id", "vector"])?);
+        return Ok(source.select(exprs)?);
     }
-    Ok(source.select(exprs)?)
+    use datafusion::common::UnnestOptions;
+    use datafusion::functions::core::expr_fn::get_field;
+    use datafusion::functions::string::expr_fn::concat;
+    let chunks = ctx
+        .udf("chunks")
+        .context("chunks() is not registered: embed.chunking without a chunker")?;
+    let metadata = metadata_columns(
+        &schema,
+        pipeline,
+        &["id", "vector", "chunk", "text", "source_id", CHUNKS],
+    )?;
+    let mut exprs = vec![
+        id.alias("source_id"),
+        chunks.call(vec![ident(text.as_str())]).alias(CHUNKS),
+    ];
+    exprs.extend(metadata.iter().cloned());
+    let unnested = source
+        .select(exprs)?
+        .unnest_columns_with_options(&[CHUNKS], UnnestOptions::new().with_preserve_nulls(true))?;
+    let number = get_field(ident(CHUNKS), "chunk");
+    let chunk_text = get_field(ident(CHUNKS), "text");
+    let mut exprs = vec![
+        concat(vec![
+            ident("source_id"),
+            lit("#"),
+            cast(number.clone(), DataType::Utf8),
+        ])
+        .alias("id"),
+        embed.call(vec![chunk_text.clone()]).alias("vector"),
+        number.alias("chunk"),
+        chunk_text.alias("text"),
+        ident("source_id"),
+    ];
+    exprs.extend(metadata);
+    Ok(unnested.select(exprs)?)
 }
+
+/// The unnested chunks column, never in the output.
+const CHUNKS: &str = "__embedflow_chunks";
 
 /// A stable id from key columns: the MD5 (hex) of their values as text, joined by U+001F, with
 /// U+0000 standing for null. One text column hashes to the MD5 of the text itself.
@@ -144,14 +202,27 @@ fn key_hash(key: &[String]) -> Expr {
 pub struct PipelinePlan {
     pub ctx: SessionContext,
     pub frame: DataFrame,
+    /// One `id` per source row (before chunking), for the checks made before embedding.
+    pub ids: DataFrame,
 }
 
 pub async fn build(pipeline: &Pipeline, embedder: Arc<Embedder>) -> Result<PipelinePlan> {
-    let ctx = session_context(Some(embedder));
+    let ctx = session_context(Some(Arc::clone(&embedder)));
     source::register_tables(&ctx, &pipeline.source, &pipeline.storage).await?;
+    if let Some(spec) = &pipeline.embed.chunking {
+        let chunker = crate::embed::chunk::Chunker::new(
+            spec,
+            embedder.tokenizer(),
+            embedder.max_seq_length(),
+        )?;
+        ctx.register_udf(crate::embed::chunk::ChunksUdf::udf(Arc::new(chunker)));
+    }
     let source = source::source_frame(&ctx, &pipeline.source).await?;
+    let ids = source
+        .clone()
+        .select(vec![id_expr(source.schema(), pipeline)?.alias("id")])?;
     let frame = output_frame(source, pipeline, &ctx)?;
-    Ok(PipelinePlan { ctx, frame })
+    Ok(PipelinePlan { ctx, frame, ids })
 }
 
 /// Plans `sql` as a query that only reads: DDL, DML, COPY and other statements are refused

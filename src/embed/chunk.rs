@@ -1,0 +1,257 @@
+//! `embed.chunking`: long texts split into windows measured with the model's own tokenizer, on
+//! sentence and word boundaries where possible (the `text-splitter` crate), so all of a long
+//! document is searchable instead of its first `max_seq_length` word pieces.
+//!
+//! `chunks(text)` is a DataFusion UDF returning `List<Struct<chunk: Int32, text: Utf8>>`; the plan
+//! unnests it into one row per chunk ([`crate::plan`]).
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayBuilder, ArrayRef, Int32Builder, ListArray, StringBuilder, StructArray,
+};
+use datafusion::arrow::buffer::{NullBuffer, OffsetBuffer};
+use datafusion::arrow::datatypes::{DataType, Field, Fields};
+use datafusion::common::{DataFusionError, Result, exec_err};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use serde::{Deserialize, Serialize};
+use text_splitter::{ChunkConfig, TextSplitter};
+use tokenizers::Tokenizer;
+
+use super::udf::string_rows;
+use crate::error::{ConfigError, invalid};
+
+/// `embed.chunking` in the pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkingSpec {
+    /// Word pieces per chunk, without [CLS] and [SEP]; default: the model's `max_seq_length`
+    /// less those two, so a chunk is never cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<usize>,
+    /// Word pieces shared by consecutive chunks.
+    #[serde(default = "default_overlap")]
+    pub overlap: usize,
+}
+
+fn default_overlap() -> usize {
+    32
+}
+
+/// [CLS] and [SEP].
+const SPECIAL_TOKENS: usize = 2;
+
+impl ChunkingSpec {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_tokens.is_some_and(|m| m < 8) {
+            return Err(invalid("embed.chunking.max_tokens", "must be at least 8"));
+        }
+        if let Some(m) = self.max_tokens
+            && self.overlap >= m
+        {
+            return Err(invalid(
+                "embed.chunking.overlap",
+                format!("{} must be less than max_tokens ({m})", self.overlap),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The chunk size for a model taking `max_seq_length` word pieces.
+    pub fn max_tokens_for(&self, max_seq_length: usize) -> Result<usize, ConfigError> {
+        let fits = max_seq_length.saturating_sub(SPECIAL_TOKENS);
+        let max_tokens = self.max_tokens.unwrap_or(fits);
+        if max_tokens > fits {
+            return Err(invalid(
+                "embed.chunking.max_tokens",
+                format!(
+                    "{max_tokens} does not fit the model: max_seq_length is {max_seq_length}, so a chunk holds at most {fits} word pieces besides [CLS] and [SEP]"
+                ),
+            ));
+        }
+        if self.overlap >= max_tokens {
+            return Err(invalid(
+                "embed.chunking.overlap",
+                format!(
+                    "{} must be less than max_tokens ({max_tokens})",
+                    self.overlap
+                ),
+            ));
+        }
+        Ok(max_tokens)
+    }
+}
+
+/// The Arrow type `chunks(text)` returns.
+pub fn chunk_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("chunk", DataType::Int32, false),
+        Field::new("text", DataType::Utf8, false),
+    ])
+}
+
+fn list_type() -> DataType {
+    DataType::List(Arc::new(Field::new_list_field(
+        DataType::Struct(chunk_fields()),
+        true,
+    )))
+}
+
+/// Splits texts into token-bounded chunks.
+pub struct Chunker {
+    splitter: TextSplitter<Tokenizer>,
+    max_tokens: usize,
+    overlap: usize,
+}
+
+impl std::fmt::Debug for Chunker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chunker")
+            .field("max_tokens", &self.max_tokens)
+            .field("overlap", &self.overlap)
+            .finish()
+    }
+}
+
+impl Chunker {
+    /// `tokenizer` is the model's; it is used untruncated, to measure.
+    pub fn new(
+        spec: &ChunkingSpec,
+        tokenizer: &Tokenizer,
+        max_seq_length: usize,
+    ) -> Result<Chunker, ConfigError> {
+        let max_tokens = spec.max_tokens_for(max_seq_length)?;
+        let mut measure = tokenizer.clone();
+        measure
+            .with_truncation(None)
+            .map_err(|e| ConfigError::new(format!("embed.chunking: tokenizer: {e}")))?;
+        let config = ChunkConfig::new(max_tokens)
+            .with_sizer(measure)
+            .with_overlap(spec.overlap)
+            .map_err(|e| invalid("embed.chunking.overlap", e.to_string()))?;
+        Ok(Chunker {
+            splitter: TextSplitter::new(config),
+            max_tokens,
+            overlap: spec.overlap,
+        })
+    }
+
+    /// The chunks of one text, in order; an empty text is one empty chunk (it still gets a
+    /// vector, as sentence-transformers gives one).
+    pub fn chunks<'t>(&self, text: &'t str) -> Vec<&'t str> {
+        let chunks: Vec<&str> = self.splitter.chunks(text).collect();
+        if chunks.is_empty() { vec![""] } else { chunks }
+    }
+}
+
+/// `chunks(text)`: a text's chunks with their numbers; null text gives a null list.
+#[derive(Debug)]
+pub struct ChunksUdf {
+    chunker: Arc<Chunker>,
+    signature: Signature,
+}
+
+impl ChunksUdf {
+    pub fn udf(chunker: Arc<Chunker>) -> ScalarUDF {
+        ScalarUDF::new_from_impl(ChunksUdf {
+            chunker,
+            signature: Signature::string(1, Volatility::Immutable),
+        })
+    }
+}
+
+impl PartialEq for ChunksUdf {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.chunker, &other.chunker)
+    }
+}
+impl Eq for ChunksUdf {}
+impl Hash for ChunksUdf {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.chunker.max_tokens.hash(state);
+        self.chunker.overlap.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for ChunksUdf {
+    fn name(&self) -> &str {
+        "chunks"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(list_type())
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let [arg] = args.args.as_slice() else {
+            return exec_err!("chunks(text) takes exactly one argument");
+        };
+        let array = arg.to_array(args.number_rows)?;
+        let rows = string_rows(&array)?;
+        let mut numbers = Int32Builder::new();
+        let mut texts = StringBuilder::new();
+        let mut offsets = vec![0i32];
+        let mut valid = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if let Some(text) = row {
+                for (n, chunk) in self.chunker.chunks(text).into_iter().enumerate() {
+                    numbers.append_value(n as i32);
+                    texts.append_value(chunk);
+                }
+            }
+            valid.push(row.is_some());
+            offsets.push(numbers.len() as i32);
+        }
+        let values = StructArray::try_new(
+            chunk_fields(),
+            vec![
+                Arc::new(numbers.finish()) as ArrayRef,
+                Arc::new(texts.finish()) as ArrayRef,
+            ],
+            None,
+        )?;
+        let DataType::List(item) = list_type() else {
+            return Err(DataFusionError::Internal("chunks: not a list type".into()));
+        };
+        let nulls = NullBuffer::from(valid);
+        let list = ListArray::try_new(
+            item,
+            OffsetBuffer::new(offsets.into()),
+            Arc::new(values),
+            (nulls.null_count() > 0).then_some(nulls),
+        )?;
+        Ok(ColumnarValue::Array(Arc::new(list) as ArrayRef))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits() {
+        let spec = ChunkingSpec {
+            max_tokens: None,
+            overlap: 32,
+        };
+        assert_eq!(spec.max_tokens_for(256).unwrap(), 254);
+        let too_big = ChunkingSpec {
+            max_tokens: Some(300),
+            overlap: 32,
+        };
+        let e = too_big.max_tokens_for(256).unwrap_err().to_string();
+        assert!(e.contains("at most 254"), "{e}");
+        let bad = ChunkingSpec {
+            max_tokens: Some(16),
+            overlap: 16,
+        };
+        assert!(bad.validate().is_err());
+    }
+}
