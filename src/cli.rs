@@ -251,6 +251,7 @@ async fn query_command(s: QueryArgs) -> Result<()> {
                 filter,
                 namespace: s.namespace.or_else(|| spec.namespace.clone()),
                 width,
+                chunked: p.embed.chunking.is_some(),
             };
             query::search_pinecone(spec, &embedder, &s.text, &request).await?
         }

@@ -69,6 +69,8 @@ pub struct PineconeQuery {
     pub namespace: Option<String>,
     /// Cut metadata text to this many characters.
     pub width: Option<usize>,
+    /// The index holds chunks (`embed.chunking`): show each source row's best chunk once.
+    pub chunked: bool,
 }
 
 /// Embeds `text` and asks the pipeline's Pinecone index for its nearest vectors; returns one
@@ -88,27 +90,68 @@ pub async fn search_pinecone(
     let vector = tokio::task::spawn_blocking(move || e.embed(&[Some(owned.as_str())]))
         .await
         .map_err(|e| anyhow!("embedding panicked: {e}"))??;
-    let mut body = serde_json::json!({
-        "topK": q.k,
-        "vector": vector,
-        "includeMetadata": true,
-        "includeValues": false,
-    });
-    if let Some(ns) = q.namespace.as_deref().filter(|n| !n.is_empty()) {
-        body["namespace"] = ns.into();
+    // Chunks of one source row can fill the top k: ask for more, keep each source's best, and
+    // ask again without the sources already found until k sources are found or the index has
+    // no more. Pinecone answers at most 1,000 matches with metadata.
+    let top_k = if q.chunked {
+        (q.k * 10).clamp(q.k, 1000.max(q.k))
+    } else {
+        q.k
+    };
+    let mut matches: Vec<crate::sink::pinecone::client::QueryMatch> = Vec::new();
+    let mut seen: Vec<serde_json::Value> = Vec::new();
+    loop {
+        let mut body = serde_json::json!({
+            "topK": top_k,
+            "vector": vector,
+            "includeMetadata": true,
+            "includeValues": false,
+        });
+        if let Some(ns) = q.namespace.as_deref().filter(|n| !n.is_empty()) {
+            body["namespace"] = ns.into();
+        }
+        let unseen = (!seen.is_empty())
+            .then(|| serde_json::json!({ "source_id": { "$nin": seen.clone() } }));
+        body["filter"] = match (&q.filter, unseen) {
+            (Some(f), Some(u)) => serde_json::json!({ "$and": [f, u] }),
+            (Some(f), None) => f.clone(),
+            (None, Some(u)) => u,
+            (None, None) => serde_json::Value::Null,
+        };
+        if body["filter"].is_null() {
+            body.as_object_mut().map(|o| o.remove("filter"));
+        }
+        let answer: crate::sink::pinecone::client::QueryResponse = conn
+            .client
+            .post_retrying("/query", serde_json::to_vec(&body)?.into())
+            .await
+            .map_err(|e| anyhow!("query to {} failed: {e}", conn.display))?;
+        let full = answer.matches.len() >= top_k;
+        if !q.chunked {
+            matches = answer.matches;
+            break;
+        }
+        for m in answer.matches {
+            let source = m
+                .metadata
+                .as_ref()
+                .and_then(|md| md.get("source_id"))
+                .cloned()
+                .unwrap_or_else(|| m.id.clone().into());
+            if !seen.contains(&source) {
+                seen.push(source);
+                matches.push(m);
+            }
+        }
+        if matches.len() >= q.k || !full {
+            matches.truncate(q.k);
+            break;
+        }
     }
-    if let Some(f) = &q.filter {
-        body["filter"] = f.clone();
-    }
-    let answer: crate::sink::pinecone::client::QueryResponse = conn
-        .client
-        .post_retrying("/query", serde_json::to_vec(&body)?.into())
-        .await
-        .map_err(|e| anyhow!("query to {} failed: {e}", conn.display))?;
-    let mut ids = Vec::with_capacity(answer.matches.len());
-    let mut scores = Vec::with_capacity(answer.matches.len());
-    let mut metadata = Vec::with_capacity(answer.matches.len());
-    for m in answer.matches {
+    let mut ids = Vec::with_capacity(matches.len());
+    let mut scores = Vec::with_capacity(matches.len());
+    let mut metadata = Vec::with_capacity(matches.len());
+    for m in matches {
         ids.push(m.id);
         scores.push(m.score.unwrap_or(f64::NAN) as f32);
         let md = m.metadata.map(|v| {

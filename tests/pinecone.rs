@@ -642,3 +642,61 @@ fn query_searches_the_index_with_filter_and_namespace() {
     }
     assert!(q(&["--namespace", "elsewhere"]).is_empty());
 }
+
+#[test]
+fn chunks_carry_their_source_and_a_query_shows_each_source_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let long: String = (0..40)
+        .map(|i| format!("Paragraph {i}: the harbor ledger records a shipment of violins."))
+        .collect::<Vec<_>>()
+        .join(" ");
+    write_text_parquet(
+        &dir.path().join("docs.parquet"),
+        &["ledger", "other"],
+        &[Some(&long), Some("A bakery near the glacier sells bread.")],
+    );
+    let srv = server(Faults::default());
+    std::fs::write(
+        dir.path().join("pc.yaml"),
+        pinecone_yaml(&srv, "    metadata: [text]\n").replace(
+            "  id: id\n",
+            "  id: id\n  chunking: { max_tokens: 32, overlap: 4 }\n",
+        ),
+    )
+    .unwrap();
+    assert_ok(&run(dir.path(), &["run", "pc.yaml", "--no-progress"]));
+    let stored = srv.records("docs", "");
+    let ledger: Vec<_> = stored.keys().filter(|k| k.starts_with("ledger#")).collect();
+    assert!(ledger.len() > 5, "{} chunks", ledger.len());
+    assert_eq!(srv.vectors_upserted("docs"), stored.len() as u64);
+    let md = stored["ledger#1"].metadata.clone().expect("metadata");
+    assert_eq!(md["source_id"], "ledger");
+    assert_eq!(md["chunk"], 1);
+    assert!(long.contains(md["text"].as_str().unwrap()));
+
+    let o = run(
+        dir.path(),
+        &[
+            "query",
+            "pc.yaml",
+            "harbor ledger shipment of violins",
+            "-k",
+            "2",
+            "--format",
+            "json",
+        ],
+    );
+    assert_ok(&o);
+    let hits: Vec<Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let sources: Vec<String> = hits
+        .iter()
+        .map(|h| {
+            let md: Value = serde_json::from_str(h["metadata"].as_str().unwrap()).unwrap();
+            md["source_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(sources, ["ledger", "other"], "{hits:?}");
+}

@@ -54,6 +54,9 @@ fn kind_of(t: &DataType) -> Option<Kind> {
     })
 }
 
+/// The columns a chunked output adds, sent as metadata whatever `metadata` lists.
+pub const CHUNK_COLUMNS: [&str; 2] = ["source_id", "chunk"];
+
 /// Turns batches of `id`, `vector` and metadata columns into upsert records.
 pub struct RecordEncoder {
     columns: Vec<(String, Kind)>,
@@ -63,9 +66,23 @@ pub struct RecordEncoder {
 
 impl RecordEncoder {
     /// Checks the metadata columns against the plan's output schema.
+    ///
+    /// A chunked output (it has `source_id` and `chunk` columns) always sends those two, so an
+    /// index can be searched one source row at a time and a source row's chunks found again.
     pub fn new(spec: &PineconeSinkSpec, schema: &Schema) -> Result<RecordEncoder> {
         let mut columns = Vec::new();
-        for name in &spec.metadata {
+        let mut names = spec.metadata.clone();
+        if CHUNK_COLUMNS
+            .iter()
+            .all(|c| schema.field_with_name(c).is_ok())
+        {
+            for c in CHUNK_COLUMNS {
+                if !names.iter().any(|n| n == c) {
+                    names.push(c.to_string());
+                }
+            }
+        }
+        for name in &names {
             let Ok(field) = schema.field_with_name(name) else {
                 let available: Vec<&str> = schema
                     .fields()
