@@ -118,26 +118,32 @@ pub async fn run_pipeline(
     let start = Instant::now();
     let embedder = shutdown.until(load_embedder(&pipeline.embed)).await?;
     let model_seconds = start.elapsed().as_secs_f64();
-    let prepared = shutdown
+    let (plan, sink) = shutdown
         .until(async {
             let plan = plan::build(pipeline, Arc::clone(&embedder)).await?;
             let sink = open_sink(pipeline, &plan.frame).await?;
-            let ids = match checks::check_ids(&plan.ids, pipeline).await {
-                Ok(ids) => ids,
-                Err(e) => {
-                    sink.abort().await;
-                    return Err(explain_scan_error(e, &plan, pipeline).await);
-                }
-            };
+            Ok((plan, sink))
+        })
+        .await?;
+    // From here the sink holds its lock: every way out goes through abort.
+    let checked = shutdown
+        .until(async {
+            let ids = checks::check_ids(&plan.ids, pipeline).await?;
             let total = if opts.progress {
                 plan::source::known_source_rows(&plan, pipeline).await
             } else {
                 None
             };
-            Ok((plan, sink, ids, total))
+            Ok((ids, total))
         })
         .await;
-    let (plan, sink, ids, total) = prepared?;
+    let (ids, total) = match checked {
+        Ok(checked) => checked,
+        Err(e) => {
+            sink.abort().await;
+            return Err(explain_scan_error(e, &plan, pipeline).await);
+        }
+    };
     let rt = cpu_runtime()?;
     let rx = spawn_plan(&rt, plan.frame.clone());
     let mut progress = Progress::new(total, opts.progress);
