@@ -31,6 +31,15 @@ fn long_sample(dir: &Path) {
     );
 }
 
+/// Starts `run long.yaml` in the background, its output captured.
+fn spawn_long_run(d: &Path) -> std::process::Child {
+    embedflow_command(d, &["run", "long.yaml", "--no-progress"], &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn error_line(o: &std::process::Output) -> String {
     stderr(o)
         .lines()
@@ -89,11 +98,7 @@ fn sigterm_stops_cleanly_like_sigint_and_leaves_no_staging_file() {
         (libc::SIGTERM, 143, "SIGTERM"),
         (libc::SIGINT, 130, "SIGINT"),
     ] {
-        let child = embedflow_command(d, &["run", "long.yaml", "--no-progress"], &[])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = spawn_long_run(d);
         // Model loading takes a second or two; the whole sample takes far longer than this.
         std::thread::sleep(Duration::from_secs(6));
         // SAFETY: kill only sends a signal to the child we started.
@@ -140,11 +145,7 @@ fn a_second_signal_exits_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     long_sample(d);
-    let child = embedflow_command(d, &["run", "long.yaml", "--no-progress"], &[])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_long_run(d);
     std::thread::sleep(Duration::from_secs(6));
     for _ in 0..2 {
         // SAFETY: kill only sends a signal to the child we started.
@@ -533,11 +534,7 @@ fn a_second_run_on_the_same_output_is_refused_naming_the_first() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     long_sample(d);
-    let first = embedflow_command(d, &["run", "long.yaml", "--no-progress"], &[])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let first = spawn_long_run(d);
     let lock = d.join("out/part-0.parquet.embedflow-lock");
     let start = Instant::now();
     while !lock.exists() {
