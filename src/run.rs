@@ -171,7 +171,7 @@ pub async fn run_pipeline(
             .map(|m| format!(" (this model takes up to {m})"))
             .unwrap_or_default();
         tracing::warn!(
-            "{} of {} texts were longer than max_seq_length, {} word pieces: only their beginning was embedded, as sentence-transformers does; raise embed.max_seq_length{most}, or split long texts into several rows in source.sql",
+            "{} of {} texts were longer than max_seq_length, {} word pieces: only their beginning was embedded, as sentence-transformers does; to embed all of each text, set embed.chunking (e.g. chunking: {{ overlap: 32 }}), or raise embed.max_seq_length{most}",
             summary.rows_truncated,
             summary.rows_embedded,
             embedder.max_seq_length()

@@ -213,6 +213,7 @@ fn truncated_texts_are_counted_and_said_once() {
         said[0]
     );
     assert!(said[0].contains("up to 512"), "{}", said[0]);
+    assert!(said[0].contains("embed.chunking"), "{}", said[0]);
     let s: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("s.json")).unwrap()).unwrap();
     assert_eq!(s["rows_truncated"], 2);
