@@ -1,6 +1,6 @@
-//! Checks on the source made before anything is embedded or written. The id column alone is
-//! scanned (DataFusion prunes `embed()` from a plan that does not use the vectors), so they cost
-//! a read of the ids, not an embedding.
+//! Checks on the source made before anything is embedded or written. They run over a frame of
+//! the source ids alone (before chunking, with no `embed()` in it), so they cost a read of the
+//! ids, not an embedding.
 
 use anyhow::{Result, bail};
 use datafusion::arrow::array::{Array, AsArray};
