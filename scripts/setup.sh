@@ -73,6 +73,6 @@ fi
 say "ONNX Runtime: $EMBEDFLOW_HOME/lib/libonnxruntime.so; model cache: $EMBEDFLOW_HOME/models"
 
 if [ "${1:-}" != "--no-build" ]; then
-  say "building embedflow (release; about 15 minutes the first time)"
+  say "building embedflow (release; about 20 minutes the first time)"
   cargo build --release --locked
 fi

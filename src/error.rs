@@ -157,7 +157,16 @@ pub fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
 /// ("External: Generic LocalFileSystem error: ...: No space left on device"): a cause that quotes
 /// the next one is left out, so the line keeps the context added here and the innermost words.
 pub fn describe(err: &anyhow::Error) -> String {
-    let texts: Vec<String> = err.chain().map(|c| one_line(&c.to_string())).collect();
+    redact(&join_causes(err.chain().map(|c| c.to_string())))
+}
+
+/// [`describe`] for a plain error and its sources.
+pub fn chain_text(err: &(dyn std::error::Error + 'static)) -> String {
+    join_causes(std::iter::successors(Some(err), |e| e.source()).map(|e| e.to_string()))
+}
+
+fn join_causes(causes: impl Iterator<Item = String>) -> String {
+    let texts: Vec<String> = causes.map(|c| one_line(&c)).collect();
     let mut out = String::new();
     for (i, text) in texts.iter().enumerate() {
         let quotes_next = texts
@@ -171,7 +180,7 @@ pub fn describe(err: &anyhow::Error) -> String {
         }
         out.push_str(text);
     }
-    redact(&out)
+    out
 }
 
 /// The exit code for an error chain.

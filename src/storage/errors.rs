@@ -92,18 +92,7 @@ pub async fn classify_with_probe(
 
 /// `url: what is wrong (the error's own words)`.
 pub fn describe(url: &str, problem: StoreProblem, err: &(dyn StdError + 'static)) -> String {
-    let mut detail = String::new();
-    let mut current = Some(err);
-    while let Some(e) = current {
-        let text = crate::error::one_line(&e.to_string());
-        if !detail.contains(&text) {
-            if !detail.is_empty() {
-                detail.push_str(": ");
-            }
-            detail.push_str(&text);
-        }
-        current = e.source();
-    }
+    let detail = crate::error::chain_text(err);
     match problem.advice() {
         Some(why) => format!("{url}: {why} ({detail})"),
         None => format!("{url}: {detail}"),
