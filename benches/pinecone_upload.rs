@@ -250,11 +250,7 @@ fn e2e(rt: &tokio::runtime::Runtime) -> Result<()> {
         ),
     ] {
         let p = Pipeline::parse(&format!("{base}{sink}"), &[])?;
-        let s = rt.block_on(run_pipeline(
-            &p,
-            &RunOptions { progress: false },
-            &Shutdown::never(),
-        ))?;
+        let s = rt.block_on(run_pipeline(&p, &RunOptions::default(), &Shutdown::never()))?;
         println!(
             "{label:<40} {:>8} {:>9.1} {:>10.1}",
             s.rows_written,

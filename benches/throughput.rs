@@ -220,7 +220,7 @@ fn e2e_seconds(
     let pipeline = Pipeline::parse(&yaml, &[])?;
     let s = rt.block_on(run_pipeline(
         &pipeline,
-        &RunOptions { progress: false },
+        &RunOptions::default(),
         &Shutdown::never(),
     ))?;
     assert_eq!(s.rows_written as usize, input.texts.len());

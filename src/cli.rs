@@ -57,6 +57,9 @@ pub enum Command {
         /// Also write the summary as JSON to this file.
         #[arg(long, value_name = "PATH")]
         summary_json: Option<PathBuf>,
+        /// Incremental pipelines: ignore the state, embed every row, and write the state again.
+        #[arg(long)]
+        full: bool,
     },
     /// Check a pipeline without embedding: parse it, load the model, check tables and columns,
     /// print the output schema.
@@ -128,9 +131,11 @@ pub async fn execute(cli: Cli, shutdown: Shutdown) -> Result<()> {
             pipeline,
             no_progress,
             summary_json,
+            full,
         } => {
             let opts = RunOptions {
                 progress: !no_progress && !cli.quiet,
+                full,
             };
             run_command(&pipeline, &opts, summary_json.as_deref(), &shutdown).await
         }

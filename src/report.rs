@@ -34,6 +34,26 @@ pub struct RunSummary {
     pub requests: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retries: Option<u64>,
+    /// Incremental runs: what the source held against the state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<IncrementalCounts>,
+}
+
+/// Source rows of an incremental run, by what happened to them.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct IncrementalCounts {
+    /// Ids the state did not hold: embedded.
+    pub new: u64,
+    /// Text or embedding settings changed: embedded again.
+    pub changed: u64,
+    /// Only metadata changed: updated without embedding.
+    pub metadata_only: u64,
+    /// Left as they were.
+    pub unchanged: u64,
+    /// Ids gone from the source, deleted from the sink (`incremental.deletes`).
+    pub deleted: u64,
+    /// Where the state is.
+    pub state: String,
 }
 
 impl RunSummary {
@@ -67,6 +87,13 @@ impl fmt::Display for RunSummary {
                 f,
                 "; {} rows shared an id with another row (embed.duplicate_ids: keep_last)",
                 self.duplicate_rows
+            )?;
+        }
+        if let Some(i) = &self.incremental {
+            write!(
+                f,
+                "; incremental: {} new, {} changed, {} metadata-only, {} unchanged, {} deleted",
+                i.new, i.changed, i.metadata_only, i.unchanged, i.deleted
             )?;
         }
         if let (Some(req), Some(ret)) = (self.requests, self.retries) {

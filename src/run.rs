@@ -33,6 +33,8 @@ pub const IN_FLIGHT_BATCHES: usize = 2;
 pub struct RunOptions {
     /// Show a progress bar (on a terminal) or progress log lines.
     pub progress: bool,
+    /// Incremental pipelines: ignore the state, embed every row and write the state again.
+    pub full: bool,
 }
 
 /// Loads a model off the async runtime.
@@ -62,8 +64,15 @@ pub fn check_destination(pipeline: &Pipeline) -> Result<()> {
 
 /// Opens the pipeline's sink for the plan's output schema (its preflight runs here).
 pub async fn open_sink(pipeline: &Pipeline, frame: &DataFrame) -> Result<Box<dyn Sink>> {
+    open_sink_for(pipeline, Arc::new(frame.schema().as_arrow().clone())).await
+}
+
+/// Opens the pipeline's sink for batches of `schema`.
+pub async fn open_sink_for(
+    pipeline: &Pipeline,
+    schema: datafusion::arrow::datatypes::SchemaRef,
+) -> Result<Box<dyn Sink>> {
     check_destination(pipeline)?;
-    let schema = Arc::new(frame.schema().as_arrow().clone());
     Ok(match pipeline.sink.kind()? {
         SinkKind::Parquet(spec) => {
             Box::new(ParquetSink::create(spec, &pipeline.storage, schema).await?)
@@ -73,7 +82,7 @@ pub async fn open_sink(pipeline: &Pipeline, frame: &DataFrame) -> Result<Box<dyn
 }
 
 /// A runtime for the plan's CPU work, separate from the caller's I/O runtime.
-fn cpu_runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn cpu_runtime() -> Result<tokio::runtime::Runtime> {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -86,7 +95,7 @@ fn cpu_runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 /// Executes `frame` on `rt`, sending batches through a bounded channel.
-fn spawn_plan(
+pub(crate) fn spawn_plan(
     rt: &tokio::runtime::Runtime,
     frame: DataFrame,
 ) -> mpsc::Receiver<datafusion::error::Result<RecordBatch>> {
@@ -115,6 +124,9 @@ pub async fn run_pipeline(
     opts: &RunOptions,
     shutdown: &Shutdown,
 ) -> Result<RunSummary> {
+    if let Some(spec) = &pipeline.incremental {
+        return crate::incremental::run(pipeline, spec, opts, shutdown).await;
+    }
     let start = Instant::now();
     let embedder = shutdown.until(load_embedder(&pipeline.embed)).await?;
     let model_seconds = start.elapsed().as_secs_f64();
@@ -165,6 +177,17 @@ pub async fn run_pipeline(
     summary.stream_seconds = progress.elapsed();
     summary.tokens = embedder.tokens_seen();
     summary.rows_truncated = embedder.truncated_rows();
+    say_truncated(&summary, &embedder);
+    let (tokenize, wait, infer) = embedder.timings().seconds();
+    tracing::debug!(
+        "embedding time, summed over threads: tokenising {tokenize:.2} s, waiting for the session {wait:.2} s, inference {infer:.2} s, over {:.2} s of streaming",
+        summary.stream_seconds
+    );
+    Ok(summary)
+}
+
+/// Says once how many texts were cut at `max_seq_length`, and how to embed them whole.
+pub(crate) fn say_truncated(summary: &RunSummary, embedder: &Embedder) {
     if summary.rows_truncated > 0 {
         let most = embedder
             .max_positions()
@@ -177,12 +200,6 @@ pub async fn run_pipeline(
             embedder.max_seq_length()
         );
     }
-    let (tokenize, wait, infer) = embedder.timings().seconds();
-    tracing::debug!(
-        "embedding time, summed over threads: tokenising {tokenize:.2} s, waiting for the session {wait:.2} s, inference {infer:.2} s, over {:.2} s of streaming",
-        summary.stream_seconds
-    );
-    Ok(summary)
 }
 
 async fn drive(
@@ -225,7 +242,7 @@ async fn drive(
 
 /// Names the table and column of a scan that failed decoding Parquet (the error itself does
 /// not); other errors pass through.
-async fn explain_scan_error(
+pub(crate) async fn explain_scan_error(
     err: anyhow::Error,
     plan: &plan::PipelinePlan,
     pipeline: &Pipeline,
@@ -263,7 +280,7 @@ async fn step(
 }
 
 /// Drops rows whose vector is null (null text) and returns how many were dropped.
-fn keep_embedded(batch: &RecordBatch) -> Result<(RecordBatch, u64)> {
+pub(crate) fn keep_embedded(batch: &RecordBatch) -> Result<(RecordBatch, u64)> {
     let vectors = batch
         .column_by_name("vector")
         .context("plan output has no vector column")?;

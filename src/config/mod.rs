@@ -26,7 +26,8 @@ pub use secret::Secret;
 pub use vars::substitute_text;
 
 use crate::embed::EmbedSpec;
-use crate::error::{ConfigError, config_error};
+use crate::error::{ConfigError, config_error, invalid};
+use crate::incremental::IncrementalSpec;
 use crate::plan::source::SourceSpec;
 use crate::sink::SinkSpec;
 use crate::storage::StorageSpec;
@@ -41,6 +42,9 @@ pub struct Pipeline {
     /// Object-store settings for `s3://` paths.
     #[serde(default)]
     pub storage: StorageSpec,
+    /// Embed only what changed since the last run, and resume after a crash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<IncrementalSpec>,
 }
 
 /// Where a value came from when not from the file as written: a key path and its origin.
@@ -111,7 +115,17 @@ impl Pipeline {
     fn validate(&self) -> std::result::Result<(), ConfigError> {
         self.source.validate()?;
         self.embed.validate()?;
-        self.sink.validate()
+        self.sink.validate()?;
+        if let Some(inc) = &self.incremental {
+            inc.validate()?;
+            if self.embed.duplicate_ids == crate::embed::DuplicateIds::KeepLast {
+                return Err(invalid(
+                    "embed.duplicate_ids",
+                    "keep_last cannot be used with incremental: the state keeps one row per id, so the ids must be unique",
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

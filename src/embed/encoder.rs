@@ -52,6 +52,8 @@ pub struct Tokens {
 /// Turns texts into sentence-transformers-equal vectors.
 pub struct Embedder {
     files: ModelFiles,
+    /// The ONNX graph that runs: the model's own, or its prepared (int8) form.
+    graph: std::path::PathBuf,
     tokenizer: Tokenizer,
     /// One session per device; micro-batches are spread over them.
     sessions: Vec<Mutex<Session>>,
@@ -250,6 +252,7 @@ impl Embedder {
 
         let mut embedder = Embedder {
             files,
+            graph: onnx.clone(),
             tokenizer,
             sessions: sessions.into_iter().map(Mutex::new).collect(),
             precision: opts.precision,
@@ -285,6 +288,11 @@ impl Embedder {
 
     pub fn model_files(&self) -> &ModelFiles {
         &self.files
+    }
+
+    /// The ONNX graph that runs (after any preparation for the precision).
+    pub fn graph_path(&self) -> &std::path::Path {
+        &self.graph
     }
 
     pub fn max_seq_length(&self) -> usize {

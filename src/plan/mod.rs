@@ -36,6 +36,7 @@ pub fn session_context(embedder: Option<Arc<Embedder>>) -> SessionContext {
         .with_information_schema(true);
     let ctx = SessionContext::new_with_config(config);
     ctx.register_udf(CosineSimilarity::udf());
+    ctx.register_udf(crate::incremental::fingerprint::FingerprintUdf::udf());
     if let Some(e) = embedder {
         ctx.register_udf(EmbedUdf::udf(e));
     }
@@ -75,7 +76,7 @@ fn is_text(t: &DataType) -> bool {
 
 /// The id of each source row: the `embed.id` column, or the MD5 of the key columns (default:
 /// the text).
-fn id_expr(schema: &DFSchema, pipeline: &Pipeline) -> Result<Expr> {
+pub(crate) fn id_expr(schema: &DFSchema, pipeline: &Pipeline) -> Result<Expr> {
     Ok(match &pipeline.embed.id {
         Some(id) => {
             field_type(schema, id, "embed.id")?;
@@ -160,8 +161,20 @@ pub fn output_frame(
         chunks.call(vec![ident(text.as_str())]).alias(CHUNKS),
     ];
     exprs.extend(metadata.iter().cloned());
-    let unnested = source
-        .select(exprs)?
+    let selected = source.select(exprs)?;
+    // An incremental run (its hidden columns ride along as metadata) also needs to know how many
+    // chunks each source row has, to tell when all of them are written.
+    let counted = schema.has_column_with_unqualified_name(crate::incremental::classify::SOURCE_ID);
+    let selected = if counted {
+        use datafusion::functions_nested::expr_fn::cardinality;
+        selected.with_column(
+            crate::incremental::classify::CHUNKS,
+            cast(cardinality(ident(CHUNKS)), DataType::Int32),
+        )?
+    } else {
+        selected
+    };
+    let unnested = selected
         .unnest_columns_with_options(&[CHUNKS], UnnestOptions::new().with_preserve_nulls(true))?;
     let number = get_field(ident(CHUNKS), "chunk");
     let chunk_text = get_field(ident(CHUNKS), "text");
@@ -178,6 +191,9 @@ pub fn output_frame(
         ident("source_id"),
     ];
     exprs.extend(metadata);
+    if counted {
+        exprs.push(ident(crate::incremental::classify::CHUNKS));
+    }
     Ok(unnested.select(exprs)?)
 }
 
@@ -201,6 +217,8 @@ fn key_hash(key: &[String]) -> Expr {
 /// Everything `run`, `validate` and `explain` need.
 pub struct PipelinePlan {
     pub ctx: SessionContext,
+    /// The source rows, before ids and embedding.
+    pub source: DataFrame,
     pub frame: DataFrame,
     /// One `id` per source row (before chunking), for the checks made before embedding.
     pub ids: DataFrame,
@@ -221,8 +239,13 @@ pub async fn build(pipeline: &Pipeline, embedder: Arc<Embedder>) -> Result<Pipel
     let ids = source
         .clone()
         .select(vec![id_expr(source.schema(), pipeline)?.alias("id")])?;
-    let frame = output_frame(source, pipeline, &ctx)?;
-    Ok(PipelinePlan { ctx, frame, ids })
+    let frame = output_frame(source.clone(), pipeline, &ctx)?;
+    Ok(PipelinePlan {
+        ctx,
+        source,
+        frame,
+        ids,
+    })
 }
 
 /// Plans `sql` as a query that only reads: DDL, DML, COPY and other statements are refused

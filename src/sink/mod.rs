@@ -79,6 +79,9 @@ pub struct SinkReport {
     /// HTTP requests made and retried (network sinks).
     pub requests: Option<u64>,
     pub retries: Option<u64>,
+    /// Vector ids confirmed since the last [`Sink::take_confirmed`] (sinks that confirm as they
+    /// go, when tracking).
+    pub confirmed: Vec<String>,
 }
 
 #[async_trait]
@@ -88,6 +91,31 @@ pub trait Sink: Send {
     /// True when rows sharing an id end up as one (an index); false when each row is kept.
     fn keeps_one_row_per_id(&self) -> bool {
         false
+    }
+    /// True when rows are confirmed request by request (an index); false when the whole output
+    /// is held only once published (a file).
+    fn confirms_as_it_goes(&self) -> bool {
+        false
+    }
+    /// Starts keeping the ids of confirmed vectors for [`Sink::take_confirmed`].
+    fn track_confirmations(&mut self) {}
+    /// Vector ids confirmed since the last call.
+    fn take_confirmed(&mut self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Deletes vectors by id, waiting until the sink confirms it. A file output is rebuilt
+    /// whole instead, so this is for sinks that keep what earlier runs wrote.
+    async fn delete(&mut self, _ids: Vec<String>) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// Replaces the metadata of existing vectors, without their values: a batch of `id` and
+    /// metadata columns. For sinks that keep what earlier runs wrote.
+    async fn update_metadata(&mut self, _batch: RecordBatch) -> anyhow::Result<()> {
+        anyhow::bail!("this sink cannot update metadata in place")
+    }
+    /// Sends what is buffered and waits for every request in flight.
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        Ok(())
     }
     /// Publishes the output; before this returns nothing looks complete.
     async fn finish(self: Box<Self>) -> anyhow::Result<SinkReport>;

@@ -13,6 +13,7 @@ pub mod limits {
     pub const MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
     pub const MAX_METADATA_BYTES: usize = 40 * 1024;
     pub const MAX_ID_BYTES: usize = 512;
+    pub const MAX_IDS_PER_DELETE: usize = 1000;
     pub const MAX_NAMESPACE_BYTES: usize = 512;
     pub const MAX_CONCURRENCY: usize = 256;
 }

@@ -96,6 +96,8 @@ impl Health {
 #[derive(Default)]
 pub struct Delivery {
     pub landed: u64,
+    /// The ids of the vectors that landed.
+    pub landed_ids: Vec<String>,
     /// Records whose retries ran out, with the last error.
     pub failed: Vec<(UpsertBatch, String)>,
 }
@@ -168,6 +170,7 @@ pub fn deliver(shared: Arc<Shared>, batch: UpsertBatch) -> BoxFuture<'static, Re
                 }
                 Ok(Delivery {
                     landed: batch.len() as u64,
+                    landed_ids: batch.records.iter().map(|r| r.id.clone()).collect(),
                     failed: Vec::new(),
                 })
             }
@@ -182,6 +185,11 @@ pub fn deliver(shared: Arc<Shared>, batch: UpsertBatch) -> BoxFuture<'static, Re
                 let second = deliver(shared, b).await?;
                 Ok(Delivery {
                     landed: first.landed + second.landed,
+                    landed_ids: first
+                        .landed_ids
+                        .into_iter()
+                        .chain(second.landed_ids)
+                        .collect(),
                     failed: first.failed.into_iter().chain(second.failed).collect(),
                 })
             }
@@ -193,6 +201,7 @@ pub fn deliver(shared: Arc<Shared>, batch: UpsertBatch) -> BoxFuture<'static, Re
                 );
                 Ok(Delivery {
                     landed: 0,
+                    landed_ids: Vec::new(),
                     failed: vec![(batch, e.to_string())],
                 })
             }

@@ -100,6 +100,11 @@ pub struct PineconeSink {
     dead_letter: DeadLetter,
     landed: u64,
     display: String,
+    namespace: Option<String>,
+    /// Requests in flight for updates and deletes.
+    concurrency: usize,
+    /// Ids of landed vectors, kept once tracking starts (incremental runs).
+    confirmed: Option<Vec<String>>,
 }
 
 /// The dimension of the plan's `vector` column.
@@ -161,6 +166,9 @@ impl PineconeSink {
             ),
             landed: 0,
             display: conn.display,
+            namespace: spec.namespace.clone().filter(|n| !n.is_empty()),
+            concurrency: spec.concurrency.max(1),
+            confirmed: None,
         })
     }
 
@@ -170,6 +178,9 @@ impl PineconeSink {
     ) -> Result<()> {
         let delivery = joined.map_err(|e| anyhow!("an upsert task failed: {e}"))??;
         self.landed += delivery.landed;
+        if let Some(confirmed) = &mut self.confirmed {
+            confirmed.extend(delivery.landed_ids);
+        }
         for (batch, reason) in &delivery.failed {
             self.dead_letter.write(batch, reason)?;
         }
@@ -234,13 +245,84 @@ impl Sink for PineconeSink {
         true
     }
 
-    async fn finish(mut self: Box<Self>) -> Result<SinkReport> {
+    fn confirms_as_it_goes(&self) -> bool {
+        true
+    }
+
+    fn track_confirmations(&mut self) {
+        self.confirmed.get_or_insert_with(Vec::new);
+    }
+
+    fn take_confirmed(&mut self) -> Vec<String> {
+        while let Some(done) = self.tasks.try_join_next() {
+            if let Err(e) = self.absorb(done) {
+                tracing::warn!("{e:#}");
+            }
+        }
+        self.confirmed
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    async fn delete(&mut self, ids: Vec<String>) -> Result<()> {
+        for part in ids.chunks(config::limits::MAX_IDS_PER_DELETE) {
+            let body = serde_json::to_vec(&DeleteRequest {
+                ids: part,
+                namespace: self.namespace.as_deref(),
+            })?;
+            self.shared
+                .client
+                .post_retrying::<serde_json::Value>("/vectors/delete", body.into())
+                .await
+                .map_err(|e| {
+                    anyhow!(
+                        "{}: cannot delete {} vectors (e.g. `{}`): {e}",
+                        self.display,
+                        part.len(),
+                        part[0]
+                    )
+                })?;
+        }
+        Ok(())
+    }
+
+    async fn update_metadata(&mut self, batch: RecordBatch) -> Result<()> {
+        use futures::{StreamExt, TryStreamExt};
+        let updates = self.encoder.encode_metadata(&batch)?;
+        let client = &self.shared.client;
+        let namespace = self.namespace.as_deref();
+        let display = &self.display;
+        futures::stream::iter(updates)
+            .map(|(id, metadata)| async move {
+                let body = serde_json::to_vec(&UpdateRequest {
+                    id: &id,
+                    set_metadata: &metadata,
+                    namespace,
+                })?;
+                client
+                    .post_retrying::<serde_json::Value>("/vectors/update", body.into())
+                    .await
+                    .map_err(|e| anyhow!("{display}: cannot update the metadata of `{id}`: {e}"))?;
+                Ok::<(), anyhow::Error>(())
+            })
+            .buffer_unordered(self.concurrency)
+            .try_collect::<()>()
+            .await
+    }
+
+    async fn flush(&mut self) -> Result<()> {
         if let Some(last) = self.batcher.take() {
             self.submit(last).await?;
         }
         while let Some(done) = self.tasks.join_next().await {
             self.absorb(done)?;
         }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<SinkReport> {
+        self.flush().await?;
         self.check_reachable()?;
         self.dead_letter.flush()?;
         let (peak, decreases) = self.shared.limiter.stats();
@@ -252,7 +334,9 @@ impl Sink for PineconeSink {
             self.shared.splits.load(Ordering::Relaxed)
         );
         let failed = self.dead_letter.rows();
+        let confirmed = self.confirmed.take().unwrap_or_default();
         Ok(SinkReport {
+            confirmed,
             rows_written: self.landed,
             location: self.display.clone(),
             rows_failed: failed,
@@ -297,6 +381,22 @@ impl Sink for PineconeSink {
             );
         }
     }
+}
+
+#[derive(serde::Serialize)]
+struct DeleteRequest<'a> {
+    ids: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdateRequest<'a> {
+    id: &'a str,
+    set_metadata: &'a serde_json::Map<String, serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace: Option<&'a str>,
 }
 
 /// Every request failed for `give_up_after_secs`: the run stops embedding.

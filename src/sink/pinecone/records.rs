@@ -183,6 +183,39 @@ impl RecordEncoder {
         Ok(out)
     }
 
+    /// Encodes the metadata of every row of `batch` (an `id` column and metadata columns; those
+    /// the sink sends but the batch lacks are left as they are in the index).
+    pub fn encode_metadata(
+        &self,
+        batch: &RecordBatch,
+    ) -> Result<Vec<(String, Map<String, Value>)>> {
+        let ids = column(batch, "id")?;
+        let ids = cast(ids, &DataType::Utf8)?;
+        let ids: &StringArray = ids.as_string();
+        let mut meta = Vec::new();
+        for (name, kind) in &self.columns {
+            if let Some(array) = batch.column_by_name(name) {
+                meta.push((name.as_str(), *kind, normalize(array, *kind)?));
+            }
+        }
+        let mut out = Vec::with_capacity(batch.num_rows());
+        for row in 0..batch.num_rows() {
+            if ids.is_null(row) {
+                bail!("row with a null id: the id column must not be null for Pinecone");
+            }
+            let id = ids.value(row);
+            let mut metadata = Map::new();
+            for (name, kind, array) in &meta {
+                if let Some(v) = json_value(array, *kind, row) {
+                    metadata.insert((*name).to_string(), v);
+                }
+            }
+            self.fit_metadata(id, &mut metadata)?;
+            out.push((id.to_string(), metadata));
+        }
+        Ok(out)
+    }
+
     /// Applies the oversized-metadata policy.
     fn fit_metadata(&self, id: &str, metadata: &mut Map<String, Value>) -> Result<()> {
         let limit = pinecone_limits::MAX_METADATA_BYTES;

@@ -1,0 +1,295 @@
+//! Fingerprints: what a row's vector depends on, so a later run can tell what changed.
+//!
+//! - `fingerprint(label, a, b, ...)`: a DataFusion UDF giving, per row, the first 128 bits of the
+//!   SHA-256 of the columns' values (Arrow's row format, which encodes any type and tells null
+//!   from empty) after `label` (the column names). Text columns are hashed as UTF-8 whatever
+//!   their Arrow layout (`Utf8`, `Utf8View`, dictionary), so a change of reader does not look
+//!   like a change of data.
+//! - [`EmbeddingSettings`]: everything about the model that shapes a vector (the graph's and the
+//!   tokenizer's bytes, precision, `max_seq_length`, pooling, chunking), hashed once per run.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, StringBuilder};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::{Result, ScalarValue, exec_err};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use datafusion::prelude::{Expr, ident, lit};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::embed::Embedder;
+
+/// `fingerprint(label, columns...)`; see the module documentation.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct FingerprintUdf {
+    signature: Signature,
+}
+
+impl FingerprintUdf {
+    pub fn udf() -> ScalarUDF {
+        ScalarUDF::new_from_impl(FingerprintUdf {
+            signature: Signature::variadic_any(Volatility::Immutable),
+        })
+    }
+}
+
+/// `fingerprint(...)` over `columns`, labelled with their names.
+pub fn fingerprint_expr(udf: &Arc<ScalarUDF>, columns: &[String]) -> Expr {
+    let mut args = vec![lit(columns.join("\u{1f}"))];
+    args.extend(columns.iter().map(|c| ident(c.as_str())));
+    udf.call(args)
+}
+
+/// Text of any layout becomes `Utf8`; other types stay as they are.
+fn canonical(array: ArrayRef) -> Result<ArrayRef> {
+    let text =
+        |t: &DataType| matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
+    let is_text = match array.data_type() {
+        DataType::Dictionary(_, v) => text(v),
+        t => text(t),
+    };
+    Ok(if is_text && array.data_type() != &DataType::Utf8 {
+        cast(&array, &DataType::Utf8)?
+    } else {
+        array
+    })
+}
+
+impl ScalarUDFImpl for FingerprintUdf {
+    fn name(&self) -> &str {
+        "fingerprint"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let Some((label, columns)) = args.args.split_first() else {
+            return exec_err!("fingerprint(label, columns...) needs a label");
+        };
+        let label = match label {
+            ColumnarValue::Scalar(ScalarValue::Utf8(Some(s))) => s.clone(),
+            _ => return exec_err!("fingerprint: the label must be a text literal"),
+        };
+        let arrays = columns
+            .iter()
+            .map(|c| c.to_array(rows).and_then(canonical))
+            .collect::<Result<Vec<_>>>()?;
+        let mut prefix = Sha256::new();
+        prefix.update(label.as_bytes());
+        prefix.update([0u8]);
+        let mut out = StringBuilder::with_capacity(rows, rows * 32);
+        if arrays.is_empty() {
+            let digest = prefix.finalize();
+            for _ in 0..rows {
+                out.append_value(hex::encode(&digest[..16]));
+            }
+        } else {
+            let converter = RowConverter::new(
+                arrays
+                    .iter()
+                    .map(|a| SortField::new(a.data_type().clone()))
+                    .collect(),
+            )?;
+            let encoded = converter.convert_columns(&arrays)?;
+            for row in encoded.iter() {
+                let mut h = prefix.clone();
+                h.update(row.as_ref());
+                out.append_value(hex::encode(&h.finalize()[..16]));
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+/// What shapes a vector besides its text. Two runs with equal settings embed a text alike.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmbeddingSettings {
+    /// The model as the pipeline names it (for messages; not part of the fingerprint).
+    pub model: String,
+    /// SHA-256 of the ONNX graph that runs (after any int8 preparation) and of tokenizer.json.
+    pub graph_sha256: String,
+    pub tokenizer_sha256: String,
+    pub precision: String,
+    pub max_seq_length: usize,
+    pub pooling: String,
+    pub normalize: bool,
+    /// `max_tokens/overlap` of embed.chunking, or `none`.
+    pub chunking: String,
+}
+
+impl EmbeddingSettings {
+    /// The settings of a loaded model (hashes its files: about a second for 90 MB).
+    pub fn of(embedder: &Embedder, chunking: Option<(usize, usize)>) -> anyhow::Result<Self> {
+        let files = embedder.model_files();
+        let settings = &files.settings;
+        Ok(EmbeddingSettings {
+            model: embedder.model_name().to_string(),
+            graph_sha256: sha256_file(embedder.graph_path())?,
+            tokenizer_sha256: sha256_file(&files.tokenizer)?,
+            precision: embedder.precision().as_str().to_string(),
+            max_seq_length: embedder.max_seq_length(),
+            pooling: format!("{:?}", settings.pooling).to_lowercase(),
+            normalize: settings.normalize,
+            chunking: match chunking {
+                Some((max, overlap)) => format!("{max}/{overlap}"),
+                None => "none".into(),
+            },
+        })
+    }
+
+    /// The fingerprint stored with each row: 128 bits of SHA-256 over everything but the name.
+    pub fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        for part in [
+            self.graph_sha256.as_str(),
+            &self.tokenizer_sha256,
+            &self.precision,
+            &self.max_seq_length.to_string(),
+            &self.pooling,
+            &self.normalize.to_string(),
+            &self.chunking,
+        ] {
+            h.update(part.as_bytes());
+            h.update([0u8]);
+        }
+        hex::encode(&h.finalize()[..16])
+    }
+
+    /// What differs from `earlier`, for the log line that explains a full re-embedding.
+    pub fn changes_since(&self, earlier: &EmbeddingSettings) -> String {
+        let mut out = Vec::new();
+        let short = |s: &str| s.chars().take(12).collect::<String>();
+        if self.graph_sha256 != earlier.graph_sha256 {
+            out.push(format!(
+                "model graph {} (sha256 {}) -> {} (sha256 {})",
+                earlier.model,
+                short(&earlier.graph_sha256),
+                self.model,
+                short(&self.graph_sha256)
+            ));
+        }
+        if self.tokenizer_sha256 != earlier.tokenizer_sha256 {
+            out.push("tokenizer.json changed".into());
+        }
+        let mut field = |name: &str, a: &str, b: &str| {
+            if a != b {
+                out.push(format!("{name} {a} -> {b}"));
+            }
+        };
+        field("precision", &earlier.precision, &self.precision);
+        field(
+            "max_seq_length",
+            &earlier.max_seq_length.to_string(),
+            &self.max_seq_length.to_string(),
+        );
+        field("pooling", &earlier.pooling, &self.pooling);
+        field(
+            "normalize",
+            &earlier.normalize.to_string(),
+            &self.normalize.to_string(),
+        );
+        field("chunking", &earlier.chunking, &self.chunking);
+        out.join(", ")
+    }
+}
+
+impl Hash for EmbeddingSettings {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.fingerprint().hash(state);
+    }
+}
+
+fn sha256_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let mut file = std::fs::File::open(path)
+        .with_context(|| format!("cannot read {} to fingerprint it", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buf)
+            .with_context(|| format!("cannot read {} to fingerprint it", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, StringArray, StringViewArray};
+    use datafusion::arrow::datatypes::Field;
+    use datafusion::config::ConfigOptions;
+
+    fn run(args: Vec<ColumnarValue>, rows: usize) -> Vec<String> {
+        let udf = FingerprintUdf::udf();
+        let arg_fields = args
+            .iter()
+            .map(|a| Arc::new(Field::new("a", a.data_type(), true)))
+            .collect();
+        let out = udf
+            .invoke_with_args(ScalarFunctionArgs {
+                args,
+                arg_fields,
+                number_rows: rows,
+                return_field: Arc::new(Field::new("f", DataType::Utf8, true)),
+                config_options: Arc::new(ConfigOptions::default()),
+            })
+            .unwrap();
+        let ColumnarValue::Array(a) = out else {
+            panic!("an array")
+        };
+        let a = a.as_any().downcast_ref::<StringArray>().unwrap();
+        a.iter().map(|s| s.unwrap().to_string()).collect()
+    }
+
+    fn label(s: &str) -> ColumnarValue {
+        ColumnarValue::Scalar(ScalarValue::Utf8(Some(s.into())))
+    }
+
+    #[test]
+    fn equal_values_match_and_any_change_shows() {
+        let text = |v: Vec<Option<&str>>| ColumnarValue::Array(Arc::new(StringArray::from(v)));
+        let a = run(
+            vec![label("t"), text(vec![Some("x"), Some("x"), Some(""), None])],
+            4,
+        );
+        assert_eq!(a[0], a[1]);
+        assert_ne!(a[0], a[2]);
+        assert_ne!(a[2], a[3], "empty and null differ");
+        assert_eq!(a[0].len(), 32);
+        // The same text in another layout hashes the same; another label does not.
+        let view = ColumnarValue::Array(Arc::new(StringViewArray::from(vec![Some("x")])));
+        assert_eq!(run(vec![label("t"), view], 1)[0], a[0]);
+        assert_ne!(run(vec![label("u"), text(vec![Some("x")])], 1)[0], a[0]);
+        // Several columns: a change in any of them shows.
+        let n = |v: Vec<i64>| ColumnarValue::Array(Arc::new(Int64Array::from(v)));
+        let m = run(
+            vec![
+                label("t,n"),
+                text(vec![Some("x"), Some("x")]),
+                n(vec![1, 2]),
+            ],
+            2,
+        );
+        assert_ne!(m[0], m[1]);
+        // No columns at all: one constant.
+        let c = run(vec![label("")], 2);
+        assert_eq!(c[0], c[1]);
+    }
+}

@@ -1,0 +1,561 @@
+//! The incremental state: per source id, the fingerprints of what the sink holds.
+//!
+//! A folder (local or `s3://`) of Parquet files and one `manifest.json`:
+//! - `base-<generation>.parquet`: the state as of the last run that finished;
+//! - `delta-<generation>-<seq>.parquet`: checkpoints written since, each one object written at
+//!   once (a PUT, or a temporary file renamed), holding the rows the sink confirmed since the
+//!   previous checkpoint, deletions as tombstones;
+//! - `manifest.json`: the current generation, its base, which sink the state describes and the
+//!   embedding settings of the base.
+//!
+//! The state is the base plus the deltas of its generation, the latest row per id winning. A
+//! run that finishes folds them into the next generation's base (written before the manifest
+//! that names it, so a crash at any moment leaves a readable state), then removes the old files.
+//! A `lock` object (create-only put) keeps two runs from writing one state at once.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use datafusion::arrow::array::{
+    ArrayRef, BooleanArray, Int32Array, RecordBatch, StringArray, UInt64Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::parquet::arrow::AsyncArrowWriter;
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
+use futures::{StreamExt, TryStreamExt};
+use object_store::buffered::BufWriter;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use serde::{Deserialize, Serialize};
+
+use super::config::IncrementalSpec;
+use super::fingerprint::EmbeddingSettings;
+use crate::storage::lock::OutputLock;
+use crate::storage::{self, RemoteUrl, StorageSpec};
+
+const MANIFEST: &str = "manifest.json";
+const LOCK: &str = "lock";
+const FORMAT: u32 = 1;
+
+/// One row of the state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateRow {
+    pub id: String,
+    pub text_fp: String,
+    pub meta_fp: String,
+    /// 0: one vector whose id is the source id; n: vectors `<id>#0` to `<id>#<n-1>`.
+    pub chunks: i32,
+    pub deleted: bool,
+}
+
+impl StateRow {
+    /// The vector ids this row stands for in the sink.
+    pub fn vector_ids(id: &str, chunks: i32) -> Vec<String> {
+        if chunks <= 0 {
+            vec![id.to_string()]
+        } else {
+            (0..chunks).map(|n| format!("{id}#{n}")).collect()
+        }
+    }
+}
+
+/// The Arrow schema of state files.
+pub fn state_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("text_fp", DataType::Utf8, false),
+        Field::new("meta_fp", DataType::Utf8, false),
+        Field::new("embed_fp", DataType::Utf8, false),
+        Field::new("chunks", DataType::Int32, false),
+        Field::new("deleted", DataType::Boolean, false),
+        Field::new("seq", DataType::UInt64, false),
+    ]))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub generation: u64,
+    /// The base file of this generation (none before the first run finished).
+    #[serde(default)]
+    pub base: Option<String>,
+    /// The sink the state describes (`parquet <path>`, `pinecone <index>/<namespace>`).
+    pub sink: String,
+    /// The embedding settings of the base.
+    #[serde(default)]
+    pub settings: Option<EmbeddingSettings>,
+}
+
+/// An opened, locked state folder.
+pub struct StateStore {
+    store: Arc<dyn ObjectStore>,
+    dir: Path,
+    /// The folder as a URL DataFusion reads (`file:///...` or `s3://bucket/...`), ending in `/`.
+    url: String,
+    /// `s3://bucket` for remote states, to register the store with a session.
+    store_url: Option<url::Url>,
+    local_dir: Option<std::path::PathBuf>,
+    pub display: String,
+    lock: Option<OutputLock>,
+    pub manifest: Manifest,
+    /// The manifest as found, when there was one (`None` for a first or `--full` run).
+    pub previous: Option<Manifest>,
+    next_seq: u64,
+}
+
+fn is_not_found(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::NotFound { .. })
+}
+
+impl StateStore {
+    /// Opens (creating if need be) and locks the state folder. With `full`, or when the state
+    /// belongs to another sink, a new, empty generation starts.
+    pub async fn open(
+        spec: &IncrementalSpec,
+        storage: &StorageSpec,
+        sink: &str,
+        full: bool,
+    ) -> Result<StateStore> {
+        let path = spec.state.as_str();
+        let (store, dir, url, store_url, local_dir, display) = if storage::is_remote(path) {
+            let remote = RemoteUrl::parse("incremental.state", path)?;
+            let store = storage::s3_store(path, &remote.bucket, storage.s3.as_ref())?;
+            let key = remote.key.trim_matches('/').to_string();
+            let url = format!(
+                "s3://{}/{}",
+                remote.bucket,
+                if key.is_empty() {
+                    String::new()
+                } else {
+                    format!("{key}/")
+                }
+            );
+            (
+                store,
+                Path::from(key.as_str()),
+                url.clone(),
+                Some(remote.store_url.clone()),
+                None,
+                url.trim_end_matches('/').to_string(),
+            )
+        } else {
+            let local = path.strip_prefix("file://").unwrap_or(path);
+            let absolute =
+                std::path::absolute(local).map_err(|e| anyhow!("incremental.state {path}: {e}"))?;
+            std::fs::create_dir_all(&absolute).map_err(|e| {
+                anyhow!(
+                    "incremental.state: cannot create {}: {e}",
+                    absolute.display()
+                )
+            })?;
+            let dir = Path::from_absolute_path(&absolute)
+                .map_err(|e| anyhow!("incremental.state {path}: {e}"))?;
+            let url = url::Url::from_directory_path(&absolute)
+                .map_err(|()| anyhow!("incremental.state {path}: not an absolute path"))?
+                .to_string();
+            let store: Arc<dyn ObjectStore> = Arc::new(object_store::local::LocalFileSystem::new());
+            (store, dir, url, None, Some(absolute), local.to_string())
+        };
+        let lock = OutputLock::acquire(
+            Arc::clone(&store),
+            dir.clone().join(LOCK),
+            format!("{display}/{LOCK}"),
+        )
+        .await
+        .map_err(|e| e.context(format!("incremental state {display}")))?;
+        let mut state = StateStore {
+            store,
+            dir,
+            url,
+            store_url,
+            local_dir,
+            display,
+            lock: Some(lock),
+            manifest: Manifest {
+                format: FORMAT,
+                generation: 0,
+                base: None,
+                sink: sink.to_string(),
+                settings: None,
+            },
+            previous: None,
+            next_seq: 0,
+        };
+        if let Err(e) = state.read(sink, full).await {
+            state.release().await;
+            return Err(e);
+        }
+        Ok(state)
+    }
+
+    async fn read(&mut self, sink: &str, full: bool) -> Result<()> {
+        let found = match self.store.get(&self.file(MANIFEST)).await {
+            Ok(got) => {
+                let bytes = got.bytes().await?;
+                match serde_json::from_slice::<Manifest>(&bytes) {
+                    Ok(m) if m.format == FORMAT => Some(m),
+                    Ok(m) if !full => bail!(
+                        "state {}: format {} is not one this embedflow reads ({FORMAT}); re-run with --full to start it again",
+                        self.display,
+                        m.format
+                    ),
+                    Err(e) if !full => bail!(
+                        "state {}/{MANIFEST} is unreadable ({e}); re-run with --full to start the state again",
+                        self.display
+                    ),
+                    _ => None,
+                }
+            }
+            Err(e) if is_not_found(&e) => None,
+            Err(e) => {
+                return Err(anyhow!(
+                    "cannot read the state {}/{MANIFEST}: {e}",
+                    self.display
+                ));
+            }
+        };
+        self.remove_leftovers(found.as_ref()).await;
+        let generation = found.as_ref().map(|m| m.generation + 1).unwrap_or(0);
+        match found {
+            Some(_) if full => {
+                tracing::info!(
+                    "--full: the state {} is ignored and written again from this run",
+                    self.display
+                );
+                self.start_generation(generation, sink).await
+            }
+            Some(m) if m.sink != sink => {
+                tracing::warn!(
+                    "the state {} describes {}, but this pipeline writes to {sink}: every row is embedded again and the state starts again",
+                    self.display,
+                    m.sink
+                );
+                self.start_generation(generation, sink).await
+            }
+            Some(m) => {
+                self.next_seq = self
+                    .deltas(m.generation)
+                    .await?
+                    .last()
+                    .map(|(s, _)| s + 1)
+                    .unwrap_or(0);
+                self.manifest = m.clone();
+                self.previous = Some(m);
+                Ok(())
+            }
+            None => self.start_generation(generation, sink).await,
+        }
+    }
+
+    /// A new, empty generation, recorded before anything is checkpointed into it.
+    async fn start_generation(&mut self, generation: u64, sink: &str) -> Result<()> {
+        self.manifest = Manifest {
+            format: FORMAT,
+            generation,
+            base: None,
+            sink: sink.to_string(),
+            settings: None,
+        };
+        self.next_seq = 0;
+        self.write_manifest().await
+    }
+
+    async fn write_manifest(&self) -> Result<()> {
+        let body = serde_json::to_vec_pretty(&self.manifest)?;
+        self.store
+            .put(&self.file(MANIFEST), body.into())
+            .await
+            .with_context(|| format!("cannot write the state {}/{MANIFEST}", self.display))?;
+        Ok(())
+    }
+
+    fn file(&self, name: &str) -> Path {
+        self.dir.clone().join(name)
+    }
+
+    fn base_name(generation: u64) -> String {
+        format!("base-{generation:08}.parquet")
+    }
+
+    fn delta_name(generation: u64, seq: u64) -> String {
+        format!("delta-{generation:08}-{seq:08}.parquet")
+    }
+
+    /// The file names in the folder.
+    async fn names(&self) -> Result<Vec<String>> {
+        let listed: Vec<_> = self
+            .store
+            .list(Some(&self.dir))
+            .try_collect()
+            .await
+            .with_context(|| format!("cannot list the state {}", self.display))?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|m| m.location.filename().map(str::to_string))
+            .collect())
+    }
+
+    /// This generation's deltas, by sequence number.
+    async fn deltas(&self, generation: u64) -> Result<Vec<(u64, String)>> {
+        let prefix = format!("delta-{generation:08}-");
+        let mut out: Vec<(u64, String)> = self
+            .names()
+            .await?
+            .into_iter()
+            .filter_map(|n| {
+                let seq = n
+                    .strip_prefix(&prefix)?
+                    .strip_suffix(".parquet")?
+                    .parse()
+                    .ok()?;
+                Some((seq, n))
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Removes what a killed run or an earlier generation left: files of other generations and
+    /// local staging files (`<name>#<n>`). Only the lock's holder calls this.
+    async fn remove_leftovers(&self, current: Option<&Manifest>) {
+        if let Some(dir) = &self.local_dir
+            && let Ok(entries) = std::fs::read_dir(dir)
+        {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                if (name.starts_with("delta-") || name.starts_with("base-"))
+                    && name.contains(".parquet#")
+                {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        let Some(m) = current else { return };
+        let Ok(names) = self.names().await else {
+            return;
+        };
+        let keep_delta = format!("delta-{:08}-", m.generation);
+        for name in names {
+            let old_base = name.starts_with("base-") && Some(&name) != m.base.as_ref();
+            let old_delta = name.starts_with("delta-") && !name.starts_with(&keep_delta);
+            if (old_base || old_delta)
+                && let Err(e) = self.store.delete(&self.file(&name)).await
+            {
+                tracing::warn!(
+                    "cannot remove the old state file {}/{name}: {e}",
+                    self.display
+                );
+            }
+        }
+    }
+
+    /// The state as a table: one row per id (the latest), without deletions. `None` when the
+    /// state holds nothing yet.
+    pub async fn frame(&self, ctx: &SessionContext) -> Result<Option<DataFrame>> {
+        let mut files: Vec<String> = self.manifest.base.iter().cloned().collect();
+        let deltas = self.deltas(self.manifest.generation).await?;
+        let has_deltas = !deltas.is_empty();
+        files.extend(deltas.into_iter().map(|(_, n)| n));
+        if files.is_empty() {
+            return Ok(None);
+        }
+        if let Some(u) = &self.store_url {
+            ctx.register_object_store(u, Arc::clone(&self.store));
+        }
+        let urls: Vec<String> = files.iter().map(|f| format!("{}{f}", self.url)).collect();
+        let schema = state_schema();
+        let df = ctx
+            .read_parquet(urls, ParquetReadOptions::default().schema(&schema))
+            .await
+            .with_context(|| format!("cannot read the state {}", self.display))?;
+        if !has_deltas {
+            return Ok(Some(df.filter(datafusion::logical_expr::not(
+                datafusion::prelude::col("deleted"),
+            ))?));
+        }
+        // The latest row of each id wins.
+        use datafusion::functions_window::expr_fn::row_number;
+        use datafusion::logical_expr::ExprFunctionExt;
+        use datafusion::prelude::{col, lit};
+        let rn = row_number()
+            .partition_by(vec![col("id")])
+            .order_by(vec![col("seq").sort(false, false)])
+            .build()?;
+        let cols: Vec<_> = schema.fields().iter().map(|f| col(f.name())).collect();
+        let latest = df
+            .with_column("__ef_rn", rn)?
+            .filter(
+                col("__ef_rn")
+                    .eq(lit(1u64))
+                    .and(datafusion::logical_expr::not(col("deleted"))),
+            )?
+            .select(cols)?;
+        Ok(Some(latest))
+    }
+
+    /// A writer for the next delta file.
+    pub fn delta(&mut self, embed_fp: &str) -> Result<DeltaWriter> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let name = Self::delta_name(self.manifest.generation, seq);
+        // Rows order by generation, then checkpoint: a base's rows (from older generations)
+        // always come before this generation's checkpoints.
+        let order = (self.manifest.generation << 32) | seq;
+        DeltaWriter::new(
+            Arc::clone(&self.store),
+            self.file(&name),
+            format!("{}/{name}", self.display),
+            embed_fp,
+            order,
+        )
+    }
+
+    /// Folds the deltas into the next generation's base, then records it in the manifest and
+    /// removes the old files.
+    pub async fn compact(
+        &mut self,
+        ctx: &SessionContext,
+        settings: &EmbeddingSettings,
+    ) -> Result<()> {
+        let deltas = self.deltas(self.manifest.generation).await?;
+        if deltas.is_empty() && self.manifest.settings.as_ref() == Some(settings) {
+            return Ok(());
+        }
+        let generation = self.manifest.generation + 1;
+        let name = Self::base_name(generation);
+        let display = format!("{}/{name}", self.display);
+        let mut writer = parquet_writer(Arc::clone(&self.store), self.file(&name), &display)?;
+        if let Some(frame) = self.frame(ctx).await? {
+            let mut stream = frame.execute_stream().await?;
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                let batch = RecordBatch::try_new(state_schema(), batch.columns().to_vec())?;
+                writer
+                    .write(&batch)
+                    .await
+                    .with_context(|| format!("cannot write {display}"))?;
+            }
+        }
+        writer
+            .close()
+            .await
+            .with_context(|| format!("cannot write {display}"))?;
+        let old_base = self.manifest.base.replace(name);
+        self.manifest.generation = generation;
+        self.manifest.settings = Some(settings.clone());
+        self.write_manifest().await?;
+        self.next_seq = 0;
+        let mut old: Vec<String> = deltas.into_iter().map(|(_, n)| n).collect();
+        old.extend(old_base);
+        for n in old {
+            if let Err(e) = self.store.delete(&self.file(&n)).await {
+                tracing::warn!("cannot remove the old state file {}/{n}: {e}", self.display);
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases the lock.
+    pub async fn release(&mut self) {
+        if let Some(lock) = self.lock.take() {
+            lock.release().await;
+        }
+    }
+}
+
+fn parquet_writer(
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    display: &str,
+) -> Result<AsyncArrowWriter<BufWriter>> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
+        .build();
+    AsyncArrowWriter::try_new(BufWriter::new(store, path), state_schema(), Some(props))
+        .with_context(|| format!("cannot start {display}"))
+}
+
+/// One delta file being written; nothing of it is visible before [`DeltaWriter::publish`].
+pub struct DeltaWriter {
+    writer: AsyncArrowWriter<BufWriter>,
+    display: String,
+    embed_fp: String,
+    /// The `seq` of its rows: later checkpoints win.
+    order: u64,
+    rows: u64,
+}
+
+impl DeltaWriter {
+    fn new(
+        store: Arc<dyn ObjectStore>,
+        path: Path,
+        display: String,
+        embed_fp: &str,
+        order: u64,
+    ) -> Result<DeltaWriter> {
+        Ok(DeltaWriter {
+            writer: parquet_writer(store, path, &display)?,
+            display,
+            embed_fp: embed_fp.to_string(),
+            order,
+            rows: 0,
+        })
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    pub async fn write(&mut self, rows: &[StateRow]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let n = rows.len();
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.id.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.text_fp.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.meta_fp.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                self.embed_fp.as_str(),
+                n,
+            ))),
+            Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.chunks))),
+            Arc::new(BooleanArray::from_iter(
+                rows.iter().map(|r| Some(r.deleted)),
+            )),
+            Arc::new(UInt64Array::from_iter_values(std::iter::repeat_n(
+                self.order, n,
+            ))),
+        ];
+        let batch = RecordBatch::try_new(state_schema(), columns)?;
+        self.writer
+            .write(&batch)
+            .await
+            .with_context(|| format!("cannot write the state checkpoint {}", self.display))?;
+        self.rows += n as u64;
+        Ok(())
+    }
+
+    /// Makes the delta visible, all at once.
+    pub async fn publish(self) -> Result<()> {
+        self.writer
+            .close()
+            .await
+            .with_context(|| format!("cannot write the state checkpoint {}", self.display))?;
+        Ok(())
+    }
+
+    /// Drops the delta unwritten.
+    pub async fn discard(self) {
+        let mut inner = self.writer.into_inner();
+        let _ = inner.abort().await;
+    }
+}

@@ -1,0 +1,699 @@
+//! Incremental runs: only what changed is embedded, metadata-only changes are updated in place,
+//! vanished ids are deleted, unchanged vectors stay bit for bit, and a run killed at any moment
+//! resumes with every id exactly once. Against local Parquet, S3 and the project's Pinecone
+//! server with faults.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Output;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Float32Array, Int64Array, RecordBatch, StringArray,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use pinecone_test_server::{Faults, IndexConfig, PineconeServer, ServerConfig};
+use serde_json::Value;
+
+const KEY: &str = "pc-test-key-incremental";
+
+/// One source row: id, text, lang, year.
+#[derive(Clone)]
+struct Row {
+    id: String,
+    text: String,
+    lang: String,
+    year: i64,
+}
+
+const WORDS: [&str; 12] = [
+    "river",
+    "compiler",
+    "garden",
+    "invoice",
+    "harbor",
+    "protein",
+    "violin",
+    "glacier",
+    "ledger",
+    "satellite",
+    "bakery",
+    "tunnel",
+];
+
+fn rows(n: usize) -> Vec<Row> {
+    (0..n)
+        .map(|i| Row {
+            id: format!("doc-{i:05}"),
+            text: format!(
+                "note {i}: the {} near the {} needs a {}",
+                WORDS[i % 12],
+                WORDS[(i / 12) % 12],
+                WORDS[(i / 144) % 12]
+            ),
+            lang: if i % 3 == 0 { "de" } else { "en" }.into(),
+            year: 2000 + (i % 25) as i64,
+        })
+        .collect()
+}
+
+fn write_rows(path: &Path, rows: &[Row]) {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("text", DataType::Utf8, false),
+        Field::new("lang", DataType::Utf8, false),
+        Field::new("year", DataType::Int64, false),
+    ]));
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.id.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.text.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.lang.as_str()),
+        )),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.year))),
+    ];
+    write_batch(path, RecordBatch::try_new(schema, cols).unwrap());
+}
+
+/// The second day of a 1,000-row table: 3 texts edited, 2 rows deleted, 5 added, 4 with only
+/// their metadata changed. Returns the rows and the ids of each kind.
+struct Day2 {
+    rows: Vec<Row>,
+    edited: Vec<String>,
+    deleted: Vec<String>,
+    added: Vec<String>,
+    metadata: Vec<String>,
+}
+
+fn day2(day1: &[Row]) -> Day2 {
+    let id = |i: usize| format!("doc-{i:05}");
+    let edited: Vec<String> = [10, 20, 30].map(id).to_vec();
+    let deleted: Vec<String> = [40, 50].map(id).to_vec();
+    let metadata: Vec<String> = [60, 70, 80, 90].map(id).to_vec();
+    let mut rows: Vec<Row> = day1
+        .iter()
+        .filter(|r| !deleted.contains(&r.id))
+        .cloned()
+        .map(|mut r| {
+            if edited.contains(&r.id) {
+                r.text = format!("{} (revised: the {} moved)", r.text, WORDS[3]);
+            }
+            if metadata.contains(&r.id) {
+                r.lang = "fr".into();
+                r.year += 1;
+            }
+            r
+        })
+        .collect();
+    let added: Vec<String> = (0..5).map(|k| format!("new-{k}")).collect();
+    for (k, a) in added.iter().enumerate() {
+        rows.push(Row {
+            id: a.clone(),
+            text: format!(
+                "a new note {k} about the {} and its {}",
+                WORDS[k],
+                WORDS[k + 5]
+            ),
+            lang: "en".into(),
+            year: 2026,
+        });
+    }
+    Day2 {
+        rows,
+        edited,
+        deleted,
+        added,
+        metadata,
+    }
+}
+
+fn summary(dir: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
+}
+
+fn run(dir: &Path, yaml: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "run",
+        yaml,
+        "--no-progress",
+        "--summary-json",
+        "summary.json",
+    ];
+    args.extend(extra);
+    embedflow_env(
+        dir,
+        &args,
+        &[
+            ("PINECONE_API_KEY", Some(KEY)),
+            ("EMBEDFLOW_LOG", Some("info")),
+        ],
+    )
+}
+
+/// Asserts the incremental counts of the last summary.
+fn assert_counts(s: &Value, new: u64, changed: u64, metadata: u64, unchanged: u64, deleted: u64) {
+    let i = &s["incremental"];
+    let got = [
+        &i["new"],
+        &i["changed"],
+        &i["metadata_only"],
+        &i["unchanged"],
+        &i["deleted"],
+    ]
+    .map(|v| v.as_u64().unwrap_or(u64::MAX));
+    assert_eq!(
+        got,
+        [new, changed, metadata, unchanged, deleted],
+        "new, changed, metadata-only, unchanged, deleted: {s}"
+    );
+}
+
+/// id -> (vector, lang) of a Parquet output.
+fn read_output(path: &Path) -> BTreeMap<String, (Vec<f32>, String)> {
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let file = std::fs::File::open(path).unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut out = BTreeMap::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let ids =
+            datafusion::arrow::compute::cast(batch.column_by_name("id").unwrap(), &DataType::Utf8)
+                .unwrap();
+        let ids = ids.as_string::<i32>().clone();
+        let langs = datafusion::arrow::compute::cast(
+            batch.column_by_name("lang").unwrap(),
+            &DataType::Utf8,
+        )
+        .unwrap();
+        let langs = langs.as_string::<i32>().clone();
+        let vectors = batch
+            .column_by_name("vector")
+            .unwrap()
+            .as_fixed_size_list()
+            .clone();
+        for i in 0..batch.num_rows() {
+            let v = vectors.value(i);
+            let v = v.as_any().downcast_ref::<Float32Array>().unwrap();
+            let previous = out.insert(
+                ids.value(i).to_string(),
+                (v.values().to_vec(), langs.value(i).to_string()),
+            );
+            assert!(previous.is_none(), "{} twice in the output", ids.value(i));
+        }
+    }
+    out
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+fn parquet_yaml(extra: &str) -> String {
+    format!(
+        "source:\n  tables:\n    docs: {{ path: docs.parquet }}\nembed:\n  model: all-MiniLM-L6-v2\n  id: id\nsink:\n  parquet: {{ path: out }}\nincremental:\n  state: state\n{extra}"
+    )
+}
+
+#[test]
+fn a_parquet_run_embeds_only_what_changed_and_carries_the_rest_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let day1 = rows(1000);
+    write_rows(&d.join("docs.parquet"), &day1);
+    write_file(d, "p.yaml", &parquet_yaml("  deletes: true\n"));
+
+    let o = run(d, "p.yaml", &[]);
+    assert_ok(&o);
+    let s = summary(d);
+    assert_counts(&s, 1000, 0, 0, 0, 0);
+    assert_eq!(s["rows_embedded"], 1000, "{s}");
+    let before = read_output(&d.join("out/part-0.parquet"));
+    assert_eq!(before.len(), 1000);
+
+    let next = day2(&day1);
+    write_rows(&d.join("docs.parquet"), &next.rows);
+    let o = run(d, "p.yaml", &[]);
+    assert_ok(&o);
+    let s = summary(d);
+    assert_counts(&s, 5, 3, 4, 991, 2);
+    assert_eq!(
+        s["rows_embedded"], 8,
+        "exactly the new and edited rows: {s}"
+    );
+    assert_eq!(s["rows_written"], 1003, "{s}");
+    assert!(
+        stdout(&o).contains("5 new, 3 changed, 4 metadata-only, 991 unchanged, 2 deleted"),
+        "{}",
+        stdout(&o)
+    );
+
+    let after = read_output(&d.join("out/part-0.parquet"));
+    assert_eq!(after.len(), 1003);
+    for id in &next.deleted {
+        assert!(!after.contains_key(id), "{id} was deleted from the source");
+    }
+    for id in &next.added {
+        assert!(after.contains_key(id), "{id} was added");
+    }
+    for (id, (vector, lang)) in &before {
+        let Some((now, now_lang)) = after.get(id) else {
+            continue;
+        };
+        if next.edited.contains(id) {
+            assert_ne!(bits(vector), bits(now), "{id} was edited: a new vector");
+        } else {
+            assert_eq!(
+                bits(vector),
+                bits(now),
+                "{id}: the vector is carried bit for bit"
+            );
+        }
+        if next.metadata.contains(id) {
+            assert_eq!(now_lang, "fr", "{id}: the new metadata");
+        } else {
+            assert_eq!(now_lang, lang, "{id}");
+        }
+    }
+
+    // Nothing changed: nothing is embedded, and the output is the same.
+    let o = run(d, "p.yaml", &[]);
+    assert_ok(&o);
+    let s = summary(d);
+    assert_counts(&s, 0, 0, 0, 1003, 0);
+    assert_eq!(s["rows_embedded"], 0, "{s}");
+    let again = read_output(&d.join("out/part-0.parquet"));
+    assert_eq!(again.len(), 1003);
+    for (id, (v, _)) in &after {
+        assert_eq!(bits(v), bits(&again[id].0), "{id}");
+    }
+
+    // --full embeds everything again, to the same vectors.
+    let o = run(d, "p.yaml", &["--full"]);
+    assert_ok(&o);
+    let s = summary(d);
+    assert_counts(&s, 1003, 0, 0, 0, 0);
+    assert_eq!(s["rows_embedded"], 1003, "{s}");
+    let full = read_output(&d.join("out/part-0.parquet"));
+    for (id, (v, _)) in &after {
+        let worst = v
+            .iter()
+            .zip(&full[id].0)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-5, "{id}: {worst}");
+    }
+}
+
+#[test]
+fn without_deletes_rows_missing_from_the_source_stay_in_the_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let day1 = rows(40);
+    write_rows(&d.join("docs.parquet"), &day1);
+    write_file(d, "p.yaml", &parquet_yaml(""));
+    assert_ok(&run(d, "p.yaml", &[]));
+    // Today's partition holds only two rows: one edited, one new.
+    let mut today = vec![day1[3].clone()];
+    today[0].text.push_str(" (edited)");
+    today.push(Row {
+        id: "new-0".into(),
+        text: "a row of today".into(),
+        lang: "en".into(),
+        year: 2026,
+    });
+    write_rows(&d.join("docs.parquet"), &today);
+    let o = run(d, "p.yaml", &[]);
+    assert_ok(&o);
+    let s = summary(d);
+    assert_counts(&s, 1, 1, 0, 0, 0);
+    assert_eq!(s["rows_embedded"], 2, "{s}");
+    let out = read_output(&d.join("out/part-0.parquet"));
+    assert_eq!(out.len(), 41, "yesterday's rows stay, today's are added");
+}
+
+/// A model folder that is the default model with another tokenizer.json (same tokens, other
+/// bytes): a different model as far as fingerprints go.
+fn other_model(dir: &Path) -> std::path::PathBuf {
+    let src = embedflow::embed::model::model_cache_dir().join("all-MiniLM-L6-v2");
+    let dst = dir.join("other-model");
+    std::fs::create_dir_all(&dst).unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let entry = entry.unwrap();
+        let target = dst.join(entry.file_name());
+        if entry.file_name() == "tokenizer.json" {
+            let mut text = std::fs::read_to_string(entry.path()).unwrap();
+            text.push('\n');
+            std::fs::write(target, text).unwrap();
+        } else {
+            std::os::unix::fs::symlink(entry.path(), target).unwrap();
+        }
+    }
+    dst
+}
+
+#[test]
+fn a_model_change_embeds_every_row_again_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_rows(&d.join("docs.parquet"), &rows(30));
+    write_file(d, "p.yaml", &parquet_yaml("  deletes: true\n"));
+    assert_ok(&run(d, "p.yaml", &[]));
+    let o = run(d, "p.yaml", &[]);
+    assert_ok(&o);
+    assert_eq!(summary(d)["rows_embedded"], 0);
+
+    let model = other_model(d);
+    let yaml =
+        parquet_yaml("  deletes: true\n").replace("all-MiniLM-L6-v2", &model.display().to_string());
+    write_file(d, "other.yaml", &yaml);
+    let o = run(d, "other.yaml", &[]);
+    assert_ok(&o);
+    let s = summary(d);
+    assert_counts(&s, 0, 30, 0, 0, 0);
+    assert_eq!(s["rows_embedded"], 30, "{s}");
+    let err = stderr(&o);
+    assert!(
+        err.contains("embedding settings changed") && err.contains("tokenizer.json changed"),
+        "{err}"
+    );
+    // The same settings again: nothing to do.
+    assert_ok(&run(d, "other.yaml", &[]));
+    assert_eq!(summary(d)["rows_embedded"], 0);
+}
+
+#[test]
+fn a_parquet_output_and_its_state_on_s3() {
+    use common::s3::*;
+    let srv = S3Server::start();
+    let bucket = srv.bucket("lake");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let day1 = rows(50);
+    write_rows(&d.join("docs.parquet"), &day1);
+    let yaml = parquet_yaml("  deletes: true\n")
+        .replace("path: out", "path: s3://lake/vectors")
+        .replace("state: state", "state: s3://lake/state/docs");
+    write_file(d, "s3.yaml", &yaml);
+    let env = srv.env();
+    let env: Vec<(&str, Option<&str>)> = env
+        .iter()
+        .map(|(k, v)| (*k, Some(v.as_str())))
+        .chain([("EMBEDFLOW_LOG", Some("info"))])
+        .collect();
+    let args = [
+        "run",
+        "s3.yaml",
+        "--no-progress",
+        "--summary-json",
+        "summary.json",
+    ];
+    assert_ok(&embedflow_env(d, &args, &env));
+    let before = read_output(&bucket.join("vectors/part-0.parquet"));
+    let mut next = day1.clone();
+    next[7].text.push_str(" (edited)");
+    next.remove(9);
+    write_rows(&d.join("docs.parquet"), &next);
+    let o = embedflow_env(d, &args, &env);
+    assert_ok(&o);
+    let s = summary(d);
+    assert_counts(&s, 0, 1, 0, 48, 1);
+    assert_eq!(s["rows_embedded"], 1, "{s}");
+    let after = read_output(&bucket.join("vectors/part-0.parquet"));
+    assert_eq!(after.len(), 49);
+    assert_eq!(bits(&before["doc-00001"].0), bits(&after["doc-00001"].0));
+    let names = srv.keys("lake");
+    assert!(
+        names.iter().any(|n| n == "state/docs/manifest.json"),
+        "{names:?}"
+    );
+    assert!(
+        names.iter().any(|n| n.starts_with("state/docs/base-")),
+        "{names:?}"
+    );
+    assert!(
+        !names.iter().any(|n| n.ends_with("lock")),
+        "the locks are released: {names:?}"
+    );
+}
+
+fn pinecone(faults: Faults) -> PineconeServer {
+    let mut config = ServerConfig::new(KEY, vec![IndexConfig::new("docs", 384)]);
+    config.faults = faults;
+    PineconeServer::start(config).expect("start the Pinecone test server")
+}
+
+fn pinecone_yaml(srv: &PineconeServer, sink_extra: &str, incremental_extra: &str) -> String {
+    format!(
+        "source:\n  tables:\n    docs: {{ path: docs.parquet }}\nembed:\n  model: all-MiniLM-L6-v2\n  id: id\nsink:\n  pinecone:\n    index: docs\n    controller: {}\n    api_key: ${{PINECONE_API_KEY}}\n    metadata: [lang, year]\n{sink_extra}incremental:\n  state: state\n  deletes: true\n{incremental_extra}",
+        srv.controller_url()
+    )
+}
+
+fn faults() -> Faults {
+    Faults {
+        rate_429: 0.08,
+        rate_503: 0.05,
+        rate_drop: 0.02,
+        retry_after_secs: Some(1),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_pinecone_run_with_faults_embeds_8_updates_4_deletes_2_and_leaves_the_rest() {
+    let srv = pinecone(faults());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let day1 = rows(1000);
+    write_rows(&d.join("docs.parquet"), &day1);
+    write_file(
+        d,
+        "pc.yaml",
+        &pinecone_yaml(&srv, "    batch_size: 100\n    max_retries: 12\n", ""),
+    );
+    let o = run(d, "pc.yaml", &[]);
+    assert_ok(&o);
+    assert_counts(&summary(d), 1000, 0, 0, 0, 0);
+    let before = srv.records("docs", "");
+    assert_eq!(before.len(), 1000);
+
+    let next = day2(&day1);
+    write_rows(&d.join("docs.parquet"), &next.rows);
+    let sent = srv.vectors_upserted("docs");
+    let drops = srv.fault_counts().dropped;
+    let o = run(d, "pc.yaml", &[]);
+    assert_ok(&o);
+    let s = summary(d);
+    assert_counts(&s, 5, 3, 4, 991, 2);
+    assert_eq!(s["rows_embedded"], 8, "{s}");
+    let upserted = srv.vectors_upserted("docs") - sent;
+    let new_drops = srv.fault_counts().dropped - drops;
+    assert!(
+        (8..=8 * (1 + new_drops)).contains(&upserted),
+        "{upserted} vectors upserted for 8 rows ({new_drops} dropped connections)"
+    );
+
+    let after = srv.records("docs", "");
+    assert_eq!(after.len(), 1003, "1000 - 2 + 5");
+    for id in &next.deleted {
+        assert!(!after.contains_key(id), "{id} deleted");
+    }
+    for (id, record) in &before {
+        let Some(now) = after.get(id) else { continue };
+        if next.edited.contains(id) {
+            assert_ne!(bits(&record.values), bits(&now.values), "{id} re-embedded");
+            continue;
+        }
+        assert_eq!(
+            bits(&record.values),
+            bits(&now.values),
+            "{id}: untouched vector"
+        );
+        let lang = now.metadata.as_ref().unwrap()["lang"].as_str().unwrap();
+        if next.metadata.contains(id) {
+            assert_eq!(lang, "fr", "{id}: metadata updated in place");
+            let year = now.metadata.as_ref().unwrap()["year"].as_f64().unwrap();
+            let was = record.metadata.as_ref().unwrap()["year"].as_f64().unwrap();
+            assert_eq!(year, was + 1.0, "{id}");
+        } else {
+            assert_eq!(now.metadata, record.metadata, "{id}");
+        }
+    }
+}
+
+#[test]
+fn chunks_that_no_longer_exist_are_deleted_and_chunk_ids_are_stable() {
+    let srv = pinecone(Faults::default());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let long = (0..12)
+        .map(|i| {
+            format!(
+                "Sentence {i} tells of the {} by the {}.",
+                WORDS[i % 12],
+                WORDS[(i + 5) % 12]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut docs = rows(3);
+    docs[0].text = long.clone();
+    write_rows(&d.join("docs.parquet"), &docs);
+    let yaml = pinecone_yaml(&srv, "", "").replace(
+        "  id: id\n",
+        "  id: id\n  chunking: { max_tokens: 24, overlap: 4 }\n",
+    );
+    write_file(d, "pc.yaml", &yaml);
+    assert_ok(&run(d, "pc.yaml", &[]));
+    let first = srv.records("docs", "");
+    let long_chunks: Vec<&String> = first
+        .keys()
+        .filter(|k| k.starts_with("doc-00000#"))
+        .collect();
+    assert!(long_chunks.len() >= 4, "{:?}", first.keys());
+
+    // Unchanged: nothing is embedded; --full gives the same chunk ids and texts.
+    assert_ok(&run(d, "pc.yaml", &[]));
+    assert_eq!(summary(d)["rows_embedded"], 0);
+    assert_ok(&run(d, "pc.yaml", &["--full"]));
+    let again = srv.records("docs", "");
+    assert_eq!(
+        first.keys().collect::<Vec<_>>(),
+        again.keys().collect::<Vec<_>>()
+    );
+    for (id, r) in &first {
+        assert_eq!(
+            r.metadata.as_ref().unwrap().get("text"),
+            again[id].metadata.as_ref().unwrap().get("text"),
+            "{id}"
+        );
+    }
+
+    // The long text becomes short: its chunks past the first are deleted.
+    docs[0].text = "Now it is short.".into();
+    write_rows(&d.join("docs.parquet"), &docs);
+    let o = run(d, "pc.yaml", &[]);
+    assert_ok(&o);
+    let s = summary(d);
+    assert_counts(&s, 0, 1, 0, 2, 0);
+    assert_eq!(s["rows_embedded"], 1, "one chunk: {s}");
+    let now = srv.records("docs", "");
+    let ids: Vec<&String> = now.keys().filter(|k| k.starts_with("doc-00000")).collect();
+    assert_eq!(ids, vec!["doc-00000#0"], "{:?}", now.keys());
+    assert_eq!(now.len(), 3);
+}
+
+#[test]
+fn a_pinecone_run_killed_at_a_random_moment_resumes_with_every_id_once() {
+    let n = 2000;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rows = rows(n);
+    write_rows(&d.join("docs.parquet"), &rows);
+
+    // The vectors a clean run computes.
+    write_file(d, "clean.yaml", &pipeline_yaml("docs.parquet", "clean", ""));
+    assert_ok(&embedflow(d, &["run", "clean.yaml", "--no-progress"]));
+    let clean: BTreeMap<String, Vec<f32>> = read_vectors(&d.join("clean/part-0.parquet"))
+        .into_iter()
+        .collect();
+
+    let srv = pinecone(Faults {
+        latency: Duration::from_millis(150),
+        ..faults()
+    });
+    write_file(
+        d,
+        "pc.yaml",
+        &pinecone_yaml(
+            &srv,
+            "    batch_size: 20\n    concurrency: 2\n    max_retries: 12\n",
+            "  checkpoint_secs: 1\n",
+        ),
+    );
+    let mut first = embedflow_command(
+        d,
+        &["run", "pc.yaml", "--no-progress"],
+        &[("PINECONE_API_KEY", Some(KEY))],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    // Wait for the first checkpoint, then kill -9 a random moment later.
+    let start = Instant::now();
+    let checkpointed = || {
+        std::fs::read_dir(d.join("state"))
+            .map(|r| {
+                r.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("delta-"))
+            })
+            .unwrap_or(false)
+    };
+    while !checkpointed() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no checkpoint was written"
+        );
+        if first.try_wait().unwrap().is_some() {
+            let out = first.wait_with_output().unwrap();
+            panic!(
+                "the run ended before its first checkpoint: {}",
+                stderr(&out)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // While it runs, a second run of the same pipeline is refused, naming the first.
+    let second = run(d, "pc.yaml", &[]);
+    assert_fails_with(&second, 1, "another embedflow run");
+    assert!(
+        stderr(&second).contains(&format!("pid {}", first.id())),
+        "{}",
+        stderr(&second)
+    );
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    std::thread::sleep(Duration::from_millis(u64::from(nanos % 2000)));
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let landed = srv.records("docs", "").len();
+    assert!(landed < n, "the run finished before it was killed");
+
+    // The re-run takes over the dead run's lock, embeds only what was not checkpointed, and
+    // the index ends with every id once, with the vectors of a clean run.
+    let o = run(d, "pc.yaml", &[]);
+    assert_ok(&o);
+    let s = summary(d);
+    let new = s["incremental"]["new"].as_u64().unwrap();
+    let unchanged = s["incremental"]["unchanged"].as_u64().unwrap();
+    assert_eq!(new + unchanged, n as u64, "{s}");
+    assert!(unchanged > 0, "nothing was resumed: {s}");
+    assert_eq!(s["rows_embedded"].as_u64().unwrap(), new, "{s}");
+    let stored = srv.records("docs", "");
+    assert_eq!(stored.len(), n, "every id, once");
+    let mut worst = 0f32;
+    for (id, want) in &clean {
+        let got = &stored
+            .get(id)
+            .unwrap_or_else(|| panic!("{id} missing"))
+            .values;
+        for (a, b) in got.iter().zip(want) {
+            worst = worst.max((a - b).abs());
+        }
+    }
+    assert!(worst < 1e-5, "largest difference from a clean run: {worst}");
+}
