@@ -1,0 +1,170 @@
+//! Incremental runs: the nightly re-run of a 100,000-row table of which 1% changed, against the
+//! full run of the same table, side by side in one run. Both are the whole `embedflow run` a
+//! user starts (wall time of the process, model loading included).
+//!
+//!     cargo bench --bench incremental [-- --rows N] [--changed-percent P]
+//!
+//! Input: the first `--rows` (100,000) sentences of ../shared/data/reuters_sentences.parquet,
+//! or, without ../shared, synthetic short rows. The full run is the pipeline's first run (every
+//! row new, so every row is embedded and recorded in the state); the incremental run follows it
+//! after `--changed-percent` (1) of the texts were edited.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+fn arg(name: &str, default: usize) -> Result<usize> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == name) {
+        Some(i) => args
+            .get(i + 1)
+            .context("a number after the flag")?
+            .parse()
+            .with_context(|| format!("{name}")),
+        None => Ok(default),
+    }
+}
+
+/// `(id, text)` rows: real sentences when ../shared is there, else synthetic ones.
+fn corpus(rows: usize, dir: &Path) -> Result<(Vec<String>, Vec<String>, &'static str)> {
+    let shared = std::env::var_os("EMBEDFLOW_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"));
+    let (path, what) = {
+        let real = shared.join("data/reuters_sentences.parquet");
+        if real.is_file() {
+            (real, "Reuters sentences (../shared/data)")
+        } else {
+            let p = dir.join("synthetic.parquet");
+            support::short_corpus(&p, rows)?;
+            (p, "synthetic short rows (no ../shared)")
+        }
+    };
+    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path)?)?.build()?;
+    let (mut ids, mut texts) = (Vec::new(), Vec::new());
+    for batch in reader {
+        let batch = batch?;
+        let id = cast(
+            batch.column_by_name("id").context("id column")?,
+            &DataType::Utf8,
+        )?;
+        let text = cast(
+            batch.column_by_name("text").context("text column")?,
+            &DataType::Utf8,
+        )?;
+        let (id, text) = (id.as_string::<i32>(), text.as_string::<i32>());
+        for i in 0..batch.num_rows() {
+            if ids.len() == rows {
+                break;
+            }
+            if text.is_valid(i) {
+                ids.push(id.value(i).to_string());
+                texts.push(text.value(i).to_string());
+            }
+        }
+    }
+    if ids.len() < rows {
+        bail!("{} holds only {} rows", path.display(), ids.len());
+    }
+    Ok((ids, texts, what))
+}
+
+fn write(path: &Path, ids: &[String], texts: &[String]) -> Result<()> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("text", DataType::Utf8, false),
+    ]));
+    let mut w = ArrowWriter::try_new(std::fs::File::create(path)?, schema.clone(), None)?;
+    for start in (0..ids.len()).step_by(8192) {
+        let end = (start + 8192).min(ids.len());
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(ids[start..end].to_vec())),
+            Arc::new(StringArray::from(texts[start..end].to_vec())),
+        ];
+        w.write(&RecordBatch::try_new(schema.clone(), cols)?)?;
+    }
+    w.close()?;
+    Ok(())
+}
+
+/// One `embedflow run`: wall seconds and its summary.
+fn run(dir: &Path) -> Result<(f64, serde_json::Value)> {
+    let start = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_embedflow"))
+        .args([
+            "run",
+            "p.yaml",
+            "--no-progress",
+            "--summary-json",
+            "summary.json",
+        ])
+        .current_dir(dir)
+        .output()?;
+    let secs = start.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!(
+            "embedflow run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let summary = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json"))?)?;
+    Ok((secs, summary))
+}
+
+fn main() -> Result<()> {
+    let rows = arg("--rows", 100_000)?;
+    let percent = arg("--changed-percent", 1)?;
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    let (ids, mut texts, what) = corpus(rows, dir)?;
+    write(&dir.join("docs.parquet"), &ids, &texts)?;
+    std::fs::write(
+        dir.join("p.yaml"),
+        "source:\n  tables:\n    docs: { path: docs.parquet }\nembed:\n  model: all-MiniLM-L6-v2\n  id: id\nsink:\n  parquet: { path: out }\nincremental:\n  state: state\n  deletes: true\n",
+    )?;
+    println!("input: {rows} rows of {what}; {percent}% of the texts edited between the runs");
+
+    let (full_secs, full) = run(dir)?;
+    let every = (100 / percent.max(1)).max(1);
+    let mut changed = 0;
+    for (i, t) in texts.iter_mut().enumerate() {
+        if i % every == 0 {
+            t.push_str(" (revised)");
+            changed += 1;
+        }
+    }
+    write(&dir.join("docs.parquet"), &ids, &texts)?;
+    let (inc_secs, inc) = run(dir)?;
+    if inc["rows_embedded"].as_u64() != Some(changed) {
+        bail!(
+            "the incremental run embedded {} rows, not {changed}",
+            inc["rows_embedded"]
+        );
+    }
+    println!();
+    println!("| run | rows embedded | rows written | wall s | share of the full run |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| full (first run) | {} | {} | {full_secs:.1} | 100% |",
+        full["rows_embedded"], full["rows_written"]
+    );
+    println!(
+        "| incremental, {percent}% changed | {} | {} | {inc_secs:.1} | {:.1}% |",
+        inc["rows_embedded"],
+        inc["rows_written"],
+        100.0 * inc_secs / full_secs
+    );
+    println!();
+    println!("incremental counts: {}", inc["incremental"]);
+    Ok(())
+}
