@@ -9,6 +9,8 @@
 //! row new, so every row is embedded and recorded in the state); the incremental run follows it
 //! after `--changed-percent` (1) of the texts were edited.
 
+// Only the synthetic corpus of the shared helpers is used here.
+#[allow(dead_code)]
 mod support;
 
 use std::path::{Path, PathBuf};

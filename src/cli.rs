@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::Pipeline;
 use crate::embed::EmbedSpec;
 use crate::error::{PartialRun, config_error, one_line};
+use crate::plan::shard::Shard;
 use crate::plan::{self, source};
 use crate::query::{self, OutputFormat};
 use crate::run::{self, RunOptions};
@@ -60,6 +61,10 @@ pub enum Command {
         /// Incremental pipelines: ignore the state, embed every row, and write the state again.
         #[arg(long)]
         full: bool,
+        /// Process only the rows whose id hashes to shard I of N (0-based), e.g. --shard 0/3; a
+        /// Parquet output gets one part per shard (part-I.parquet) in its folder.
+        #[arg(long, value_name = "I/N")]
+        shard: Option<Shard>,
     },
     /// Check a pipeline without embedding: parse it, load the model, check tables and columns,
     /// print the output schema.
@@ -132,10 +137,12 @@ pub async fn execute(cli: Cli, shutdown: Shutdown) -> Result<()> {
             no_progress,
             summary_json,
             full,
+            shard,
         } => {
             let opts = RunOptions {
                 progress: !no_progress && !cli.quiet,
                 full,
+                shard,
             };
             run_command(&pipeline, &opts, summary_json.as_deref(), &shutdown).await
         }
@@ -157,7 +164,8 @@ async fn run_command(
     shutdown: &Shutdown,
 ) -> Result<()> {
     let p = args.load()?;
-    let summary = run::run_pipeline(&p, opts, shutdown).await?;
+    let mut summary = run::run_pipeline(&p, opts, shutdown).await?;
+    summary.shard = opts.shard.map(|s| s.to_string());
     writeln!(std::io::stdout(), "embedflow: {summary}")?;
     if let Some(path) = summary_json {
         let json = serde_json::to_string_pretty(&summary)?;

@@ -48,11 +48,21 @@ pub async fn search(
     } else if !std::path::Path::new(&file).is_file() {
         bail!("no output at {file}: run `embedflow run` on this pipeline first");
     }
+    // A folder output is every part in it: one per shard of a sharded run.
+    let (table, extension) = if crate::storage::names_parquet_file(&spec.path) {
+        (file.clone(), "")
+    } else {
+        let folder = file
+            .strip_suffix(location.file_name())
+            .unwrap_or(&file)
+            .to_string();
+        (folder, ".parquet")
+    };
     ctx.register_parquet(
         "vectors",
-        &file,
+        &table,
         ParquetReadOptions {
-            file_extension: "",
+            file_extension: extension,
             ..Default::default()
         },
     )

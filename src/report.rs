@@ -34,6 +34,9 @@ pub struct RunSummary {
     pub requests: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retries: Option<u64>,
+    /// `I/N` when the run processed one shard of the rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
     /// Incremental runs: what the source held against the state.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub incremental: Option<IncrementalCounts>,

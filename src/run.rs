@@ -35,6 +35,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// Incremental pipelines: ignore the state, embed every row and write the state again.
     pub full: bool,
+    /// Process only the rows of this shard.
+    pub shard: Option<crate::plan::shard::Shard>,
 }
 
 /// Loads a model off the async runtime.
@@ -64,18 +66,19 @@ pub fn check_destination(pipeline: &Pipeline) -> Result<()> {
 
 /// Opens the pipeline's sink for the plan's output schema (its preflight runs here).
 pub async fn open_sink(pipeline: &Pipeline, frame: &DataFrame) -> Result<Box<dyn Sink>> {
-    open_sink_for(pipeline, Arc::new(frame.schema().as_arrow().clone())).await
+    open_sink_for(pipeline, Arc::new(frame.schema().as_arrow().clone()), None).await
 }
 
 /// Opens the pipeline's sink for batches of `schema`.
 pub async fn open_sink_for(
     pipeline: &Pipeline,
     schema: datafusion::arrow::datatypes::SchemaRef,
+    shard: Option<crate::plan::shard::Shard>,
 ) -> Result<Box<dyn Sink>> {
     check_destination(pipeline)?;
     Ok(match pipeline.sink.kind()? {
         SinkKind::Parquet(spec) => {
-            Box::new(ParquetSink::create(spec, &pipeline.storage, schema).await?)
+            Box::new(ParquetSink::create(spec, &pipeline.storage, schema, shard).await?)
         }
         SinkKind::Pinecone(spec) => Box::new(PineconeSink::open(spec, &schema).await?),
     })
@@ -132,8 +135,9 @@ pub async fn run_pipeline(
     let model_seconds = start.elapsed().as_secs_f64();
     let (plan, sink) = shutdown
         .until(async {
-            let plan = plan::build(pipeline, Arc::clone(&embedder)).await?;
-            let sink = open_sink(pipeline, &plan.frame).await?;
+            let plan = plan::build_sharded(pipeline, Arc::clone(&embedder), opts.shard).await?;
+            let schema = Arc::new(plan.frame.schema().as_arrow().clone());
+            let sink = open_sink_for(pipeline, schema, opts.shard).await?;
             Ok((plan, sink))
         })
         .await?;

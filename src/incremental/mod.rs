@@ -28,6 +28,7 @@ use object_store::ObjectStoreExt;
 use crate::config::Pipeline;
 use crate::embed::Embedder;
 use crate::error::Interrupted;
+use crate::plan::shard::Shard;
 use crate::plan::{self, checks};
 use crate::report::{IncrementalCounts, Progress, RunSummary};
 use crate::run::{self, RunOptions};
@@ -46,14 +47,15 @@ const STATE_ROWS_PER_WRITE: usize = 8192;
 const SLICE_ROWS: usize = 64;
 
 /// Which sink a state describes: a state moved to another sink starts again.
-fn sink_identity(pipeline: &Pipeline) -> Result<String> {
+fn sink_identity(pipeline: &Pipeline, shard: Option<Shard>) -> Result<String> {
+    let shard_note = shard.map(|s| format!(" shard {s}")).unwrap_or_default();
     Ok(match pipeline.sink.kind()? {
         SinkKind::Parquet(p) => {
-            let location = OutputLocation::for_parquet_sink(&p.path, &pipeline.storage)?;
+            let location = OutputLocation::for_parquet_part(&p.path, &pipeline.storage, shard)?;
             format!("parquet {}", location.display)
         }
         SinkKind::Pinecone(p) => format!(
-            "pinecone index {} namespace {}",
+            "pinecone index {} namespace {}{shard_note}",
             p.index,
             p.namespace.as_deref().unwrap_or("")
         ),
@@ -81,7 +83,20 @@ pub async fn run(
     };
     let model_seconds = start.elapsed().as_secs_f64();
     run::check_destination(pipeline)?;
-    let sink_id = sink_identity(pipeline)?;
+    let sink_id = sink_identity(pipeline, opts.shard)?;
+    // Each shard keeps its own state (and lock) beside the others'.
+    let spec = &match opts.shard {
+        Some(s) => IncrementalSpec {
+            state: format!(
+                "{}/shard-{}-of-{}",
+                spec.state.trim_end_matches('/'),
+                s.index,
+                s.count
+            ),
+            ..spec.clone()
+        },
+        None => spec.clone(),
+    };
     let mut state = shutdown
         .until(StateStore::open(
             spec,
@@ -108,11 +123,12 @@ pub async fn run(
 async fn previous_output(
     pipeline: &Pipeline,
     ctx: &datafusion::prelude::SessionContext,
+    shard: Option<Shard>,
 ) -> Result<Option<DataFrame>> {
     let SinkKind::Parquet(p) = pipeline.sink.kind()? else {
         return Ok(None);
     };
-    let location = OutputLocation::for_parquet_sink(&p.path, &pipeline.storage)?;
+    let location = OutputLocation::for_parquet_part(&p.path, &pipeline.storage, shard)?;
     match location.store.head(&location.path).await {
         Ok(_) => {}
         Err(object_store::Error::NotFound { .. }) => {
@@ -207,7 +223,7 @@ async fn run_locked(
     state: &mut StateStore,
 ) -> Result<RunSummary> {
     let embed_fp = settings.fingerprint();
-    let plan = plan::build(pipeline, Arc::clone(embedder)).await?;
+    let plan = plan::build_sharded(pipeline, Arc::clone(embedder), opts.shard).await?;
     if let Err(e) = shutdown.until(checks::check_ids(&plan.ids, pipeline)).await {
         return Err(run::explain_scan_error(e, &plan, pipeline).await);
     }
@@ -226,7 +242,7 @@ async fn run_locked(
     let chunked = pipeline.embed.chunking.is_some();
     let key = if chunked { "source_id" } else { "id" };
     let previous = if parquet && state_frame.is_some() && same_settings {
-        let found = previous_output(pipeline, &plan.ctx).await?;
+        let found = previous_output(pipeline, &plan.ctx, opts.shard).await?;
         if found.is_none() {
             state_frame = None;
         }
@@ -285,7 +301,11 @@ async fn run_locked(
     )?;
     let output = without_hidden(to_embed.schema().as_arrow());
     let mut sink = shutdown
-        .until(run::open_sink_for(pipeline, Arc::clone(&output)))
+        .until(run::open_sink_for(
+            pipeline,
+            Arc::clone(&output),
+            opts.shard,
+        ))
         .await?;
     sink.track_confirmations();
     let as_it_goes = sink.confirms_as_it_goes();

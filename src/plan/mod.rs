@@ -3,6 +3,7 @@
 //! before anything is embedded ([`checks`]).
 
 pub mod checks;
+pub mod shard;
 pub mod source;
 
 use std::sync::Arc;
@@ -225,6 +226,15 @@ pub struct PipelinePlan {
 }
 
 pub async fn build(pipeline: &Pipeline, embedder: Arc<Embedder>) -> Result<PipelinePlan> {
+    build_sharded(pipeline, embedder, None).await
+}
+
+/// [`build`] over the rows of one shard only (`run --shard I/N`).
+pub async fn build_sharded(
+    pipeline: &Pipeline,
+    embedder: Arc<Embedder>,
+    shard: Option<shard::Shard>,
+) -> Result<PipelinePlan> {
     let ctx = session_context(Some(Arc::clone(&embedder)));
     source::register_tables(&ctx, &pipeline.source, &pipeline.storage).await?;
     if let Some(spec) = &pipeline.embed.chunking {
@@ -235,7 +245,11 @@ pub async fn build(pipeline: &Pipeline, embedder: Arc<Embedder>) -> Result<Pipel
         )?;
         ctx.register_udf(crate::embed::chunk::ChunksUdf::udf(Arc::new(chunker)));
     }
-    let source = source::source_frame(&ctx, &pipeline.source).await?;
+    let mut source = source::source_frame(&ctx, &pipeline.source).await?;
+    if let Some(shard) = shard {
+        let id = cast(id_expr(source.schema(), pipeline)?, DataType::Utf8);
+        source = source.filter(shard.filter(id))?;
+    }
     let ids = source
         .clone()
         .select(vec![id_expr(source.schema(), pipeline)?.alias("id")])?;

@@ -238,9 +238,33 @@ impl OutputLocation {
     /// `path` is a folder or prefix (the vectors go to `part-0.parquet` in it) or a `.parquet`
     /// file, local or `s3://`.
     pub fn for_parquet_sink(path: &str, storage: &StorageSpec) -> Result<OutputLocation> {
+        Self::for_parquet_part(path, storage, None)
+    }
+
+    /// The output of one shard of a sharded run: `part-<I>.parquet` in the folder `path`.
+    pub fn for_parquet_part(
+        path: &str,
+        storage: &StorageSpec,
+        shard: Option<crate::plan::shard::Shard>,
+    ) -> Result<OutputLocation> {
+        let part = |file: String| match shard {
+            None => file,
+            Some(s) => format!(
+                "{}{}",
+                file.strip_suffix(OUTPUT_FILE).unwrap_or(&file),
+                format_args!("part-{}.parquet", s.index)
+            ),
+        };
+        if let Some(s) = shard
+            && names_parquet_file(path)
+        {
+            return Err(config_error(format!(
+                "sink.parquet.path {path} names one file, but --shard {s} writes one part per shard: give a folder (each shard writes part-<I>.parquet in it)"
+            )));
+        }
         if is_remote(path) {
             let remote = RemoteUrl::parse("sink.parquet.path", path)?;
-            let key = remote_output_key(&remote.key);
+            let key = part(remote_output_key(&remote.key));
             let store = s3_store(path, &remote.bucket, storage.s3.as_ref())?;
             return Ok(OutputLocation {
                 store,
@@ -250,6 +274,7 @@ impl OutputLocation {
             });
         }
         let file = local_output_file(Path::new(path.strip_prefix("file://").unwrap_or(path)));
+        let file = std::path::PathBuf::from(part(file.to_string_lossy().into_owned()));
         let absolute =
             std::path::absolute(&file).map_err(|e| anyhow!("sink.parquet.path {path}: {e}"))?;
         let dir = absolute

@@ -41,8 +41,9 @@ impl ParquetSink {
         spec: &ParquetSinkSpec,
         storage: &StorageSpec,
         schema: SchemaRef,
+        shard: Option<crate::plan::shard::Shard>,
     ) -> Result<ParquetSink> {
-        let location = OutputLocation::for_parquet_sink(&spec.path, storage)?;
+        let location = OutputLocation::for_parquet_part(&spec.path, storage, shard)?;
         location.check_writable().await?;
         let lock = OutputLock::acquire(
             Arc::clone(&location.store),
