@@ -32,7 +32,7 @@ fn arg(name: &str, default: usize) -> Result<usize> {
             .get(i + 1)
             .context("a number after the flag")?
             .parse()
-            .with_context(|| format!("{name}")),
+            .with_context(|| format!("{name} takes a number")),
         None => Ok(default),
     }
 }
