@@ -8,7 +8,7 @@ use anyhow::{Context, Result, anyhow};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::Pipeline;
-use crate::embed::EmbedSpec;
+use crate::embed::{EmbedSpec, Embedder};
 use crate::error::{PartialRun, config_error, one_line};
 use crate::plan::shard::Shard;
 use crate::plan::{self, source};
@@ -27,8 +27,18 @@ pub struct Cli {
     /// Only errors.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Log lines on stderr as text, or as one JSON object per line (timestamp, level, message
+    /// and fields), the final summary and the error line included.
+    #[arg(long, value_enum, global = true, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -84,6 +94,24 @@ pub enum Command {
     Query(QueryArgs),
     /// Ad-hoc SQL with embed() and cosine_similarity() registered.
     Sql(SqlArgs),
+    /// Upsert the vectors of a dead-letter file to the pipeline's Pinecone index, with the same
+    /// batching, retries and exit codes as `run`.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The dead-letter file (JSON lines, as a Pinecone run writes them).
+    file: PathBuf,
+    /// The pipeline whose Pinecone sink receives the vectors.
+    #[arg(long, value_name = "PIPELINE")]
+    pipeline: PathBuf,
+    /// Override a key, e.g. --set sink.pinecone.namespace=prod (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Also write the summary as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    summary_json: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -152,6 +180,7 @@ pub async fn execute(cli: Cli, shutdown: Shutdown) -> Result<()> {
         }
         Command::Query(args) => shutdown.until(query_command(args)).await,
         Command::Sql(args) => shutdown.until(sql_command(args)).await,
+        Command::Replay(args) => shutdown.until(replay_command(args)).await,
     }
 }
 
@@ -166,12 +195,31 @@ async fn run_command(
     let p = args.load()?;
     let mut summary = run::run_pipeline(&p, opts, shutdown).await?;
     summary.shard = opts.shard.map(|s| s.to_string());
+    report_summary(&summary, summary_json)
+}
+
+/// `replay`: a dead-letter file's vectors, upserted again.
+async fn replay_command(args: ReplayArgs) -> Result<()> {
+    let p = Pipeline::load(&args.pipeline, &args.set)?;
+    let SinkKind::Pinecone(spec) = p.sink.kind()? else {
+        return Err(config_error(
+            "replay sends vectors to a Pinecone index, but the pipeline's sink is Parquet",
+        ));
+    };
+    let summary = crate::sink::pinecone::replay::replay(&args.file, spec).await?;
+    report_summary(&summary, args.summary_json.as_deref())
+}
+
+/// The summary line on stdout (and as a JSON log line, and to `--summary-json`); exit code 3
+/// when rows went to the dead-letter file.
+fn report_summary(summary: &crate::report::RunSummary, summary_json: Option<&Path>) -> Result<()> {
     writeln!(std::io::stdout(), "embedflow: {summary}")?;
+    summary.log();
     if let Some(path) = summary_json {
         let json = serde_json::to_string_pretty(&summary)?;
         std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    match summary.dead_letter {
+    match summary.dead_letter.clone() {
         Some(dead_letter) if summary.rows_failed > 0 => Err(PartialRun {
             rows_failed: summary.rows_failed,
             dead_letter,
@@ -184,14 +232,27 @@ async fn run_command(
 /// `validate`: everything `run` checks before it embeds, then the output schema.
 async fn validate_command(args: &PipelineArgs) -> Result<()> {
     let p = args.load()?;
-    let embedder = run::load_embedder(&p.embed).await?;
-    let plan = plan::build(&p, Arc::clone(&embedder)).await?;
+    let embedder = match p.embed.vector {
+        Some(_) => None,
+        None => Some(run::load_embedder(&p.embed).await?),
+    };
+    let plan = build_plan(&p, embedder.as_ref()).await?;
     let sink = run::open_sink(&p, &plan.frame).await?;
     let mut out = std::io::stdout().lock();
     if let SinkKind::Pinecone(_) = p.sink.kind()? {
         writeln!(out, "sink: key accepted, dimension matches")?;
     }
     sink.abort().await;
+    let Some(embedder) = embedder else {
+        let rows = plan.ids.clone().count().await?;
+        writeln!(
+            out,
+            "pipeline {} is valid: it sends the vectors of column `{}` ({rows} rows), no model",
+            args.pipeline.display(),
+            p.embed.vector.as_deref().unwrap_or_default()
+        )?;
+        return print_schema(&mut out, &plan);
+    };
     writeln!(
         out,
         "pipeline {} is valid: model {} ({} dimensions)",
@@ -199,6 +260,26 @@ async fn validate_command(args: &PipelineArgs) -> Result<()> {
         embedder.model_name(),
         embedder.dim()
     )?;
+    let estimate = plan::estimate::estimate(&plan, &p, &embedder).await?;
+    writeln!(out, "{estimate}")?;
+    if p.incremental.is_some() {
+        writeln!(
+            out,
+            "  (for a full run; an incremental run embeds only the new and changed rows)"
+        )?;
+    }
+    print_schema(&mut out, &plan)
+}
+
+/// A pipeline's plan: with its model, or reading vectors (`embed.vector`).
+async fn build_plan(p: &Pipeline, embedder: Option<&Arc<Embedder>>) -> Result<plan::PipelinePlan> {
+    match embedder {
+        Some(e) => plan::build(p, Arc::clone(e)).await,
+        None => plan::build_vectors(p, None).await,
+    }
+}
+
+fn print_schema(out: &mut impl Write, plan: &plan::PipelinePlan) -> Result<()> {
     writeln!(out, "output schema:")?;
     for f in plan.frame.schema().fields() {
         writeln!(
@@ -216,8 +297,11 @@ async fn validate_command(args: &PipelineArgs) -> Result<()> {
 async fn explain_command(args: &PipelineArgs, physical: bool) -> Result<()> {
     use datafusion::arrow::array::AsArray;
     let p = args.load()?;
-    let embedder = run::load_embedder(&p.embed).await?;
-    let plan = plan::build(&p, embedder).await?;
+    let embedder = match p.embed.vector {
+        Some(_) => None,
+        None => Some(run::load_embedder(&p.embed).await?),
+    };
+    let plan = build_plan(&p, embedder.as_ref()).await?;
     let explained = plan.frame.explain(false, false)?.collect().await?;
     let mut out = std::io::stdout().lock();
     for batch in explained {

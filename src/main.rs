@@ -2,8 +2,9 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use embedflow::cli::{self, Cli};
+use embedflow::cli::{self, Cli, LogFormat};
 use embedflow::error::{describe, exit, exit_code};
+use embedflow::report;
 use embedflow::signals::{self, Shutdown};
 use tracing_subscriber::EnvFilter;
 
@@ -22,7 +23,7 @@ fn tune_allocator() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_allocator() {}
 
-fn init_logging(verbose: u8, quiet: bool) {
+fn init_logging(verbose: u8, quiet: bool, format: LogFormat) {
     let default = if quiet {
         "error"
     } else {
@@ -37,12 +38,21 @@ fn init_logging(verbose: u8, quiet: bool) {
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())
         .unwrap_or_else(|| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => {
+            report::set_json_logs();
+            logs.json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false)
+                .init()
+        }
+    }
 }
 
 /// True when the error is a closed pipe (`embedflow sql ... | head`): not a failure.
@@ -77,13 +87,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
-    init_logging(cli.verbose, cli.quiet);
+    init_logging(cli.verbose, cli.quiet, cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::from(exit::OK as u8),
         Err(e) if is_broken_pipe(&e) => ExitCode::from(exit::OK as u8),
         Err(e) => {
-            eprintln!("error: {}", describe(&e));
             let code = exit_code(&e);
+            if report::json_logs() {
+                tracing::error!(exit_code = code, "{}", describe(&e));
+            } else {
+                eprintln!("error: {}", describe(&e));
+            }
             if code == exit::SIGINT || code == exit::SIGTERM {
                 // ONNX Runtime may still be tearing down a session on another thread: leave
                 // without running global destructors, so nothing else is printed.

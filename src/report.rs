@@ -59,7 +59,52 @@ pub struct IncrementalCounts {
     pub state: String,
 }
 
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Logs are JSON lines (`--log-format json`).
+pub fn set_json_logs() {
+    JSON_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn json_logs() -> bool {
+    JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 impl RunSummary {
+    /// With JSON logs, the summary as a log line of its own, one field per count.
+    pub fn log(&self) {
+        if !json_logs() {
+            return;
+        }
+        let inc = self.incremental.clone().unwrap_or_default();
+        tracing::info!(
+            rows_read = self.rows_read,
+            rows_embedded = self.rows_embedded,
+            rows_skipped = self.rows_skipped,
+            rows_written = self.rows_written,
+            rows_failed = self.rows_failed,
+            rows_truncated = self.rows_truncated,
+            duplicate_rows = self.duplicate_rows,
+            tokens = self.tokens,
+            seconds = self.seconds,
+            model_seconds = self.model_seconds,
+            rows_per_second = self.rows_per_second(),
+            tokens_per_second = self.tokens_per_second(),
+            output = %self.output,
+            dead_letter = self.dead_letter.as_deref(),
+            requests = self.requests,
+            retries = self.retries,
+            shard = self.shard.as_deref(),
+            incremental = self.incremental.is_some(),
+            new = inc.new,
+            changed = inc.changed,
+            metadata_only = inc.metadata_only,
+            unchanged = inc.unchanged,
+            deleted = inc.deleted,
+            "summary"
+        );
+    }
+
     /// Rows per second while streaming (the progress line's rate, on the same clock).
     pub fn rows_per_second(&self) -> f64 {
         self.rows_embedded as f64 / self.stream_seconds.max(1e-9)
@@ -172,6 +217,9 @@ impl Progress {
                 Some(t) if t > 0 => {
                     let left = t.saturating_sub(self.rows) as f64 / rate.max(1e-9);
                     tracing::info!(
+                        rows = self.rows,
+                        total = t,
+                        tokens,
                         "progress: {}/{} rows ({:.0}%), {:.1} rows/s, {:.0} tokens/s, ETA {:.0} s",
                         self.rows,
                         t,
@@ -182,6 +230,8 @@ impl Progress {
                     );
                 }
                 _ => tracing::info!(
+                    rows = self.rows,
+                    tokens,
                     "progress: {} rows, {:.1} rows/s, {:.0} tokens/s",
                     self.rows,
                     rate,

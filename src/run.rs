@@ -131,11 +131,18 @@ pub async fn run_pipeline(
         return crate::incremental::run(pipeline, spec, opts, shutdown).await;
     }
     let start = Instant::now();
-    let embedder = shutdown.until(load_embedder(&pipeline.embed)).await?;
+    // A pipeline that reads vectors (embed.vector) loads no model.
+    let embedder = match pipeline.embed.vector {
+        Some(_) => None,
+        None => Some(shutdown.until(load_embedder(&pipeline.embed)).await?),
+    };
     let model_seconds = start.elapsed().as_secs_f64();
     let (plan, sink) = shutdown
         .until(async {
-            let plan = plan::build_sharded(pipeline, Arc::clone(&embedder), opts.shard).await?;
+            let plan = match &embedder {
+                Some(e) => plan::build_sharded(pipeline, Arc::clone(e), opts.shard).await?,
+                None => plan::build_vectors(pipeline, opts.shard).await?,
+            };
             let schema = Arc::new(plan.frame.schema().as_arrow().clone());
             let sink = open_sink_for(pipeline, schema, opts.shard).await?;
             Ok((plan, sink))
@@ -164,7 +171,14 @@ pub async fn run_pipeline(
     let rx = spawn_plan(&rt, plan.frame.clone());
     let mut progress = Progress::new(total, opts.progress);
     let keeps_one_per_id = sink.keeps_one_row_per_id();
-    let result = drive(rx, sink, &embedder, &mut progress, shutdown.clone()).await;
+    let result = drive(
+        rx,
+        sink,
+        embedder.as_deref(),
+        &mut progress,
+        shutdown.clone(),
+    )
+    .await;
     progress.finish();
     // Let the batch being embedded finish, so ONNX Runtime is idle when the process exits.
     let _ = tokio::task::spawn_blocking(move || rt.shutdown_timeout(Duration::from_secs(30))).await;
@@ -179,14 +193,16 @@ pub async fn run_pipeline(
     summary.seconds = start.elapsed().as_secs_f64();
     summary.model_seconds = model_seconds;
     summary.stream_seconds = progress.elapsed();
-    summary.tokens = embedder.tokens_seen();
-    summary.rows_truncated = embedder.truncated_rows();
-    say_truncated(&summary, &embedder);
-    let (tokenize, wait, infer) = embedder.timings().seconds();
-    tracing::debug!(
-        "embedding time, summed over threads: tokenising {tokenize:.2} s, waiting for the session {wait:.2} s, inference {infer:.2} s, over {:.2} s of streaming",
-        summary.stream_seconds
-    );
+    if let Some(embedder) = &embedder {
+        summary.tokens = embedder.tokens_seen();
+        summary.rows_truncated = embedder.truncated_rows();
+        say_truncated(&summary, embedder);
+        let (tokenize, wait, infer) = embedder.timings().seconds();
+        tracing::debug!(
+            "embedding time, summed over threads: tokenising {tokenize:.2} s, waiting for the session {wait:.2} s, inference {infer:.2} s, over {:.2} s of streaming",
+            summary.stream_seconds
+        );
+    }
     Ok(summary)
 }
 
@@ -209,7 +225,7 @@ pub(crate) fn say_truncated(summary: &RunSummary, embedder: &Embedder) {
 async fn drive(
     mut rx: mpsc::Receiver<datafusion::error::Result<RecordBatch>>,
     mut sink: Box<dyn Sink>,
-    embedder: &Embedder,
+    embedder: Option<&Embedder>,
     progress: &mut Progress,
     mut shutdown: Shutdown,
 ) -> Result<RunSummary> {
@@ -232,7 +248,10 @@ async fn drive(
             sink.abort().await;
             return Err(e);
         }
-        progress.advance(summary.rows_read, embedder.tokens_seen());
+        progress.advance(
+            summary.rows_read,
+            embedder.map(Embedder::tokens_seen).unwrap_or(0),
+        );
     }
     let report = sink.finish().await?;
     summary.rows_written = report.rows_written;

@@ -150,6 +150,14 @@ fn validate_prints_schema_and_explain_prints_plan_without_output() {
         out.contains("  text: Utf8") && out.contains("  n: Int64"),
         "{out}"
     );
+    // The cost, before anything is embedded for real.
+    assert!(
+        out.contains(&format!(
+            "estimate (from {n} sampled texts): {n} rows",
+            n = TEXTS.len()
+        )) && out.contains("tokens/s (measured here"),
+        "{out}"
+    );
     let o = embedflow(dir.path(), &["explain", "p.yaml"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("embed(docs.text)"), "{}", stdout(&o));
@@ -606,4 +614,52 @@ fn output_path_not_writable() {
     let o = embedflow(dir.path(), &["run", "p.yaml"]);
     assert_fails_with(&o, 1, "is not writable");
     assert!(!stdout(&o).contains("rows read"), "failed before embedding");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_summary_and_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    sample(dir.path());
+    write(
+        dir.path(),
+        "p.yaml",
+        &pipeline_yaml("docs.parquet", "out", ""),
+    );
+    let o = embedflow(
+        dir.path(),
+        &[
+            "--log-format",
+            "json",
+            "-v",
+            "run",
+            "p.yaml",
+            "--no-progress",
+        ],
+    );
+    assert_ok(&o);
+    let lines: Vec<serde_json::Value> = stderr(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["timestamp"].is_string() && l["level"].is_string())
+    );
+    let summary = lines
+        .iter()
+        .find(|l| l["message"] == "summary")
+        .expect("a summary line");
+    assert_eq!(summary["rows_written"], TEXTS.len() as u64, "{summary}");
+    assert!(summary["tokens"].as_u64().unwrap() > 0, "{summary}");
+
+    let o = embedflow(dir.path(), &["--log-format", "json", "run", "missing.yaml"]);
+    assert_eq!(o.status.code(), Some(2));
+    let last: serde_json::Value = serde_json::from_str(stderr(&o).lines().last().unwrap()).unwrap();
+    assert_eq!(last["level"], "ERROR");
+    assert_eq!(last["exit_code"], 2);
+    assert!(
+        last["message"].as_str().unwrap().contains("missing.yaml"),
+        "{last}"
+    );
 }

@@ -700,3 +700,169 @@ fn chunks_carry_their_source_and_a_query_shows_each_source_once() {
         .collect();
     assert_eq!(sources, ["ledger", "other"], "{hits:?}");
 }
+
+#[test]
+fn a_dead_letter_file_is_replayed_with_the_same_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let n = 120;
+    corpus(&d.join("docs.parquet"), n);
+    std::fs::write(
+        d.join("parquet.yaml"),
+        pipeline_yaml("docs.parquet", "out", ""),
+    )
+    .unwrap();
+    assert_ok(&run(d, &["run", "parquet.yaml", "--no-progress"]));
+    let expected: BTreeMap<String, Vec<f32>> = read_vectors(&d.join("out/part-0.parquet"))
+        .into_iter()
+        .collect();
+
+    let broken = server_refusing_upserts();
+    let extra = "    namespace: prod\n    metadata: [lang, year]\n    batch_size: 50\n    max_retries: 1\n    dead_letter: failed.jsonl\n";
+    std::fs::write(d.join("pc.yaml"), pinecone_yaml(&broken, extra)).unwrap();
+    let o = run(d, &["run", "pc.yaml", "--no-progress"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let lines = std::fs::read_to_string(d.join("failed.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), n);
+
+    // Against the same broken index, the replay fails the same way: exit 3, a new file.
+    let o = run(
+        d,
+        &[
+            "replay",
+            "failed.jsonl",
+            "--pipeline",
+            "pc.yaml",
+            "--set",
+            "sink.pinecone.dead_letter=again.jsonl",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(d.join("again.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        n
+    );
+
+    // Against a healthy index every vector lands, exactly as computed, with its metadata.
+    let healthy = server(Faults {
+        rate_429: 0.1,
+        retry_after_secs: Some(1),
+        ..Default::default()
+    });
+    let controller = format!("sink.pinecone.controller={}", healthy.controller_url());
+    let o = run(
+        d,
+        &[
+            "replay",
+            "failed.jsonl",
+            "--pipeline",
+            "pc.yaml",
+            "--set",
+            &controller,
+            "--summary-json",
+            "summary.json",
+        ],
+    );
+    assert_ok(&o);
+    let s = summary(d);
+    assert_eq!(s["rows_read"], n as u64, "{s}");
+    assert_eq!(s["rows_written"], n as u64, "{s}");
+    let stored = healthy.records("docs", "prod");
+    assert_eq!(stored.len(), n);
+    for (id, want) in &expected {
+        let got = &stored[id];
+        assert_eq!(&got.values, want, "{id}: the computed vector, bit for bit");
+        assert!(got.metadata.as_ref().unwrap().contains_key("lang"), "{id}");
+    }
+
+    // A namespace other than the one the vectors were meant for is refused, naming both.
+    let o = run(
+        d,
+        &[
+            "replay",
+            "failed.jsonl",
+            "--pipeline",
+            "pc.yaml",
+            "--set",
+            &controller,
+            "--set",
+            "sink.pinecone.namespace=other",
+        ],
+    );
+    assert_fails_with(&o, 2, "meant for namespace `prod`");
+    // A broken line names the file and the line.
+    std::fs::write(
+        d.join("bad.jsonl"),
+        format!("{}\nnot json\n", lines.lines().next().unwrap()),
+    )
+    .unwrap();
+    let o = run(
+        d,
+        &[
+            "replay",
+            "bad.jsonl",
+            "--pipeline",
+            "pc.yaml",
+            "--set",
+            &controller,
+        ],
+    );
+    assert_fails_with(&o, 1, "bad.jsonl, line 2");
+}
+
+#[test]
+fn vectors_that_exist_already_go_to_pinecone_without_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    corpus(&d.join("docs.parquet"), 200);
+    std::fs::write(
+        d.join("parquet.yaml"),
+        pipeline_yaml("docs.parquet", "out", ""),
+    )
+    .unwrap();
+    assert_ok(&run(d, &["run", "parquet.yaml", "--no-progress"]));
+    let expected: BTreeMap<String, Vec<f32>> = read_vectors(&d.join("out/part-0.parquet"))
+        .into_iter()
+        .collect();
+
+    let srv = server(Faults::default());
+    let yaml = |index: &str| {
+        format!(
+            "source:\n  tables:\n    v: {{ path: out/part-0.parquet }}\nembed:\n  vector: vector\n  id: id\nsink:\n  pinecone:\n    index: {index}\n    controller: {}\n    metadata: [lang]\n",
+            srv.controller_url()
+        )
+    };
+    std::fs::write(d.join("vectors.yaml"), yaml("docs")).unwrap();
+    let o = run(d, &["-v", "run", "vectors.yaml", "--no-progress"]);
+    assert_ok(&o);
+    assert!(
+        !stderr(&o).contains("loaded from"),
+        "no model: {}",
+        stderr(&o)
+    );
+    let stored = srv.records("docs", "");
+    assert_eq!(stored.len(), expected.len());
+    for (id, want) in &expected {
+        assert_eq!(&stored[id].values, want, "{id}");
+        assert_eq!(
+            stored[id].metadata.as_ref().unwrap()["lang"]
+                .as_str()
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+    // The dimension is still checked before anything is sent.
+    std::fs::write(d.join("wide.yaml"), yaml("wide")).unwrap();
+    let o = run(d, &["run", "wide.yaml", "--no-progress"]);
+    assert_fails_with(&o, 2, "dimension 768");
+    assert!(srv.records("wide", "").is_empty());
+    // A column that is not fixed-size vectors says how to convert it.
+    let bad = yaml("docs").replace("vector: vector", "vector: text");
+    std::fs::write(d.join("bad.yaml"), bad).unwrap();
+    let o = run(d, &["run", "bad.yaml", "--no-progress"]);
+    assert_fails_with(&o, 1, "FixedSizeList(384, Float32)");
+}

@@ -11,8 +11,14 @@ use crate::error::{ConfigError, invalid};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbedSpec {
-    /// A model folder, a name in the local model cache, or a Hugging Face id.
+    /// A model folder, a name in the local model cache, or a Hugging Face id. Not needed with
+    /// `vector`.
+    #[serde(default)]
     pub model: String,
+    /// A column that already holds vectors (e.g. a previous output's `vector`): they are sent
+    /// as they are, and nothing is embedded. Instead of `model` and `text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vector: Option<String>,
     /// Column holding the text.
     #[serde(default = "default_text")]
     pub text: String,
@@ -70,6 +76,7 @@ impl EmbedSpec {
     pub fn new(model: impl Into<String>) -> EmbedSpec {
         EmbedSpec {
             model: model.into(),
+            vector: None,
             text: default_text(),
             id: None,
             key: Vec::new(),
@@ -93,6 +100,21 @@ impl EmbedSpec {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        match (&self.vector, self.model.trim().is_empty()) {
+            (None, true) => {
+                return Err(invalid(
+                    "embed.model",
+                    "name a model (e.g. model: all-MiniLM-L6-v2), or give embed.vector: a column that already holds vectors",
+                ));
+            }
+            (Some(_), _) if self.chunking.is_some() => {
+                return Err(invalid(
+                    "embed.chunking",
+                    "embed.vector sends vectors that exist already: there is no text to chunk",
+                ));
+            }
+            _ => {}
+        }
         if self.batch_tokens == Some(0) {
             return Err(invalid("embed.batch_tokens", "must be at least 1"));
         }

@@ -3,6 +3,7 @@
 //! before anything is embedded ([`checks`]).
 
 pub mod checks;
+pub mod estimate;
 pub mod shard;
 pub mod source;
 
@@ -104,6 +105,7 @@ fn metadata_columns(schema: &DFSchema, pipeline: &Pipeline, taken: &[&str]) -> R
     for f in schema.fields() {
         let name = f.name();
         if Some(name) == pipeline.embed.id.as_ref()
+            || Some(name) == pipeline.embed.vector.as_ref()
             || (pipeline.embed.chunking.is_some() && *name == pipeline.embed.text)
         {
             continue;
@@ -254,6 +256,51 @@ pub async fn build_sharded(
         .clone()
         .select(vec![id_expr(source.schema(), pipeline)?.alias("id")])?;
     let frame = output_frame(source.clone(), pipeline, &ctx)?;
+    Ok(PipelinePlan {
+        ctx,
+        source,
+        frame,
+        ids,
+    })
+}
+
+/// The plan of a pipeline that reads vectors (`embed.vector`): `id`, the column's vectors as
+/// `vector` (`FixedSizeList<Float32, n>`), and the other columns; no model, no embedding.
+pub async fn build_vectors(
+    pipeline: &Pipeline,
+    shard: Option<shard::Shard>,
+) -> Result<PipelinePlan> {
+    let column = pipeline
+        .embed
+        .vector
+        .as_deref()
+        .context("embed.vector is not set")?;
+    let ctx = session_context(None);
+    source::register_tables(&ctx, &pipeline.source, &pipeline.storage).await?;
+    let mut source = source::source_frame(&ctx, &pipeline.source).await?;
+    if let Some(shard) = shard {
+        let id = cast(id_expr(source.schema(), pipeline)?, DataType::Utf8);
+        source = source.filter(shard.filter(id))?;
+    }
+    let schema = source.schema().clone();
+    let id = id_expr(&schema, pipeline)?;
+    let ids = source.clone().select(vec![id.clone().alias("id")])?;
+    let vector = match field_type(&schema, column, "embed.vector")? {
+        DataType::FixedSizeList(item, n)
+            if matches!(
+                item.data_type(),
+                DataType::Float16 | DataType::Float32 | DataType::Float64
+            ) =>
+        {
+            cast(ident(column), crate::embed::udf::vector_type(*n as usize))
+        }
+        other => bail!(
+            "embed.vector: column `{column}` is {other}, not fixed-size vectors of floats; convert it in source.sql, e.g. arrow_cast({column}, 'FixedSizeList(384, Float32)') AS {column}"
+        ),
+    };
+    let mut exprs = vec![id.alias("id"), vector.alias("vector")];
+    exprs.extend(metadata_columns(&schema, pipeline, &["id", "vector"])?);
+    let frame = source.clone().select(exprs)?;
     Ok(PipelinePlan {
         ctx,
         source,

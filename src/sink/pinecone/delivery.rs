@@ -149,6 +149,8 @@ pub fn deliver(shared: Arc<Shared>, batch: UpsertBatch) -> BoxFuture<'static, Re
             .notify(|e: &CallError, wait: Duration| {
                 shared.retries.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(
+                    vectors = batch.len(),
+                    error = %e,
                     "upsert of {} vectors failed ({e}); retrying in {:.2} s",
                     batch.len(),
                     wait.as_secs_f64()

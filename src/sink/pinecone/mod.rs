@@ -15,6 +15,7 @@ pub mod config;
 mod dead_letter;
 mod delivery;
 mod records;
+pub mod replay;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,7 +36,7 @@ use concurrency::AdaptiveConcurrency;
 use config::PineconeSinkSpec;
 use dead_letter::DeadLetter;
 use delivery::{Delivery, Health, Shared, deliver};
-use records::RecordEncoder;
+use records::{EncodedRecord, RecordEncoder};
 
 /// A checked connection to one index.
 pub struct Connection {
@@ -139,7 +140,30 @@ impl PineconeSink {
     /// Preflight, then a writer ready for batches of the plan's output schema.
     pub async fn open(spec: &PineconeSinkSpec, schema: &Schema) -> Result<PineconeSink> {
         let encoder = RecordEncoder::new(spec, schema)?;
-        let conn = connect(spec, vector_dim(schema)?).await?;
+        Self::open_with(spec, encoder, vector_dim(schema)?).await
+    }
+
+    /// Preflight, then a writer of records already serialized (`dim` values each).
+    pub async fn open_for_records(spec: &PineconeSinkSpec, dim: usize) -> Result<PineconeSink> {
+        Self::open_with(spec, RecordEncoder::without_metadata(spec), dim).await
+    }
+
+    /// Sends serialized records, as [`Sink::write`] sends encoded rows.
+    pub async fn write_records(&mut self, records: Vec<EncodedRecord>) -> Result<()> {
+        for r in records {
+            if let Some(full) = self.batcher.push(r) {
+                self.submit(full).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn open_with(
+        spec: &PineconeSinkSpec,
+        encoder: RecordEncoder,
+        dim: usize,
+    ) -> Result<PineconeSink> {
+        let conn = connect(spec, dim).await?;
         tracing::info!("writing to {}", conn.display);
         Ok(PineconeSink {
             encoder,
@@ -233,12 +257,7 @@ impl PineconeSink {
 impl Sink for PineconeSink {
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
         let records = self.encoder.encode(&batch)?;
-        for r in records {
-            if let Some(full) = self.batcher.push(r) {
-                self.submit(full).await?;
-            }
-        }
-        Ok(())
+        self.write_records(records).await
     }
 
     fn keeps_one_row_per_id(&self) -> bool {

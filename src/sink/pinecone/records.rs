@@ -122,6 +122,15 @@ impl RecordEncoder {
         })
     }
 
+    /// An encoder for records that arrive serialized (replays): no metadata columns.
+    pub fn without_metadata(spec: &PineconeSinkSpec) -> RecordEncoder {
+        RecordEncoder {
+            columns: Vec::new(),
+            policy: spec.oversized_metadata,
+            truncate_field: spec.truncate_field.clone(),
+        }
+    }
+
     /// Encodes every row of `batch`; an error names the row's id.
     pub fn encode(&self, batch: &RecordBatch) -> Result<Vec<EncodedRecord>> {
         let ids = column(batch, "id")?;
