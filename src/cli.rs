@@ -94,6 +94,9 @@ pub enum Command {
     Query(QueryArgs),
     /// Ad-hoc SQL with embed() and cosine_similarity() registered.
     Sql(SqlArgs),
+    /// Prepare the offline default model (all-MiniLM-L6-v2) in the local model cache, with the
+    /// Python environment embedflow is installed in (after `pip install embedflow`).
+    Setup,
     /// Upsert the vectors of a dead-letter file to the pipeline's Pinecone index, with the same
     /// batching, retries and exit codes as `run`.
     Replay(ReplayArgs),
@@ -181,6 +184,12 @@ pub async fn execute(cli: Cli, shutdown: Shutdown) -> Result<()> {
         Command::Query(args) => shutdown.until(query_command(args)).await,
         Command::Sql(args) => shutdown.until(sql_command(args)).await,
         Command::Replay(args) => shutdown.until(replay_command(args)).await,
+        Command::Setup => {
+            tokio::task::spawn_blocking(crate::embed::setup::install_default_model)
+                .await
+                .map_err(|e| anyhow!("setup panicked: {e}"))??;
+            Ok(())
+        }
     }
 }
 

@@ -8,6 +8,7 @@ pub mod eval;
 pub mod model;
 pub mod prepare;
 pub mod runtime;
+pub mod setup;
 pub mod spec;
 pub mod udf;
 

@@ -184,10 +184,14 @@ fn calibration_ids(tokenizer: &tokenizers::Tokenizer, max_seq_length: usize) -> 
 const PYTHON_HINT: &str = "run `bash scripts/setup.sh` (it installs onnxruntime, onnx and onnx-ir \
 into $EMBEDFLOW_HOME/venv), or point EMBEDFLOW_PYTHON at a Python that has them";
 
-/// `EMBEDFLOW_PYTHON`, else the setup's environment, else `python3`.
-fn python_interpreter() -> PathBuf {
+/// `EMBEDFLOW_PYTHON`, else the Python environment embedflow is installed in, else the setup's
+/// environment, else `python3`.
+pub fn python_interpreter() -> PathBuf {
     if let Some(p) = std::env::var_os("EMBEDFLOW_PYTHON").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
+    }
+    if let Some(env) = super::runtime::own_python_env() {
+        return env.join("bin/python");
     }
     let venv = embedflow_home().join("venv/bin/python");
     if venv.is_file() {

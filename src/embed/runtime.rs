@@ -1,7 +1,8 @@
 //! Finding and loading the ONNX Runtime shared library (ort's `load-dynamic`).
 //!
-//! Search order: the pipeline's `embed.onnxruntime`, `ORT_DYLIB_PATH`, the setup script's link in
-//! `$EMBEDFLOW_HOME/lib`, then the `onnxruntime` wheel in `$VIRTUAL_ENV` or `./.venv`.
+//! Search order: the pipeline's `embed.onnxruntime`, `ORT_DYLIB_PATH`, the `onnxruntime` wheel
+//! of the Python environment embedflow is installed in (`pip install embedflow`), the setup
+//! script's link in `$EMBEDFLOW_HOME/lib`, then the wheel in `$VIRTUAL_ENV` or `./.venv`.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -19,6 +20,15 @@ pub fn embedflow_home() -> PathBuf {
         .join("embedflow")
 }
 
+/// The Python environment holding this executable, when it was installed there (a wheel puts
+/// `embedflow` in `<env>/bin` beside `python`).
+pub fn own_python_env() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?;
+    let env = bin.parent()?;
+    (bin.join("python").is_file() || bin.join("python3").is_file()).then(|| env.to_path_buf())
+}
+
 const INSTALL_HINT: &str = "install it with `bash scripts/setup.sh` (or `pip install onnxruntime`) and set \
 ORT_DYLIB_PATH to .../site-packages/onnxruntime/capi/libonnxruntime.so.<version>";
 
@@ -33,33 +43,44 @@ fn candidates(configured: Option<&Path>) -> Vec<PathBuf> {
         out.push(PathBuf::from(p));
         return out;
     }
-    out.push(embedflow_home().join("lib").join("libonnxruntime.so"));
     let mut venvs: Vec<PathBuf> = Vec::new();
+    let own = own_python_env();
+    if let Some(env) = &own {
+        out.extend(wheel_libraries(env));
+    }
+    out.push(embedflow_home().join("lib").join("libonnxruntime.so"));
     if let Some(v) = std::env::var_os("VIRTUAL_ENV") {
         venvs.push(PathBuf::from(v));
     }
     venvs.push(PathBuf::from(".venv"));
     for venv in venvs {
-        let Ok(libs) = std::fs::read_dir(venv.join("lib")) else {
+        out.extend(wheel_libraries(&venv));
+    }
+    out
+}
+
+/// The `onnxruntime` wheel's libraries in a Python environment, newest first.
+fn wheel_libraries(env: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(libs) = std::fs::read_dir(env.join("lib")) else {
+        return out;
+    };
+    for py in libs.flatten() {
+        let capi = py.path().join("site-packages/onnxruntime/capi");
+        let Ok(files) = std::fs::read_dir(&capi) else {
             continue;
         };
-        for py in libs.flatten() {
-            let capi = py.path().join("site-packages/onnxruntime/capi");
-            let Ok(files) = std::fs::read_dir(&capi) else {
-                continue;
-            };
-            let mut found: Vec<PathBuf> = files
-                .flatten()
-                .map(|f| f.path())
-                .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("libonnxruntime.so.1"))
-                })
-                .collect();
-            found.sort();
-            out.extend(found.into_iter().rev());
-        }
+        let mut found: Vec<PathBuf> = files
+            .flatten()
+            .map(|f| f.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("libonnxruntime.so.1"))
+            })
+            .collect();
+        found.sort();
+        out.extend(found.into_iter().rev());
     }
     out
 }

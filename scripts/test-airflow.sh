@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The Airflow test: builds the embedflow wheel from the release build, installs it with
+# Airflow 3.3.2 from PyPI into a venv of their own, prepares the default model with
+# `embedflow setup` in a fresh EMBEDFLOW_HOME, and runs tests/airflow/test_dags.py (airflow db
+# migrate, then airflow dags test of the example DAGs). Called by scripts/test.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+EMBEDFLOW_HOME=${EMBEDFLOW_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/embedflow}
+AIRFLOW_VERSION=3.3.2
+VENV="$EMBEDFLOW_HOME/airflow-venv"
+say() { printf 'airflow test: %s\n' "$*" >&2; }
+start=$(date +%s)
+
+WHEEL=$(bash scripts/build-wheel.sh | tail -n 1)
+say "wheel $WHEEL ($(du -m "$WHEEL" | cut -f1) MB)"
+cargo build --release --locked -p pinecone-test-server
+SERVER="${CARGO_TARGET_DIR:-target}/release/pinecone-test-server"
+
+if ! "$VENV/bin/python" -c "import airflow, sys; sys.exit(airflow.__version__ != '$AIRFLOW_VERSION')" 2>/dev/null; then
+  say "installing apache-airflow $AIRFLOW_VERSION from PyPI into $VENV"
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "apache-airflow==$AIRFLOW_VERSION"
+fi
+"$VENV/bin/pip" install --quiet --disable-pip-version-check --force-reinstall --no-deps "$WHEEL"
+"$VENV/bin/pip" install --quiet --disable-pip-version-check "$WHEEL"
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+# A fresh home: `embedflow setup` must prepare the model on its own, as after a pip install.
+export EMBEDFLOW_HOME="$work/embedflow-home"
+export PATH="$VENV/bin:$PATH"
+unset VIRTUAL_ENV ORT_DYLIB_PATH EMBEDFLOW_PYTHON
+embedflow setup
+AIRFLOW_HOME="$work/airflow" REPO="$REPO" PINECONE_TEST_SERVER="$SERVER" \
+  "$VENV/bin/python" tests/airflow/test_dags.py
+say "passed in $(( $(date +%s) - start )) s"

@@ -1,0 +1,166 @@
+"""The example DAGs on a real Airflow: `airflow db migrate`, then `airflow dags test` of the
+daily DAG, the sharded (mapped) DAG, a broken pipeline and a partial run (exit code 3), checking
+task states, XCom and outputs in Airflow's own database and on disk.
+
+Run by scripts/test-airflow.sh, with the Python of a venv holding Airflow and the embedflow
+wheel, and these variables: AIRFLOW_HOME (an empty folder), EMBEDFLOW_HOME (with the model set
+up), PINECONE_TEST_SERVER (the project's Pinecone test server binary), REPO.
+"""
+
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(os.environ["REPO"])
+HOME = Path(os.environ["AIRFLOW_HOME"])
+WORK = HOME / "work"
+DAY = "2026-11-28"
+
+
+def check(cond, what):
+    if not cond:
+        print(f"FAIL: {what}", file=sys.stderr)
+        sys.exit(1)
+    print(f"ok: {what}")
+
+
+def airflow(*args, extra_env=None, expect_ok=True):
+    env = dict(os.environ, **(extra_env or {}))
+    start = time.time()
+    proc = subprocess.run(["airflow", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    print(f"airflow {' '.join(args)}: exit {proc.returncode} in {time.time() - start:.1f} s")
+    if expect_ok and proc.returncode != 0:
+        print(proc.stdout[-6000:], file=sys.stderr)
+        sys.exit(1)
+    return proc
+
+
+def run_id(db, dag_id, day):
+    """The run of `dag_id` whose logical date is `day` (`dags test` names runs by the clock)."""
+    row = db.execute(
+        "SELECT run_id FROM dag_run WHERE dag_id = ? AND substr(logical_date, 1, 10) = ?",
+        (dag_id, day),
+    ).fetchone()
+    check(row is not None, f"{dag_id} has a run for {day}")
+    return row[0]
+
+
+def task_states(dag_id, day):
+    db = sqlite3.connect(HOME / "airflow.db")
+    return db.execute(
+        "SELECT task_id, map_index, state FROM task_instance WHERE dag_id = ? AND run_id = ? ORDER BY task_id, map_index",
+        (dag_id, run_id(db, dag_id, day)),
+    ).fetchall()
+
+
+def xcom(dag_id, task_id, day, map_index=-1):
+    db = sqlite3.connect(HOME / "airflow.db")
+    row = db.execute(
+        "SELECT value FROM xcom WHERE dag_id = ? AND task_id = ? AND key = 'return_value' AND map_index = ? AND run_id = ?",
+        (dag_id, task_id, map_index, run_id(db, dag_id, day)),
+    ).fetchone()
+    check(row is not None, f"{dag_id}.{task_id}[{map_index}] pushed an XCom")
+    value = row[0]
+    value = value.decode() if isinstance(value, bytes) else value
+    value = json.loads(value)
+    # Airflow 3 may store the serialized form; unwrap a JSON string once more.
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def parquet_rows(path):
+    out = subprocess.run(
+        ["embedflow", "sql", "--format", "json", "--table", f"t={path}", "SELECT count(*) AS n FROM t"],
+        stdout=subprocess.PIPE, text=True, check=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])["n"]
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def main():
+    (WORK / "data").mkdir(parents=True)
+    (WORK / "data" / "sample.parquet").write_bytes((REPO / "data" / "sample.parquet").read_bytes())
+    os.environ.update(
+        AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "examples" / "airflow"),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__CORE__UNIT_TEST_MODE="False",
+        EMBEDFLOW_WORKDIR=str(WORK),
+        EMBEDFLOW_RETRY_DELAY_SECS="1",
+    )
+    airflow("db", "migrate")
+
+    # The daily DAG: one task, the summary in XCom, the day in the output's path and rows.
+    airflow("dags", "test", "embedflow_daily", DAY)
+    states = task_states("embedflow_daily", DAY)
+    check(states == [("embed", -1, "success")], f"daily: task states {states}")
+    summary = xcom("embedflow_daily", "embed", DAY)
+    check(summary["rows_written"] == 3101, f"daily: XCom summary rows_written {summary['rows_written']}")
+    out = WORK / "out" / "airflow" / DAY / "part-0.parquet"
+    check(out.is_file() and parquet_rows(out) == 3101, f"daily: output {out} holds 3101 rows")
+
+    # The mapped DAG: one task per shard, the parts together the whole table.
+    airflow("dags", "test", "embedflow_sharded", DAY)
+    states = task_states("embedflow_sharded", DAY)
+    check(
+        states == [("embed_shard", 0, "success"), ("embed_shard", 1, "success"), ("embed_shard", 2, "success"), ("total", -1, "success")],
+        f"sharded: task states {states}",
+    )
+    total = xcom("embedflow_sharded", "total", DAY)
+    check(total == {"rows_written": 3101, "shards": 3}, f"sharded: XCom total {total}")
+    parts = [WORK / "out" / "airflow-sharded" / DAY / f"part-{i}.parquet" for i in range(3)]
+    check(sum(parquet_rows(p) for p in parts) == 3101, "sharded: the three parts hold every row once")
+
+    # A broken pipeline: a failed task whose log has embedflow's error line.
+    broken = WORK / "broken.yaml"
+    broken.write_text((REPO / "examples" / "airflow" / "daily.yaml").read_text().replace("body AS text", "bdy AS text"))
+    proc = airflow("dags", "test", "embedflow_daily", "2026-11-27", extra_env={"EMBEDFLOW_PIPELINE": str(broken)}, expect_ok=False)
+    states = task_states("embedflow_daily", "2026-11-27")
+    check(states == [("embed", -1, "failed")], f"broken: task states {states}")
+    check(proc.stdout.count("running: ") == 3, "broken: exit code 1 is retried by Airflow (2 retries)")
+    check("error:" in proc.stdout and "bdy" in proc.stdout, "broken: the task log has embedflow's error line naming the column")
+
+    # A partial run (every upsert refused): exit code 3, a failed task naming the dead-letter file.
+    port = free_port()
+    server = subprocess.Popen(
+        [os.environ["PINECONE_TEST_SERVER"], "--port", str(port), "--api-key", "dev", "--index", "docs:384",
+         "--rate-503", "1.0", "--fault-path", "/vectors/upsert"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(1)
+        partial = WORK / "partial.yaml"
+        partial.write_text(
+            "source:\n  tables:\n    docs: { path: data/sample.parquet }\n"
+            "  sql: SELECT id, body AS text FROM docs LIMIT 40\n"
+            "embed:\n  model: all-MiniLM-L6-v2\n  id: id\n"
+            f"sink:\n  pinecone:\n    index: docs\n    controller: http://127.0.0.1:{port}\n"
+            "    max_retries: 1\n    dead_letter: failed/${DS}.jsonl\n"
+        )
+        proc = airflow(
+            "dags", "test", "embedflow_daily", "2026-11-26",
+            extra_env={"EMBEDFLOW_PIPELINE": str(partial), "PINECONE_API_KEY": "dev"},
+            expect_ok=False,
+        )
+    finally:
+        server.terminate()
+    states = task_states("embedflow_daily", "2026-11-26")
+    check(states == [("embed", -1, "failed")], f"partial: task states {states}")
+    check("dead-letter file failed/2026-11-26.jsonl" in proc.stdout, "partial: the task log names the dead-letter file")
+    check(proc.stdout.count("running: ") == 1, "partial: exit code 3 is not retried (replay the file instead)")
+    check((WORK / "failed" / "2026-11-26.jsonl").is_file(), "partial: the dead-letter file exists")
+    print("airflow: all checks passed")
+
+
+if __name__ == "__main__":
+    main()
