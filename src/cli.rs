@@ -143,7 +143,8 @@ pub struct QueryArgs {
 pub struct SqlArgs {
     /// The SQL statement.
     query: String,
-    /// Register this pipeline's tables and use its model.
+    /// Register this pipeline's tables, use its model, and search its sink with
+    /// vector_search('sink', embed('...'), k [, filter]).
     #[arg(long, value_name = "PIPELINE")]
     pipeline: Option<PathBuf>,
     /// Register a table: NAME=PATH (Parquet, CSV or JSON; file, folder or glob). Repeatable.
@@ -384,6 +385,11 @@ async fn sql_command(c: SqlArgs) -> Result<()> {
         .unwrap_or_default();
     if let Some(p) = &loaded {
         source::register_tables(&ctx, &p.source, &p.storage).await?;
+        // vector_search('sink', embed('...'), k): the pipeline's sink, searched from SQL.
+        ctx.register_udtf(
+            "vector_search",
+            Arc::new(crate::vector_search::VectorSearch::new(p.clone())),
+        );
     }
     for t in &c.tables {
         let (name, path) = t

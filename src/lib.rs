@@ -21,3 +21,4 @@ pub mod signals;
 pub mod similarity;
 pub mod sink;
 pub mod storage;
+pub mod vector_search;

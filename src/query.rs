@@ -36,20 +36,30 @@ pub async fn search(
     k: usize,
     width: Option<usize>,
 ) -> Result<Vec<RecordBatch>> {
+    let ctx = session_context(Some(embedder));
+    // A folder output is every part in it: one per shard of a sharded run.
+    register_output(&ctx, pipeline, "vectors").await?;
+    let embed = ctx
+        .udf("embed")
+        .map_err(|_| anyhow!("embed() is not registered"))?;
+    top_k(&ctx, "vectors", embed.call(vec![lit(text)]), k, width, None).await
+}
+
+/// Registers a pipeline's Parquet output (every part of a folder output: one per shard of a
+/// sharded run) as `table` in `ctx`.
+pub async fn register_output(ctx: &SessionContext, pipeline: &Pipeline, table: &str) -> Result<()> {
     let spec = pipeline.sink.parquet()?;
     let location = OutputLocation::for_parquet_sink(&spec.path, &pipeline.storage)?;
     let file = location.display.clone();
-    let ctx = session_context(Some(embedder));
     if location.is_remote() {
-        crate::storage::register_store(&ctx, "sink.parquet.path", &file, &pipeline.storage)?;
+        crate::storage::register_store(ctx, "sink.parquet.path", &file, &pipeline.storage)?;
         if location.store.head(&location.path).await.is_err() {
             bail!("no output at {file}: run `embedflow run` on this pipeline first");
         }
     } else if !std::path::Path::new(&file).is_file() {
         bail!("no output at {file}: run `embedflow run` on this pipeline first");
     }
-    // A folder output is every part in it: one per shard of a sharded run.
-    let (table, extension) = if crate::storage::names_parquet_file(&spec.path) {
+    let (path, extension) = if crate::storage::names_parquet_file(&spec.path) {
         (file.clone(), "")
     } else {
         let folder = file
@@ -59,8 +69,8 @@ pub async fn search(
         (folder, ".parquet")
     };
     ctx.register_parquet(
-        "vectors",
-        &table,
+        table,
+        &path,
         ParquetReadOptions {
             file_extension: extension,
             ..Default::default()
@@ -68,7 +78,7 @@ pub async fn search(
     )
     .await
     .map_err(|e| anyhow!("{file}: {}", one_line(&e.to_string())))?;
-    top_k(&ctx, "vectors", text, k, width).await
+    Ok(())
 }
 
 /// A top-k request to a Pinecone index.
@@ -91,15 +101,25 @@ pub async fn search_pinecone(
     text: &str,
     q: &PineconeQuery,
 ) -> Result<Vec<RecordBatch>> {
-    if q.k > 10_000 {
-        bail!("-k is at most 10000 for Pinecone");
-    }
-    let conn = crate::sink::pinecone::connect(spec, embedder.dim()).await?;
     let e = Arc::clone(embedder);
     let owned = text.to_string();
     let vector = tokio::task::spawn_blocking(move || e.embed(&[Some(owned.as_str())]))
         .await
         .map_err(|e| anyhow!("embedding panicked: {e}"))??;
+    search_pinecone_vector(spec, &vector, q).await
+}
+
+/// Asks the pipeline's Pinecone index for the nearest vectors to `vector`; one batch of `id`,
+/// `score` and `metadata` (JSON text), best first.
+pub async fn search_pinecone_vector(
+    spec: &PineconeSinkSpec,
+    vector: &[f32],
+    q: &PineconeQuery,
+) -> Result<Vec<RecordBatch>> {
+    if q.k > 10_000 {
+        bail!("k is at most 10000 for Pinecone");
+    }
+    let conn = crate::sink::pinecone::connect(spec, vector.len()).await?;
     // Chunks of one source row can fill the top k: ask for more, keep each source's best, and
     // ask again without the sources already found until k sources are found or the index has
     // no more. Pinecone answers at most 1,000 matches with metadata.
@@ -191,23 +211,26 @@ pub async fn search_pinecone(
     Ok(vec![batch])
 }
 
-/// Top-k rows of `table` by cosine similarity to `text`.
+/// Top-k rows of `table` by cosine similarity to `query` (a vector expression: `embed('...')`
+/// or a literal), among the rows `filter` (SQL) keeps.
 pub async fn top_k(
     ctx: &SessionContext,
     table: &str,
-    text: &str,
+    query: datafusion::prelude::Expr,
     k: usize,
     width: Option<usize>,
+    filter: Option<&str>,
 ) -> Result<Vec<RecordBatch>> {
-    let df = ctx.table(table).await?;
+    let mut df = ctx.table(table).await?;
+    if let Some(f) = filter {
+        let predicate = df
+            .parse_sql_expr(f)
+            .map_err(|e| anyhow!("filter `{f}`: {}", one_line(&e.to_string())))?;
+        df = df.filter(predicate)?;
+    }
     let schema = df.schema().clone();
-    let embed = ctx
-        .udf("embed")
-        .map_err(|_| anyhow!("embed() is not registered"))?;
     let cosine = ctx.udf("cosine_similarity")?;
-    let score = cosine
-        .call(vec![ident("vector"), embed.call(vec![lit(text)])])
-        .alias("score");
+    let score = cosine.call(vec![ident("vector"), query]).alias("score");
     let mut exprs = vec![ident("id"), score];
     for f in schema.fields() {
         let name = f.name();

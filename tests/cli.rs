@@ -663,3 +663,53 @@ fn json_logs_are_one_object_per_line_with_the_summary_and_the_error() {
         "{last}"
     );
 }
+
+#[test]
+fn vector_search_searches_the_sink_from_sql() {
+    let dir = tempfile::tempdir().unwrap();
+    sample(dir.path());
+    write(
+        dir.path(),
+        "p.yaml",
+        &pipeline_yaml("docs.parquet", "out", ""),
+    );
+    assert_ok(&embedflow(dir.path(), &["run", "p.yaml", "--no-progress"]));
+    let search = |sql: &str| {
+        let o = embedflow(
+            dir.path(),
+            &["sql", "--pipeline", "p.yaml", "--format", "json", sql],
+        );
+        assert_ok(&o);
+        stdout(&o)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let rows = search(
+        "SELECT id, score, metadata FROM vector_search('sink', embed('How do I handle errors in Rust?'), 3)",
+    );
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0]["id"], "doc-0", "{rows:?}");
+    assert!(rows[0]["score"].as_f64().unwrap() > 0.999, "{rows:?}");
+    let metadata: serde_json::Value =
+        serde_json::from_str(rows[0]["metadata"].as_str().unwrap()).unwrap();
+    assert_eq!(metadata["text"], TEXTS[0], "{metadata}");
+    // A SQL filter over the output's columns applies before the top k.
+    let rows = search(
+        "SELECT id FROM vector_search('sink', embed('How do I handle errors in Rust?'), 2, 'n >= 3')",
+    );
+    assert!(
+        rows.iter().all(|r| r["id"] != "doc-0") && rows.len() == 2,
+        "{rows:?}"
+    );
+    let o = embedflow(
+        dir.path(),
+        &[
+            "sql",
+            "--pipeline",
+            "p.yaml",
+            "SELECT * FROM vector_search('docs', embed('x'), 2)",
+        ],
+    );
+    assert_fails_with(&o, 1, "not a sink table");
+}

@@ -866,3 +866,37 @@ fn vectors_that_exist_already_go_to_pinecone_without_a_model() {
     let o = run(d, &["run", "bad.yaml", "--no-progress"]);
     assert_fails_with(&o, 1, "FixedSizeList(384, Float32)");
 }
+
+#[test]
+fn vector_search_asks_the_index_from_sql() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    corpus(&d.join("docs.parquet"), 100);
+    let srv = server(Faults::default());
+    std::fs::write(
+        d.join("pc.yaml"),
+        pinecone_yaml(&srv, "    metadata: [lang, text]\n"),
+    )
+    .unwrap();
+    assert_ok(&run(d, &["run", "pc.yaml", "--no-progress"]));
+    let sql = r#"SELECT id, score, metadata FROM vector_search('sink', embed('note 7: the compiler near the river needs a river'), 5, '{"lang": {"$eq": "de"}}')"#;
+    let o = run(
+        d,
+        &["sql", "--pipeline", "pc.yaml", "--format", "json", sql],
+    );
+    assert_ok(&o);
+    let rows: Vec<Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    for r in &rows {
+        let md: Value = serde_json::from_str(r["metadata"].as_str().unwrap()).unwrap();
+        assert_eq!(md["lang"], "de", "the filter applies: {r}");
+    }
+    let scores: Vec<f64> = rows.iter().map(|r| r["score"].as_f64().unwrap()).collect();
+    assert!(
+        scores.windows(2).all(|w| w[0] >= w[1]),
+        "best first: {scores:?}"
+    );
+}
