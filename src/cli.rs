@@ -378,11 +378,12 @@ async fn sql_command(c: SqlArgs) -> Result<()> {
         None => EmbedSpec::new(c.model),
     };
     let embedder = run::load_embedder(&spec).await?;
-    let ctx = plan::session_context(Some(embedder));
+    let ctx = plan::session_context(Some(Arc::clone(&embedder)));
     let storage = loaded
         .as_ref()
         .map(|p| p.storage.clone())
         .unwrap_or_default();
+    let mut sink_table = None;
     if let Some(p) = &loaded {
         source::register_tables(&ctx, &p.source, &p.storage).await?;
         // vector_search('sink', embed('...'), k): the pipeline's sink, searched from SQL.
@@ -390,6 +391,23 @@ async fn sql_command(c: SqlArgs) -> Result<()> {
             "vector_search",
             Arc::new(crate::vector_search::VectorSearch::new(p.clone())),
         );
+        // INSERT INTO sink SELECT ...: written through the pipeline's sink. Its columns are the
+        // pipeline's output; any but `id` may be left out of an INSERT's column list (null).
+        let planned = build_plan(p, Some(&embedder)).await?;
+        let fields: Vec<_> = planned
+            .frame
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| {
+                let nullable = f.name() != "id";
+                Arc::new(f.as_ref().clone().with_nullable(nullable))
+            })
+            .collect();
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
+        let table = Arc::new(crate::sink::table::SinkTable::new(p.clone(), schema));
+        ctx.register_table("sink", Arc::clone(&table) as _)?;
+        sink_table = Some(table);
     }
     for t in &c.tables {
         let (name, path) = t
@@ -406,13 +424,25 @@ async fn sql_command(c: SqlArgs) -> Result<()> {
             .await
             .map_err(|e| anyhow!("{}", one_line(&e.to_string())))?
     } else {
-        plan::read_only_sql(&ctx, &c.query)
+        let writable = sink_table.as_ref().map(|_| "sink");
+        plan::read_only_sql_writing(&ctx, &c.query, writable)
             .await
             .map_err(|e| e.context("sql"))?
     };
-    let batches = df
-        .collect()
-        .await
-        .map_err(|e| anyhow!("sql: {}", one_line(&e.to_string())))?;
-    query::print(&batches, c.format)
+    let batches = df.collect().await.map_err(|e| {
+        // The sink's own errors (preflight, an unreachable index) keep their types.
+        match e {
+            datafusion::error::DataFusionError::External(inner) => anyhow!(inner),
+            other => anyhow!("sql: {}", one_line(&other.to_string())),
+        }
+    })?;
+    query::print(&batches, c.format)?;
+    // An INSERT INTO sink ends as `run` does: its summary, and exit code 3 on dead letters.
+    match sink_table.and_then(|t| t.summary()) {
+        Some(mut summary) => {
+            summary.tokens = embedder.tokens_seen();
+            report_summary(&summary, None)
+        }
+        None => Ok(()),
+    }
 }

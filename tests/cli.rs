@@ -713,3 +713,68 @@ fn vector_search_searches_the_sink_from_sql() {
     );
     assert_fails_with(&o, 1, "not a sink table");
 }
+
+#[test]
+fn insert_into_sink_writes_what_run_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    sample(dir.path());
+    write(
+        dir.path(),
+        "p.yaml",
+        &pipeline_yaml("docs.parquet", "out", ""),
+    );
+    assert_ok(&embedflow(dir.path(), &["run", "p.yaml", "--no-progress"]));
+    let by_run: std::collections::BTreeMap<String, Vec<f32>> =
+        read_vectors(&dir.path().join("out/part-0.parquet"))
+            .into_iter()
+            .collect();
+    std::fs::remove_dir_all(dir.path().join("out")).unwrap();
+
+    let o = embedflow(
+        dir.path(),
+        &[
+            "sql",
+            "--pipeline",
+            "p.yaml",
+            "INSERT INTO sink SELECT id, embed(text) AS vector, text, n FROM docs",
+        ],
+    );
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains(&format!("written {} to out/part-0.parquet", TEXTS.len())),
+        "{}",
+        stdout(&o)
+    );
+    let by_insert = read_vectors(&dir.path().join("out/part-0.parquet"));
+    assert_eq!(by_insert.len(), by_run.len());
+    for (id, v) in &by_insert {
+        let worst = v
+            .iter()
+            .zip(&by_run[id])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-6, "{id}: {worst}");
+    }
+    // The sink checks what is inserted: a text is not a vector.
+    let o = embedflow(
+        dir.path(),
+        &[
+            "sql",
+            "--pipeline",
+            "p.yaml",
+            "INSERT INTO sink (id, vector) SELECT id, text FROM docs",
+        ],
+    );
+    assert_fails_with(&o, 1, "FixedSizeList(384");
+    // Other tables stay read-only.
+    let o = embedflow(
+        dir.path(),
+        &[
+            "sql",
+            "--pipeline",
+            "p.yaml",
+            "INSERT INTO docs SELECT * FROM docs",
+        ],
+    );
+    assert_fails_with(&o, 2, "may only read");
+}

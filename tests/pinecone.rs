@@ -900,3 +900,50 @@ fn vector_search_asks_the_index_from_sql() {
         "best first: {scores:?}"
     );
 }
+
+#[test]
+fn insert_into_a_pinecone_sink_has_the_writers_guarantees() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    corpus(&d.join("docs.parquet"), 150);
+    let insert = "INSERT INTO sink (id, vector, lang) SELECT id, embed(text), lang FROM docs";
+    let srv = server(Faults {
+        rate_429: 0.1,
+        retry_after_secs: Some(1),
+        ..Default::default()
+    });
+    std::fs::write(
+        d.join("pc.yaml"),
+        pinecone_yaml(&srv, "    metadata: [lang]\n    batch_size: 40\n"),
+    )
+    .unwrap();
+    let o = run(d, &["sql", "--pipeline", "pc.yaml", insert]);
+    assert_ok(&o);
+    let stored = srv.records("docs", "");
+    assert_eq!(stored.len(), 150);
+    assert!(
+        stored
+            .values()
+            .all(|r| r.metadata.as_ref().unwrap().contains_key("lang"))
+    );
+
+    // Every upsert refused: the rows go to the dead-letter file, and the command exits 3.
+    let broken = server_refusing_upserts();
+    std::fs::write(
+        d.join("broken.yaml"),
+        pinecone_yaml(
+            &broken,
+            "    metadata: [lang]\n    max_retries: 1\n    dead_letter: failed.jsonl\n",
+        ),
+    )
+    .unwrap();
+    let o = run(d, &["sql", "--pipeline", "broken.yaml", insert]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(d.join("failed.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        150
+    );
+}

@@ -6,6 +6,7 @@
 
 pub mod parquet;
 pub mod pinecone;
+pub mod table;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;

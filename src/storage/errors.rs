@@ -76,7 +76,7 @@ pub fn classify(err: &(dyn StdError + 'static)) -> StoreProblem {
 /// bucket itself is asked: a HEAD of its root is S3's HeadBucket, whose 404 object_store maps to
 /// its `NotFound` variant.
 pub async fn classify_with_probe(
-    err: &(dyn StdError + 'static),
+    err: &(dyn StdError + Send + Sync + 'static),
     store: Option<&dyn ObjectStore>,
 ) -> StoreProblem {
     let problem = classify(err);
