@@ -312,7 +312,18 @@ async fn explain_command(args: &PipelineArgs, physical: bool) -> Result<()> {
         None => Some(run::load_embedder(&p.embed).await?),
     };
     let plan = build_plan(&p, embedder.as_ref()).await?;
-    let explained = plan.frame.explain(false, false)?.collect().await?;
+    // The whole job as one plan: the output frame inserted into the sink table.
+    let schema = Arc::new(plan.frame.schema().as_arrow().clone());
+    let sink = Arc::new(crate::sink::table::SinkTable::new(p.clone(), schema));
+    let insert = datafusion::logical_expr::LogicalPlanBuilder::insert_into(
+        plan.frame.logical_plan().clone(),
+        "sink",
+        datafusion::datasource::provider_as_source(sink),
+        datafusion::logical_expr::dml::InsertOp::Append,
+    )?
+    .build()?;
+    let job = plan.ctx.execute_logical_plan(insert).await?;
+    let explained = job.explain(false, false)?.collect().await?;
     let mut out = std::io::stdout().lock();
     for batch in explained {
         let kinds = batch.column(0).as_string::<i32>();

@@ -161,6 +161,18 @@ fn validate_prints_schema_and_explain_prints_plan_without_output() {
     let o = embedflow(dir.path(), &["explain", "p.yaml"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("embed(docs.text)"), "{}", stdout(&o));
+    // The whole job, sink included, is one plan.
+    assert!(
+        stdout(&o).contains("Dml: op=[Insert Into] table=[sink]"),
+        "{}",
+        stdout(&o)
+    );
+    let o = embedflow(dir.path(), &["explain", "p.yaml", "--physical"]);
+    assert!(
+        stdout(&o).contains("DataSinkExec") && stdout(&o).contains("EmbedflowSink: parquet out"),
+        "{}",
+        stdout(&o)
+    );
     assert!(!dir.path().join("out/part-0.parquet").exists());
 }
 
