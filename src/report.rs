@@ -71,6 +71,16 @@ pub fn json_logs() -> bool {
 }
 
 impl RunSummary {
+    /// Takes what a sink reported when it finished.
+    pub fn record_sink(&mut self, report: crate::sink::SinkReport) {
+        self.rows_written = report.rows_written;
+        self.output = report.location;
+        self.rows_failed = report.rows_failed;
+        self.dead_letter = report.dead_letter;
+        self.requests = report.requests;
+        self.retries = report.retries;
+    }
+
     /// With JSON logs, the summary as a log line of its own, one field per count.
     pub fn log(&self) {
         if !json_logs() {

@@ -254,12 +254,7 @@ async fn drive(
         );
     }
     let report = sink.finish().await?;
-    summary.rows_written = report.rows_written;
-    summary.output = report.location;
-    summary.rows_failed = report.rows_failed;
-    summary.dead_letter = report.dead_letter;
-    summary.requests = report.requests;
-    summary.retries = report.retries;
+    summary.record_sink(report);
     Ok(summary)
 }
 

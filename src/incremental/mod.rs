@@ -616,12 +616,7 @@ impl Runner<'_> {
             );
         }
         let mut s = self.summary;
-        s.rows_written = report.rows_written;
-        s.output = report.location;
-        s.rows_failed = report.rows_failed;
-        s.dead_letter = report.dead_letter;
-        s.requests = report.requests;
-        s.retries = report.retries;
+        s.record_sink(report);
         s.stream_seconds = self.progress.elapsed();
         Ok(s)
     }

@@ -169,12 +169,7 @@ impl DataSink for SinkWriter {
             }
         }
         let report = sink.finish().await.map_err(external)?;
-        summary.rows_written = report.rows_written;
-        summary.output = report.location;
-        summary.rows_failed = report.rows_failed;
-        summary.dead_letter = report.dead_letter;
-        summary.requests = report.requests;
-        summary.retries = report.retries;
+        summary.record_sink(report);
         summary.seconds = start.elapsed().as_secs_f64();
         summary.stream_seconds = summary.seconds;
         let written = summary.rows_written;

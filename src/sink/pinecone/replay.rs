@@ -118,16 +118,12 @@ pub async fn replay(file: &Path, spec: &PineconeSinkSpec) -> Result<RunSummary> 
         }
     }
     let report = Box::new(sink).finish().await?;
-    Ok(RunSummary {
+    let mut summary = RunSummary {
         rows_read: read,
-        rows_written: report.rows_written,
-        output: report.location,
-        rows_failed: report.rows_failed,
-        dead_letter: report.dead_letter,
-        requests: report.requests,
-        retries: report.retries,
         seconds: start.elapsed().as_secs_f64(),
         stream_seconds: start.elapsed().as_secs_f64(),
         ..Default::default()
-    })
+    };
+    summary.record_sink(report);
+    Ok(summary)
 }
