@@ -12,9 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Float32Array, Int64Array, RecordBatch, StringArray,
-};
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use pinecone_test_server::{Faults, IndexConfig, PineconeServer, ServerConfig};
 use serde_json::Value;
@@ -29,21 +27,6 @@ struct Row {
     lang: String,
     year: i64,
 }
-
-const WORDS: [&str; 12] = [
-    "river",
-    "compiler",
-    "garden",
-    "invoice",
-    "harbor",
-    "protein",
-    "violin",
-    "glacier",
-    "ledger",
-    "satellite",
-    "bakery",
-    "tunnel",
-];
 
 fn rows(n: usize) -> Vec<Row> {
     (0..n)
@@ -176,41 +159,13 @@ fn assert_counts(s: &Value, new: u64, changed: u64, metadata: u64, unchanged: u6
     );
 }
 
-/// id -> (vector, lang) of a Parquet output.
+/// id -> (vector, lang) of a Parquet output; an id twice is a failure.
 fn read_output(path: &Path) -> BTreeMap<String, (Vec<f32>, String)> {
-    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    let file = std::fs::File::open(path).unwrap();
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap();
+    let langs = read_text_column(path, "lang");
     let mut out = BTreeMap::new();
-    for batch in reader {
-        let batch = batch.unwrap();
-        let ids =
-            datafusion::arrow::compute::cast(batch.column_by_name("id").unwrap(), &DataType::Utf8)
-                .unwrap();
-        let ids = ids.as_string::<i32>().clone();
-        let langs = datafusion::arrow::compute::cast(
-            batch.column_by_name("lang").unwrap(),
-            &DataType::Utf8,
-        )
-        .unwrap();
-        let langs = langs.as_string::<i32>().clone();
-        let vectors = batch
-            .column_by_name("vector")
-            .unwrap()
-            .as_fixed_size_list()
-            .clone();
-        for i in 0..batch.num_rows() {
-            let v = vectors.value(i);
-            let v = v.as_any().downcast_ref::<Float32Array>().unwrap();
-            let previous = out.insert(
-                ids.value(i).to_string(),
-                (v.values().to_vec(), langs.value(i).to_string()),
-            );
-            assert!(previous.is_none(), "{} twice in the output", ids.value(i));
-        }
+    for ((id, vector), lang) in read_vectors(path).into_iter().zip(langs) {
+        let previous = out.insert(id.clone(), (vector, lang));
+        assert!(previous.is_none(), "{id} twice in the output");
     }
     out
 }

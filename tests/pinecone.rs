@@ -37,21 +37,6 @@ fn server_refusing_upserts() -> PineconeServer {
     })
 }
 
-const WORDS: [&str; 12] = [
-    "river",
-    "compiler",
-    "garden",
-    "invoice",
-    "harbor",
-    "protein",
-    "violin",
-    "glacier",
-    "ledger",
-    "satellite",
-    "bakery",
-    "tunnel",
-];
-
 /// `n` rows: id, text, and metadata columns of every kind Pinecone takes.
 fn corpus(path: &Path, n: usize) {
     let ids: Vec<String> = (0..n).map(|i| format!("doc-{i:05}")).collect();

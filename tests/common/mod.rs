@@ -158,6 +158,50 @@ pub fn read_vectors(path: &Path) -> Vec<(String, Vec<f32>)> {
     out
 }
 
+/// One text column of a Parquet file, row by row (nulls as empty text).
+pub fn read_text_column(path: &Path, name: &str) -> Vec<String> {
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let file = std::fs::File::open(path).unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let column = batch
+            .column_by_name(name)
+            .unwrap_or_else(|| panic!("no column {name} in {}", path.display()));
+        let text = datafusion::arrow::compute::cast(column, &DataType::Utf8).unwrap();
+        let text = text.as_string::<i32>();
+        out.extend((0..text.len()).map(|i| {
+            if text.is_null(i) {
+                String::new()
+            } else {
+                text.value(i).to_string()
+            }
+        }));
+    }
+    out
+}
+
+/// Words the synthetic test corpora are made of.
+pub const WORDS: [&str; 12] = [
+    "river",
+    "compiler",
+    "garden",
+    "invoice",
+    "harbor",
+    "protein",
+    "violin",
+    "glacier",
+    "ledger",
+    "satellite",
+    "bakery",
+    "tunnel",
+];
+
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     embedflow::embed::eval::cosine(a, b)
 }
