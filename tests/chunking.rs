@@ -8,7 +8,6 @@ use common::*;
 use datafusion::arrow::array::{AsArray, Float32Array};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Int32Type};
-use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use embedflow::embed::{EmbedSpec, Embedder};
 
 /// One output row of a chunked run.
@@ -23,14 +22,8 @@ struct Chunk {
 }
 
 fn read_chunks(path: &Path) -> Vec<Chunk> {
-    let file = std::fs::File::open(path).unwrap();
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap();
     let mut out = Vec::new();
-    for batch in reader {
-        let batch = batch.unwrap();
+    for batch in read_batches(path) {
         let col = |name: &str| batch.column_by_name(name).unwrap().clone();
         let text_of = |name: &str| cast(&col(name), &DataType::Utf8).unwrap();
         let (ids, texts, sources) = (text_of("id"), text_of("text"), text_of("source_id"));

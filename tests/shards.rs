@@ -27,6 +27,16 @@ fn corpus(dir: &Path) {
     write_text_parquet(&dir.join("docs.parquet"), &ids, &texts);
 }
 
+/// The corpus in `dir`, and the vectors of one run over all of it.
+fn full_run(dir: &Path) -> BTreeMap<String, Vec<f32>> {
+    corpus(dir);
+    write_file(dir, "full.yaml", &pipeline_yaml("docs.parquet", "full", ""));
+    assert_ok(&embedflow(dir, &["run", "full.yaml", "--no-progress"]));
+    read_vectors(&dir.join("full/part-0.parquet"))
+        .into_iter()
+        .collect()
+}
+
 fn assert_same_vectors(full: &BTreeMap<String, Vec<f32>>, got: &BTreeMap<String, Vec<f32>>) {
     assert_eq!(
         full.keys().collect::<Vec<_>>(),
@@ -47,12 +57,7 @@ fn assert_same_vectors(full: &BTreeMap<String, Vec<f32>>, got: &BTreeMap<String,
 fn three_parquet_shards_write_one_part_each_and_together_the_full_output() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    corpus(d);
-    write_file(d, "full.yaml", &pipeline_yaml("docs.parquet", "full", ""));
-    assert_ok(&embedflow(d, &["run", "full.yaml", "--no-progress"]));
-    let full: BTreeMap<String, Vec<f32>> = read_vectors(&d.join("full/part-0.parquet"))
-        .into_iter()
-        .collect();
+    let full = full_run(d);
 
     write_file(d, "s.yaml", &pipeline_yaml("docs.parquet", "sharded", ""));
     let mut got = BTreeMap::new();
@@ -124,12 +129,7 @@ fn three_parquet_shards_write_one_part_each_and_together_the_full_output() {
 fn three_pinecone_shards_fill_the_index_once() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    corpus(d);
-    write_file(d, "full.yaml", &pipeline_yaml("docs.parquet", "full", ""));
-    assert_ok(&embedflow(d, &["run", "full.yaml", "--no-progress"]));
-    let full: BTreeMap<String, Vec<f32>> = read_vectors(&d.join("full/part-0.parquet"))
-        .into_iter()
-        .collect();
+    let full = full_run(d);
 
     let srv =
         PineconeServer::start(ServerConfig::new(KEY, vec![IndexConfig::new("docs", 384)])).unwrap();

@@ -77,16 +77,17 @@ DEFAULTS = {
     "retries": int(os.environ.get("EMBEDFLOW_RETRIES", "2")),
     "retry_delay": timedelta(seconds=int(os.environ.get("EMBEDFLOW_RETRY_DELAY_SECS", "300"))),
 }
+# Both DAGs run once a day, from the same start, with the same retries.
+SCHEDULE = {
+    "schedule": "@daily",
+    "start_date": datetime(2026, 11, 1),
+    "catchup": False,
+    "default_args": DEFAULTS,
+    "tags": ["embedflow"],
+}
 
 
-@dag(
-    dag_id="embedflow_daily",
-    schedule="@daily",
-    start_date=datetime(2026, 11, 1),
-    catchup=False,
-    default_args=DEFAULTS,
-    tags=["embedflow"],
-)
+@dag(dag_id="embedflow_daily", **SCHEDULE)
 def embedflow_daily():
     @task(task_id="embed")
     def embed() -> dict:
@@ -95,14 +96,7 @@ def embedflow_daily():
     embed()
 
 
-@dag(
-    dag_id="embedflow_sharded",
-    schedule="@daily",
-    start_date=datetime(2026, 11, 1),
-    catchup=False,
-    default_args=DEFAULTS,
-    tags=["embedflow"],
-)
+@dag(dag_id="embedflow_sharded", **SCHEDULE)
 def embedflow_sharded():
     """One mapped task per shard: each embeds the rows whose id hashes to it, with no
     coordinator; a Parquet output gets one part per shard."""

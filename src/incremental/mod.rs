@@ -145,13 +145,12 @@ async fn previous_output(
             ));
         }
     }
-    let url = if location.is_remote() {
+    // The file as written (a relative path, or s3://...): object_store's form is encoded.
+    if location.is_remote() {
         let remote = crate::storage::RemoteUrl::parse("sink.parquet.path", &p.path)?;
         ctx.register_object_store(&remote.store_url, Arc::clone(&location.store));
-        location.display.clone()
-    } else {
-        format!("/{}", location.path)
-    };
+    }
+    let url = location.display.clone();
     let df = ctx
         .read_parquet(url, ParquetReadOptions::default().file_extension(""))
         .await

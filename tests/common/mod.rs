@@ -128,18 +128,24 @@ pub fn pipeline_yaml(table: &str, out: &str, embed_extra: &str) -> String {
     )
 }
 
+/// Every record batch of a Parquet file.
+pub fn read_batches(path: &Path) -> Vec<RecordBatch> {
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let file =
+        std::fs::File::open(path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect()
+}
+
 /// Reads `id` and `vector` columns of a Parquet output.
 pub fn read_vectors(path: &Path) -> Vec<(String, Vec<f32>)> {
     use datafusion::arrow::array::{AsArray, Float32Array};
-    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    let file = std::fs::File::open(path).unwrap();
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap();
     let mut out = Vec::new();
-    for batch in reader {
-        let batch = batch.unwrap();
+    for batch in read_batches(path) {
         let ids =
             datafusion::arrow::compute::cast(batch.column_by_name("id").unwrap(), &DataType::Utf8)
                 .unwrap();
@@ -161,15 +167,8 @@ pub fn read_vectors(path: &Path) -> Vec<(String, Vec<f32>)> {
 /// One text column of a Parquet file, row by row (nulls as empty text).
 pub fn read_text_column(path: &Path, name: &str) -> Vec<String> {
     use datafusion::arrow::array::{Array, AsArray};
-    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    let file = std::fs::File::open(path).unwrap();
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap();
     let mut out = Vec::new();
-    for batch in reader {
-        let batch = batch.unwrap();
+    for batch in read_batches(path) {
         let column = batch
             .column_by_name(name)
             .unwrap_or_else(|| panic!("no column {name} in {}", path.display()));
