@@ -75,7 +75,28 @@ pub enum Command {
         /// Parquet output gets one part per shard (part-I.parquet) in its folder.
         #[arg(long, value_name = "I/N")]
         shard: Option<Shard>,
+        /// Run on a Ballista cluster: its scheduler, e.g. df://127.0.0.1:50050 (see
+        /// `embedflow scheduler` and `embedflow executor`). A Parquet output gets one part per
+        /// partition in its folder, published when the job succeeded.
+        #[arg(long, value_name = "df://HOST:PORT")]
+        cluster: Option<String>,
+        /// With --cluster: partitions the rows are spread over (each is one task).
+        #[arg(long, value_name = "N", requires = "cluster", default_value_t = crate::cluster::client::DEFAULT_PARTITIONS)]
+        partitions: usize,
     },
+    /// Start a Ballista scheduler for `run --cluster` (its REST API is on the same port).
+    Scheduler {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:50050")]
+        bind: std::net::SocketAddr,
+        /// Seconds without a heartbeat after which an executor is lost and its tasks run again
+        /// elsewhere.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        executor_timeout: u64,
+    },
+    /// Start a Ballista executor: it runs embed() and writes to the sink for jobs of the
+    /// scheduler (models load here; API keys come from this process's environment).
+    Executor(ExecutorArgs),
     /// Check a pipeline without embedding: parse it, load the model, check tables and columns,
     /// print the output schema.
     Validate {
@@ -100,6 +121,32 @@ pub enum Command {
     /// Upsert the vectors of a dead-letter file to the pipeline's Pinecone index, with the same
     /// batching, retries and exit codes as `run`.
     Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExecutorArgs {
+    /// The scheduler, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:50050", value_name = "HOST:PORT")]
+    scheduler: String,
+    /// Address to bind and to advertise to the scheduler and the other executors.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind_host: String,
+    /// Arrow Flight port (shuffle data, results) and gRPC port (tasks); several executors on one
+    /// machine need distinct ports.
+    #[arg(long, value_name = "FLIGHT,GRPC", value_delimiter = ',', default_values_t = [50051u16, 50052u16])]
+    ports: Vec<u16>,
+    /// ONNX Runtime threads per task (default: the cores divided by the task slots).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Tasks run at once (default: the cores divided by --threads, else 1).
+    #[arg(long, value_name = "N")]
+    task_slots: Option<usize>,
+    /// Folder for shuffle files (default: a temporary folder).
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    /// Seconds between heartbeats to the scheduler.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    heartbeat: u64,
 }
 
 #[derive(Debug, Args)]
@@ -170,13 +217,57 @@ pub async fn execute(cli: Cli, shutdown: Shutdown) -> Result<()> {
             summary_json,
             full,
             shard,
+            cluster,
+            partitions,
         } => {
             let opts = RunOptions {
                 progress: !no_progress && !cli.quiet,
                 full,
                 shard,
             };
-            run_command(&pipeline, &opts, summary_json.as_deref(), &shutdown).await
+            match cluster {
+                Some(cluster) => {
+                    let p = pipeline.load()?;
+                    let summary = crate::cluster::client::run_on_cluster(
+                        &p,
+                        &cluster,
+                        Some(partitions),
+                        &opts,
+                        &shutdown,
+                    )
+                    .await?;
+                    report_summary(&summary, summary_json.as_deref())
+                }
+                None => run_command(&pipeline, &opts, summary_json.as_deref(), &shutdown).await,
+            }
+        }
+        Command::Scheduler {
+            bind,
+            executor_timeout,
+        } => {
+            let opts = crate::cluster::scheduler::SchedulerOptions {
+                bind,
+                executor_timeout_secs: executor_timeout,
+            };
+            shutdown.until(crate::cluster::scheduler::serve(opts)).await
+        }
+        Command::Executor(args) => {
+            let [flight, grpc] = args.ports[..] else {
+                return Err(config_error(
+                    "--ports takes two ports, FLIGHT,GRPC (e.g. --ports 50051,50052)",
+                ));
+            };
+            let opts = crate::cluster::executor::ExecutorOptions {
+                scheduler: args.scheduler,
+                bind_host: args.bind_host,
+                flight_port: flight,
+                grpc_port: grpc,
+                threads: args.threads,
+                task_slots: args.task_slots,
+                work_dir: args.work_dir,
+                heartbeat_secs: args.heartbeat,
+            };
+            crate::cluster::executor::serve(opts).await
         }
         Command::Validate { pipeline } => shutdown.until(validate_command(&pipeline)).await,
         Command::Explain { pipeline, physical } => {

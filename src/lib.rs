@@ -9,6 +9,7 @@
 //! output; [`signals`] turns SIGINT and SIGTERM into a clean stop.
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod embed;
 pub mod error;

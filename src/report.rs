@@ -37,6 +37,9 @@ pub struct RunSummary {
     /// `I/N` when the run processed one shard of the rows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shard: Option<String>,
+    /// Cluster runs: partitions written by each executor process (`host:pid`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partitions_by_worker: Option<std::collections::BTreeMap<String, u64>>,
     /// Incremental runs: what the source held against the state.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub incremental: Option<IncrementalCounts>,

@@ -121,6 +121,34 @@ pub(crate) fn spawn_plan(
     rx
 }
 
+/// Executes the whole job as one plan, `INSERT INTO sink SELECT ... FROM <the pipeline's
+/// frame>` (the plan `explain` shows), on `rt`: the sink table forwards each batch through a
+/// bounded channel to the driver, which holds the sink on the caller's I/O runtime.
+pub(crate) fn spawn_insert(
+    rt: &tokio::runtime::Runtime,
+    plan: &plan::PipelinePlan,
+    pipeline: &Pipeline,
+) -> Result<mpsc::Receiver<datafusion::error::Result<RecordBatch>>> {
+    let (tx, rx) = mpsc::channel(IN_FLIGHT_BATCHES);
+    let schema = Arc::new(plan.frame.schema().as_arrow().clone());
+    let table = crate::sink::table::SinkTable::forwarding(pipeline.clone(), schema, tx.clone());
+    let insert = datafusion::logical_expr::LogicalPlanBuilder::insert_into(
+        plan.frame.logical_plan().clone(),
+        "sink",
+        datafusion::datasource::provider_as_source(Arc::new(table)),
+        datafusion::logical_expr::dml::InsertOp::Append,
+    )?
+    .build()?;
+    let ctx = plan.ctx.clone();
+    rt.spawn(async move {
+        let done = async { ctx.execute_logical_plan(insert).await?.collect().await }.await;
+        if let Err(e) = done {
+            let _ = tx.send(Err(e)).await;
+        }
+    });
+    Ok(rx)
+}
+
 /// Runs a pipeline end to end.
 pub async fn run_pipeline(
     pipeline: &Pipeline,
@@ -168,7 +196,7 @@ pub async fn run_pipeline(
         }
     };
     let rt = cpu_runtime()?;
-    let rx = spawn_plan(&rt, plan.frame.clone());
+    let rx = spawn_insert(&rt, &plan, pipeline)?;
     let mut progress = Progress::new(total, opts.progress);
     let keeps_one_per_id = sink.keeps_one_row_per_id();
     let result = drive(

@@ -68,6 +68,8 @@ pub struct Embedder {
     /// Texts longer than `max_seq_length`, cut as sentence-transformers cuts them.
     truncated_rows: AtomicU64,
     timings: Timings,
+    /// The settings it was loaded with (they travel to cluster executors with `embed()`).
+    spec: EmbedSpec,
 }
 
 #[derive(Debug)]
@@ -265,6 +267,7 @@ impl Embedder {
             tokens_seen: AtomicU64::new(0),
             truncated_rows: AtomicU64::new(0),
             timings: Timings::default(),
+            spec: opts.clone(),
         };
         // Probe the width with one tiny input: it also proves the model runs.
         let probe = embedder.tokenize(&[""])?;
@@ -276,6 +279,11 @@ impl Embedder {
         embedder.tokens_seen.store(0, Ordering::Relaxed);
         embedder.timings = Timings::default();
         Ok(embedder)
+    }
+
+    /// The settings it was loaded with.
+    pub fn spec(&self) -> &EmbedSpec {
+        &self.spec
     }
 
     pub fn dim(&self) -> usize {

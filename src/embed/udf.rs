@@ -5,7 +5,7 @@
 //! null vector.
 
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::array::{
     Array, ArrayRef, FixedSizeListArray, Float32Array, LargeStringArray, StringArray,
@@ -18,7 +18,7 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
-use super::Embedder;
+use super::{EmbedSpec, Embedder};
 
 /// The Arrow type of one vector.
 pub fn vector_type(dim: usize) -> DataType {
@@ -29,16 +29,55 @@ fn vector_item_field() -> FieldRef {
     Arc::new(Field::new_list_field(DataType::Float32, true))
 }
 
+/// The model behind `embed()`: loaded here, or named by a plan that came over the wire (a
+/// cluster executor), loaded on first use by `load` and shared by every task of the process.
+enum Model {
+    Loaded(Arc<Embedder>),
+    Deferred {
+        spec: EmbedSpec,
+        dim: usize,
+        load: fn(&EmbedSpec) -> anyhow::Result<Arc<Embedder>>,
+        loaded: OnceLock<Arc<Embedder>>,
+    },
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Model::Loaded(e) => write!(f, "{e:?}"),
+            Model::Deferred { spec, dim, .. } => write!(f, "{} ({dim} dimensions, deferred)", spec.model),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct EmbedUdf {
-    embedder: Arc<Embedder>,
+    model: Model,
     signature: Signature,
 }
 
 impl EmbedUdf {
     pub fn new(embedder: Arc<Embedder>) -> Self {
         EmbedUdf {
-            embedder,
+            model: Model::Loaded(embedder),
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
+    }
+
+    /// `embed()` of a model given by its settings and width, loaded by `load` when the function
+    /// first runs (planning and (de)serialising never load it).
+    pub fn deferred(
+        spec: EmbedSpec,
+        dim: usize,
+        load: fn(&EmbedSpec) -> anyhow::Result<Arc<Embedder>>,
+    ) -> Self {
+        EmbedUdf {
+            model: Model::Deferred {
+                spec,
+                dim,
+                load,
+                loaded: OnceLock::new(),
+            },
             signature: Signature::user_defined(Volatility::Immutable),
         }
     }
@@ -47,18 +86,69 @@ impl EmbedUdf {
     pub fn udf(embedder: Arc<Embedder>) -> ScalarUDF {
         ScalarUDF::new_from_impl(Self::new(embedder))
     }
+
+    /// The model's settings, as they travel in a plan.
+    pub fn spec(&self) -> &EmbedSpec {
+        match &self.model {
+            Model::Loaded(e) => e.spec(),
+            Model::Deferred { spec, .. } => spec,
+        }
+    }
+
+    pub fn dim(&self) -> usize {
+        match &self.model {
+            Model::Loaded(e) => e.dim(),
+            Model::Deferred { dim, .. } => *dim,
+        }
+    }
+
+    fn embedder(&self) -> Result<&Embedder> {
+        match &self.model {
+            Model::Loaded(e) => Ok(e),
+            Model::Deferred {
+                spec,
+                dim,
+                load,
+                loaded,
+            } => {
+                if let Some(e) = loaded.get() {
+                    return Ok(e);
+                }
+                let e = load(spec).map_err(|e| DataFusionError::External(e.into()))?;
+                if e.dim() != *dim {
+                    return exec_err!(
+                        "embed(): model {} gives {} dimensions here, but the plan was made for {dim}: the client and this executor resolve the model differently",
+                        spec.model,
+                        e.dim()
+                    );
+                }
+                Ok(loaded.get_or_init(|| e))
+            }
+        }
+    }
+
+    fn identity(&self) -> String {
+        format!(
+            "{}:{}",
+            serde_json::to_string(self.spec()).unwrap_or_default(),
+            self.dim()
+        )
+    }
 }
 
 impl PartialEq for EmbedUdf {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.embedder, &other.embedder)
+        match (&self.model, &other.model) {
+            (Model::Loaded(a), Model::Loaded(b)) => Arc::ptr_eq(a, b),
+            _ => self.identity() == other.identity(),
+        }
     }
 }
 impl Eq for EmbedUdf {}
 impl Hash for EmbedUdf {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.embedder.model_name().hash(state);
-        self.embedder.dim().hash(state);
+        self.spec().model.hash(state);
+        self.dim().hash(state);
     }
 }
 
@@ -110,7 +200,7 @@ impl ScalarUDFImpl for EmbedUdf {
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Ok(vector_type(self.embedder.dim()))
+        Ok(vector_type(self.dim()))
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
@@ -135,9 +225,9 @@ impl ScalarUDFImpl for EmbedUdf {
 
 impl EmbedUdf {
     fn embed_rows(&self, rows: &[Option<&str>]) -> Result<ArrayRef> {
-        let dim = self.embedder.dim();
-        let values = self
-            .embedder
+        let embedder = self.embedder()?;
+        let dim = embedder.dim();
+        let values = embedder
             .embed(rows)
             .map_err(|e| DataFusionError::External(e.into()))?;
         let nulls = NullBuffer::from(rows.iter().map(Option::is_some).collect::<Vec<bool>>());

@@ -18,7 +18,7 @@ use crate::config::Pipeline;
 use crate::error::{ConfigError, config_error, invalid, root_cause};
 use crate::storage::{self, StorageSpec};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
     /// Table name → location. Each becomes a table in the SQL context.

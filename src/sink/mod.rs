@@ -5,6 +5,7 @@
 //! memory.
 
 pub mod parquet;
+pub mod partitioned;
 pub mod pinecone;
 pub mod table;
 

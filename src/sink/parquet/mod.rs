@@ -31,8 +31,9 @@ pub struct ParquetSink {
     schema: SchemaRef,
     writer: AsyncArrowWriter<BufWriter>,
     rows: u64,
-    /// Held from open to publish or abort: one run writes an output at a time.
-    lock: OutputLock,
+    /// Held from open to publish or abort: one run writes an output at a time (a cluster job's
+    /// client holds it for all the parts).
+    lock: Option<OutputLock>,
 }
 
 impl ParquetSink {
@@ -55,6 +56,25 @@ impl ParquetSink {
         if let Some(dir) = location.local_dir() {
             staging::remove_stale(dir, location.file_name());
         }
+        Self::open_at(location, spec, schema, Some(lock))
+    }
+
+    /// Opens a writer at `location` without taking its lock: for one part of a cluster job, whose
+    /// client holds the output's lock and publishes the parts together.
+    pub fn create_part(
+        location: OutputLocation,
+        spec: &ParquetSinkSpec,
+        schema: SchemaRef,
+    ) -> Result<ParquetSink> {
+        Self::open_at(location, spec, schema, None)
+    }
+
+    fn open_at(
+        location: OutputLocation,
+        spec: &ParquetSinkSpec,
+        schema: SchemaRef,
+        lock: Option<OutputLock>,
+    ) -> Result<ParquetSink> {
         let props = WriterProperties::builder()
             .set_max_row_group_row_count(Some(spec.row_group_rows))
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
@@ -118,7 +138,9 @@ impl Sink for ParquetSink {
             .close()
             .await
             .with_context(|| format!("cannot publish {}", location.display));
-        lock.release().await;
+        if let Some(lock) = lock {
+            lock.release().await;
+        }
         closed?;
         Ok(SinkReport {
             rows_written: rows,
@@ -142,6 +164,8 @@ impl Sink for ParquetSink {
         if let Err(e) = inner.abort().await {
             tracing::warn!("could not discard partial output {}: {e}", location.display);
         }
-        lock.release().await;
+        if let Some(lock) = lock {
+            lock.release().await;
+        }
     }
 }

@@ -118,7 +118,7 @@ fn vector_dim(schema: &Schema) -> Result<usize> {
     }
 }
 
-fn default_dead_letter(index: &str) -> PathBuf {
+pub(crate) fn default_dead_letter(index: &str) -> PathBuf {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -1,0 +1,146 @@
+//! The same pipeline run locally and on a Ballista cluster of one scheduler and two executors on
+//! this machine, alternating, each figure the whole `embedflow run` a user starts (wall time of
+//! the process, model loading included).
+//!
+//!     cargo bench --bench cluster [-- --repeat 3] [--partitions 8]
+//!
+//! Input: the bundled sample (`data/sample.parquet`, 3101 paragraphs), through the quickstart's
+//! SQL, to a Parquet folder. The local run uses every core for ONNX Runtime; each executor has
+//! one task slot and `cores / 2` ONNX Runtime threads, so both use the same cores.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+fn arg(name: &str, default: usize) -> Result<usize> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == name) {
+        Some(i) => args
+            .get(i + 1)
+            .context("a number after the flag")?
+            .parse()
+            .with_context(|| format!("{name} takes a number")),
+        None => Ok(default),
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn embedflow(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_embedflow"));
+    c.args(args).current_dir(dir);
+    c
+}
+
+struct Servers(Vec<Child>);
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One `embedflow run`: wall seconds and its summary.
+fn run(dir: &Path, extra: &[&str]) -> Result<(f64, serde_json::Value)> {
+    let mut args = vec!["run", "p.yaml", "--no-progress", "--summary-json", "s.json"];
+    args.extend_from_slice(extra);
+    let start = Instant::now();
+    let out = embedflow(dir, &args).output()?;
+    let secs = start.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!("embedflow run failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok((
+        secs,
+        serde_json::from_str(&std::fs::read_to_string(dir.join("s.json"))?)?,
+    ))
+}
+
+fn main() -> Result<()> {
+    let repeat = arg("--repeat", 3)?.max(1);
+    let partitions = arg("--partitions", 8)?.max(1);
+    let cores = std::thread::available_parallelism()?.get();
+    let per_executor = (cores / 2).max(1).to_string();
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample.parquet");
+    std::fs::write(
+        dir.join("p.yaml"),
+        format!(
+            "source:\n  tables:\n    docs: {{ path: {} }}\n  sql: \"SELECT id, section || ': ' || body AS text, chapter, url FROM docs\"\nembed:\n  model: all-MiniLM-L6-v2\n  id: id\nsink:\n  parquet: {{ path: out }}\n",
+            sample.display()
+        ),
+    )?;
+
+    let port = free_port()?;
+    let bind = format!("127.0.0.1:{port}");
+    let mut servers = Servers(vec![
+        embedflow(dir, &["scheduler", "--bind", &bind])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    ]);
+    std::thread::sleep(Duration::from_secs(1));
+    for _ in 0..2 {
+        let ports = format!("{},{}", free_port()?, free_port()?);
+        servers.0.push(
+            embedflow(
+                dir,
+                &[
+                    "executor",
+                    "--scheduler",
+                    &bind,
+                    "--ports",
+                    &ports,
+                    "--threads",
+                    &per_executor,
+                    "--task-slots",
+                    "1",
+                ],
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+        );
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let cluster = format!("df://{bind}");
+    let partitions_arg = partitions.to_string();
+    let cluster_args = ["--cluster", &cluster, "--partitions", &partitions_arg];
+
+    println!(
+        "input: the bundled sample (3101 paragraphs); {cores} cores; cluster: 2 executors x 1 task slot x {per_executor} ONNX Runtime threads, {partitions} partitions"
+    );
+    let (mut local, mut clustered) = (Vec::new(), Vec::new());
+    let mut last = serde_json::Value::Null;
+    for _ in 0..repeat {
+        local.push(run(dir, &[])?.0);
+        let (secs, summary) = run(dir, &cluster_args)?;
+        clustered.push(secs);
+        last = summary;
+    }
+    let best = |v: &[f64]| v.iter().cloned().fold(f64::INFINITY, f64::min);
+    println!();
+    println!("| run | wall s (best of {repeat}) | all runs |");
+    println!("|---|---|---|");
+    println!("| local | {:.1} | {local:.1?} |", best(&local));
+    println!(
+        "| cluster, 2 executors | {:.1} | {clustered:.1?} |",
+        best(&clustered)
+    );
+    println!();
+    println!(
+        "cluster: rows written {}, partitions by executor {}, model loading on the client {:.1} s",
+        last["rows_written"], last["partitions_by_worker"], last["model_seconds"]
+    );
+    drop(servers);
+    Ok(())
+}

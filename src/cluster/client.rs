@@ -1,0 +1,274 @@
+//! `embedflow run --cluster df://HOST:PORT`: the pipeline planned here, run on a Ballista cluster.
+//!
+//! The client loads the model (to check it and learn the vector width), builds the same plan a
+//! local run builds, with the source rows spread over partitions by a hash of their id, puts
+//! [`PartitionedSinkExec`] on top and submits the physical plan to the scheduler. Ballista cuts it
+//! into stages at the shuffle: executors scan and hash the source, then embed and write their
+//! partitions. Each partition reports one row, and the client adds them up into the usual
+//! summary; a Parquet output is published only when the whole job succeeded ([`Staging`]).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow};
+use ballista_core::config::BallistaConfig;
+use ballista_core::execution_plans::execute_physical_plan;
+use ballista_core::extension::SessionConfigExt;
+use datafusion::execution::context::SessionConfig;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion_proto::protobuf::PhysicalPlanNode;
+use futures::TryStreamExt;
+
+use super::codec::{LogicalCodec, PhysicalCodec};
+use super::publish::Staging;
+use crate::config::Pipeline;
+use crate::error::{Interrupted, config_error};
+use crate::plan::{self, checks};
+use crate::report::RunSummary;
+use crate::run::{RunOptions, check_destination, load_embedder, say_truncated};
+use crate::signals::Shutdown;
+use crate::sink::SinkKind;
+use crate::sink::partitioned::{PartTarget, PartitionedSinkExec, add_partition_rows};
+
+/// Partitions of a cluster job when `--partitions` is not given: enough for two executors with
+/// a few task slots each to share the work, and for a lost task to cost little.
+pub const DEFAULT_PARTITIONS: usize = 8;
+
+/// `df://host:port` (or `host:port`) as the scheduler's gRPC URL.
+pub fn scheduler_url(cluster: &str) -> Result<String> {
+    let address = cluster
+        .strip_prefix("df://")
+        .unwrap_or(cluster)
+        .trim_end_matches('/');
+    let (host, port) = address.rsplit_once(':').ok_or_else(|| {
+        config_error(format!(
+            "--cluster {cluster}: give the scheduler as df://HOST:PORT (e.g. df://127.0.0.1:50050)"
+        ))
+    })?;
+    let port: u16 = port.parse().map_err(|_| {
+        config_error(format!(
+            "--cluster {cluster}: `{port}` is not a port (df://HOST:PORT)"
+        ))
+    })?;
+    if host.is_empty() {
+        return Err(config_error(format!(
+            "--cluster {cluster}: no host (df://HOST:PORT)"
+        )));
+    }
+    Ok(format!("http://{host}:{port}"))
+}
+
+/// The session settings a job runs with on the cluster.
+pub fn session_config(job_name: &str) -> SessionConfig {
+    SessionConfig::new_with_ballista()
+        .with_batch_size(plan::PLAN_BATCH_ROWS)
+        .with_ballista_job_name(job_name)
+        .with_ballista_logical_extension_codec(Arc::new(LogicalCodec::default()))
+        .with_ballista_physical_extension_codec(Arc::new(PhysicalCodec::default()))
+}
+
+/// The plan with its rows spread over `partitions` by a hash of the text, just below the
+/// projection that calls `embed()`: the shuffle that shares the embedding out over executors,
+/// however few files or row groups the source has. (DataFusion's optimizer would drop a
+/// repartition asked for in the logical plan, since nothing above requires it; it is added to
+/// the optimized physical plan instead.)
+pub fn spread(
+    plan: Arc<dyn ExecutionPlan>,
+    partitions: usize,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+    use datafusion::physical_expr::ScalarFunctionExpr;
+    use datafusion::physical_plan::projection::ProjectionExec;
+    use datafusion::physical_plan::repartition::RepartitionExec;
+
+    let embed_argument = |p: &ProjectionExec| {
+        let mut found = None;
+        for e in p.expr() {
+            let _ = e.expr.apply(|x| {
+                if let Some(f) = x.downcast_ref::<ScalarFunctionExpr>()
+                    && f.name() == "embed"
+                    && let [arg] = f.args()
+                {
+                    found = Some(Arc::clone(arg));
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            });
+        }
+        found
+    };
+    let spread = plan.transform_down(|node| {
+        let Some(projection) = node.downcast_ref::<ProjectionExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        let Some(text) = embed_argument(projection) else {
+            return Ok(Transformed::no(node));
+        };
+        let input = Arc::clone(projection.input());
+        let shuffled = Arc::new(RepartitionExec::try_new(
+            input,
+            datafusion::physical_plan::Partitioning::Hash(vec![text], partitions),
+        )?);
+        let node = datafusion::physical_plan::execution_plan::replace_children_if_necessary(
+            Arc::clone(&node),
+            vec![shuffled],
+        )?;
+        Ok(Transformed::new(node, true, TreeNodeRecursion::Jump))
+    })?;
+    if !spread.transformed {
+        return Err(anyhow!("the plan has no embed() to spread over the cluster"));
+    }
+    Ok(spread.data)
+}
+
+/// The whole job as one physical plan: the pipeline's plan, written partition by partition, the
+/// partitions' reports gathered in one.
+pub fn job_plan(
+    frame_plan: Arc<dyn ExecutionPlan>,
+    target: PartTarget,
+) -> Arc<dyn ExecutionPlan> {
+    Arc::new(CoalescePartitionsExec::new(Arc::new(
+        PartitionedSinkExec::new(frame_plan, target),
+    )))
+}
+
+/// Runs `pipeline` on the cluster whose scheduler is at `cluster`.
+pub async fn run_on_cluster(
+    pipeline: &Pipeline,
+    cluster: &str,
+    partitions: Option<usize>,
+    opts: &RunOptions,
+    shutdown: &Shutdown,
+) -> Result<RunSummary> {
+    let url = scheduler_url(cluster)?;
+    if pipeline.incremental.is_some() {
+        return Err(config_error(
+            "incremental: pipelines run on one machine for now (their state is read and written by one process); drop --cluster, or use --shard I/N to split the work",
+        ));
+    }
+    if opts.shard.is_some() {
+        return Err(config_error(
+            "--shard and --cluster are two ways to split a job: use one",
+        ));
+    }
+    if pipeline.embed.vector.is_some() {
+        return Err(config_error(
+            "embed.vector pipelines embed nothing: run them without --cluster",
+        ));
+    }
+    let start = Instant::now();
+    let embedder = shutdown.until(load_embedder(&pipeline.embed)).await?;
+    let model_seconds = start.elapsed().as_secs_f64();
+    let partitions = partitions.unwrap_or(DEFAULT_PARTITIONS).max(1);
+    check_destination(pipeline)?;
+    let plan = plan::build(pipeline, Arc::clone(&embedder)).await?;
+    let ids = shutdown
+        .until(checks::check_ids(&plan.ids, pipeline))
+        .await?;
+    let staging = match pipeline.sink.kind()? {
+        SinkKind::Parquet(spec) => Some(Staging::prepare(spec, &pipeline.storage).await?),
+        SinkKind::Pinecone(spec) => {
+            // The same preflight a local run makes, before any executor starts.
+            shutdown
+                .until(crate::sink::pinecone::connect(spec, embedder.dim()))
+                .await?;
+            None
+        }
+    };
+    let mut target = PartTarget::new(
+        &pipeline.sink,
+        &pipeline.storage,
+        staging.as_ref().map(|s| s.parts.clone()),
+    );
+    if let Some(p) = target.sink.pinecone.as_mut()
+        && p.dead_letter.is_none()
+    {
+        p.dead_letter = Some(crate::sink::pinecone::default_dead_letter(&p.index));
+    }
+    let job = async {
+        let frame_plan = plan.frame.clone().create_physical_plan().await?;
+        let root = job_plan(spread(frame_plan, partitions)?, target);
+        tracing::info!(
+            "submitting the job to {url}: {partitions} partitions, {}",
+            root.name()
+        );
+        let session_id = format!(
+            "embedflow-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0)
+        );
+        let stream = execute_physical_plan::<PhysicalPlanNode>(
+            url.clone(),
+            &BallistaConfig::default(),
+            root,
+            &PhysicalCodec::default(),
+            session_id,
+            session_config("embedflow run"),
+        )
+        .await
+        .with_context(|| format!("the cluster at {cluster} did not take the job"))?;
+        let batches: Vec<_> = stream
+            .try_collect()
+            .await
+            .with_context(|| format!("the job on the cluster at {cluster} failed"))?;
+        anyhow::Ok(batches)
+    };
+    let mut signals = shutdown.clone();
+    let batches = tokio::select! {
+        batches = job => batches,
+        signal = signals.requested() => {
+            let outcome = match &staging {
+                Some(_) => "nothing was published; the previous output is as it was",
+                None => "vectors upserted before the signal stay in the index; a re-run overwrites them",
+            };
+            if let Some(staging) = staging {
+                staging.discard().await;
+            }
+            return Err(Interrupted { signal, outcome: outcome.to_string() }.into());
+        }
+    };
+    let batches = match batches {
+        Ok(b) => b,
+        Err(e) => {
+            if let Some(staging) = staging {
+                staging.discard().await;
+            }
+            return Err(e);
+        }
+    };
+    let mut summary = RunSummary::default();
+    for batch in &batches {
+        add_partition_rows(&mut summary, batch)?;
+    }
+    let reported = batches.iter().map(|b| b.num_rows()).sum::<usize>();
+    if reported != partitions {
+        if let Some(staging) = staging {
+            staging.discard().await;
+        }
+        return Err(anyhow!(
+            "the cluster reported {reported} of {partitions} partitions: nothing was published"
+        ));
+    }
+    match (staging, pipeline.sink.kind()?) {
+        (Some(staging), SinkKind::Parquet(spec)) => {
+            let parts = staging.publish().await?;
+            summary.output = format!("{} ({parts} parts)", spec.path.trim_end_matches('/'));
+        }
+        (_, SinkKind::Pinecone(spec)) => {
+            summary.output = format!("pinecone index {}", spec.index);
+            // An index keeps one vector per id.
+            summary.rows_written = summary.rows_written.saturating_sub(ids.extra_rows);
+        }
+        _ => {}
+    }
+    summary.duplicate_rows = ids.extra_rows;
+    summary.seconds = start.elapsed().as_secs_f64();
+    summary.model_seconds = model_seconds;
+    summary.stream_seconds = summary.seconds - model_seconds;
+    say_truncated(&summary, &embedder);
+    Ok(summary)
+}

@@ -1,0 +1,380 @@
+//! The sink as an execution node that writes each input partition on its own: the parallel
+//! write of a cluster job, where each executor writes the partitions it runs.
+//!
+//! Each partition opens the pipeline's sink for itself: a Pinecone index is written directly
+//! (upserts by id, so a task that Ballista runs again overwrites the same vectors), a Parquet
+//! output gets a part in a staging folder that the client publishes only when the whole job
+//! succeeded, named by the ids it holds ([`PartName`]), so a task run again rewrites the same
+//! part. Each partition yields one row: what it read, embedded, wrote and could not write
+//! ([`partition_schema`]).
+//!
+//! The node carries the sink's settings without secrets ([`PartTarget`]): an executor reads the
+//! API key from its own environment.
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, Result, internal_err};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
+    PlanProperties,
+};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::parquet::ParquetSink;
+use super::pinecone::PineconeSink;
+use super::{Sink, SinkKind, SinkSpec};
+use crate::report::RunSummary;
+use crate::storage::{OutputLocation, StorageSpec};
+
+/// Where the partitions write: what travels to executors in the plan.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartTarget {
+    /// The sink's settings, with the API key left out.
+    pub sink: SinkSpec,
+    pub storage: StorageSpec,
+    /// Parquet: the staging folder of this job's parts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<String>,
+}
+
+impl PartTarget {
+    /// The target of `sink`, without its secrets.
+    pub fn new(sink: &SinkSpec, storage: &StorageSpec, parts: Option<String>) -> PartTarget {
+        let mut sink = sink.clone();
+        if let Some(p) = sink.pinecone.as_mut() {
+            p.api_key = None;
+        }
+        PartTarget {
+            sink,
+            storage: storage.clone(),
+            parts,
+        }
+    }
+
+    /// Opens the sink for one task: a Parquet part is written under a temporary name and named
+    /// by its rows once complete ([`PartName`]).
+    async fn open(&self, schema: SchemaRef) -> anyhow::Result<(Box<dyn Sink>, Option<Pending>)> {
+        let task = next_task_name();
+        Ok(match self.sink.kind()? {
+            SinkKind::Parquet(spec) => {
+                let Some(parts) = &self.parts else {
+                    anyhow::bail!("a partitioned Parquet write needs a staging folder");
+                };
+                let parts = parts.trim_end_matches('/');
+                let location =
+                    OutputLocation::for_parquet_sink(&format!("{parts}/.{task}.parquet"), &self.storage)?;
+                if let Some(dir) = location.local_dir() {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+                }
+                let pending = Pending {
+                    store: Arc::clone(&location.store),
+                    path: location.path.clone(),
+                    folder: parts.to_string(),
+                };
+                (
+                    Box::new(ParquetSink::create_part(location, spec, schema)?),
+                    Some(pending),
+                )
+            }
+            SinkKind::Pinecone(spec) => {
+                // Each task keeps its own dead-letter file.
+                let mut spec = spec.clone();
+                let base = spec.dead_letter.clone().unwrap_or_else(|| {
+                    super::pinecone::default_dead_letter(&spec.index)
+                });
+                let stem = base.to_string_lossy();
+                let stem = stem.strip_suffix(".jsonl").unwrap_or(&stem);
+                spec.dead_letter = Some(format!("{stem}-{task}.jsonl").into());
+                (Box::new(PineconeSink::open(&spec, &schema).await?), None)
+            }
+        })
+    }
+}
+
+/// `task-<pid>-<n>`: unique to one task of this process.
+fn next_task_name() -> String {
+    static TASKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = TASKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("task-{}-{n}", std::process::id())
+}
+
+/// A Parquet part written under its temporary name.
+struct Pending {
+    store: Arc<dyn object_store::ObjectStore>,
+    path: object_store::path::Path,
+    folder: String,
+}
+
+/// The name of a part, from the ids of its rows: the wrapping sum of each id's SHA-256 (first
+/// 16 bytes). A task that Ballista runs again reads the same rows, in whatever order, so it
+/// writes the same part again rather than a second copy; two different partitions never hold
+/// the same rows, so they never share a name.
+#[derive(Default)]
+pub struct PartName(u128);
+
+impl PartName {
+    pub fn add(&mut self, batch: &RecordBatch) -> anyhow::Result<()> {
+        use datafusion::arrow::array::{Array, AsArray};
+        use sha2::Digest;
+        let ids = batch
+            .column_by_name("id")
+            .ok_or_else(|| anyhow::anyhow!("the rows have no id column"))?;
+        let ids = datafusion::arrow::compute::cast(ids, &DataType::Utf8)?;
+        let ids = ids.as_string::<i32>();
+        for i in 0..ids.len() {
+            let digest = sha2::Sha256::digest(ids.value(i).as_bytes());
+            let mut first = [0u8; 16];
+            first.copy_from_slice(&digest[..16]);
+            self.0 = self.0.wrapping_add(u128::from_be_bytes(first));
+        }
+        Ok(())
+    }
+
+    pub fn file_name(&self) -> String {
+        format!("part-{:032x}.parquet", self.0)
+    }
+}
+
+/// One row per partition: what it did.
+pub fn partition_schema() -> SchemaRef {
+    let count = |name: &str| Field::new(name, DataType::UInt64, false);
+    Arc::new(Schema::new(vec![
+        count("rows_read"),
+        count("rows_embedded"),
+        count("rows_skipped"),
+        count("rows_written"),
+        count("rows_failed"),
+        count("requests"),
+        count("retries"),
+        Field::new("output", DataType::Utf8, false),
+        Field::new("dead_letter", DataType::Utf8, true),
+        Field::new("worker", DataType::Utf8, false),
+    ]))
+}
+
+/// Adds the partition rows of a job to `summary`.
+pub fn add_partition_rows(summary: &mut RunSummary, batch: &RecordBatch) -> anyhow::Result<()> {
+    let counts = |name: &str| -> anyhow::Result<&UInt64Array> {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
+            .ok_or_else(|| anyhow::anyhow!("partition report has no `{name}` counts"))
+    };
+    let text = |name: &str| -> anyhow::Result<&StringArray> {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .ok_or_else(|| anyhow::anyhow!("partition report has no `{name}` column"))
+    };
+    let sum = |name: &str| -> anyhow::Result<u64> { Ok(counts(name)?.values().iter().sum()) };
+    summary.rows_read += sum("rows_read")?;
+    summary.rows_embedded += sum("rows_embedded")?;
+    summary.rows_skipped += sum("rows_skipped")?;
+    summary.rows_written += sum("rows_written")?;
+    summary.rows_failed += sum("rows_failed")?;
+    let requests = sum("requests")?;
+    if requests > 0 {
+        *summary.requests.get_or_insert(0) += requests;
+        *summary.retries.get_or_insert(0) += sum("retries")?;
+    }
+    let workers = summary.partitions_by_worker.get_or_insert_default();
+    for w in text("worker")?.iter().flatten() {
+        *workers.entry(w.to_string()).or_default() += 1;
+    }
+    let dead = text("dead_letter")?;
+    for d in dead.iter().flatten() {
+        summary.dead_letter = Some(match summary.dead_letter.take() {
+            Some(before) => format!("{before}, {d}"),
+            None => d.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Writes each input partition through its own sink.
+#[derive(Debug)]
+pub struct PartitionedSinkExec {
+    input: Arc<dyn ExecutionPlan>,
+    target: PartTarget,
+    properties: Arc<PlanProperties>,
+}
+
+impl PartitionedSinkExec {
+    pub fn new(input: Arc<dyn ExecutionPlan>, target: PartTarget) -> PartitionedSinkExec {
+        let partitions = input.output_partitioning().partition_count();
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(partition_schema()),
+            Partitioning::UnknownPartitioning(partitions),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        );
+        PartitionedSinkExec {
+            input,
+            target,
+            properties: Arc::new(properties),
+        }
+    }
+
+    pub fn target(&self) -> &PartTarget {
+        &self.target
+    }
+
+    pub fn input(&self) -> &Arc<dyn ExecutionPlan> {
+        &self.input
+    }
+}
+
+impl DisplayAs for PartitionedSinkExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.target.sink.kind() {
+            Ok(SinkKind::Parquet(p)) => write!(
+                f,
+                "PartitionedSinkExec: parquet {} (one part per partition)",
+                p.path
+            ),
+            Ok(SinkKind::Pinecone(p)) => {
+                write!(f, "PartitionedSinkExec: pinecone index {}", p.index)
+            }
+            Err(_) => write!(f, "PartitionedSinkExec"),
+        }
+    }
+}
+
+impl ExecutionPlan for PartitionedSinkExec {
+    fn name(&self) -> &str {
+        "PartitionedSinkExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.len() != 1 {
+            return internal_err!("PartitionedSinkExec takes one input");
+        }
+        Ok(Arc::new(PartitionedSinkExec::new(
+            children.swap_remove(0),
+            self.target.clone(),
+        )))
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let target = self.target.clone();
+        let write = async move {
+            write_partition(input, target)
+                .await
+                .map_err(|e| DataFusionError::External(e.into()))
+        };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            partition_schema(),
+            futures::stream::once(write),
+        )))
+    }
+}
+
+async fn write_partition(
+    mut input: SendableRecordBatchStream,
+    target: PartTarget,
+) -> anyhow::Result<RecordBatch> {
+    let (mut sink, pending) = target.open(input.schema()).await?;
+    let mut summary = RunSummary::default();
+    let mut name = PartName::default();
+    while let Some(batch) = input.next().await {
+        let step = async {
+            let batch = batch?;
+            let rows = batch.num_rows() as u64;
+            let (batch, skipped) = crate::run::keep_embedded(&batch)?;
+            summary.rows_read += rows;
+            summary.rows_skipped += skipped;
+            summary.rows_embedded += rows - skipped;
+            if batch.num_rows() > 0 {
+                name.add(&batch)?;
+                sink.write(batch).await?;
+            }
+            anyhow::Ok(())
+        };
+        if let Err(e) = step.await {
+            sink.abort().await;
+            return Err(e);
+        }
+    }
+    let report = sink.finish().await?;
+    summary.record_sink(report);
+    if let Some(part) = pending {
+        // Complete under its temporary name; now under the name its rows give it.
+        use object_store::ObjectStoreExt;
+        let file = name.file_name();
+        let target = part
+            .path
+            .parts()
+            .take(part.path.parts().count().saturating_sub(1))
+            .collect::<object_store::path::Path>()
+            .join(file.as_str());
+        part.store
+            .rename(&part.path, &target)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot name the part {file} in {}: {e}", part.folder))?;
+        summary.output = format!("{}/{file}", part.folder);
+    }
+    tracing::info!(
+        "{} rows read, {} written to {}",
+        summary.rows_read,
+        summary.rows_written,
+        summary.output
+    );
+    let worker = format!(
+        "{}:{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into()),
+        std::process::id()
+    );
+    let one = |v: u64| Arc::new(UInt64Array::from(vec![v])) as _;
+    Ok(RecordBatch::try_new(
+        partition_schema(),
+        vec![
+            one(summary.rows_read),
+            one(summary.rows_embedded),
+            one(summary.rows_skipped),
+            one(summary.rows_written),
+            one(summary.rows_failed),
+            one(summary.requests.unwrap_or(0)),
+            one(summary.retries.unwrap_or(0)),
+            Arc::new(StringArray::from(vec![summary.output])),
+            Arc::new(StringArray::from(vec![summary.dead_letter])),
+            Arc::new(StringArray::from(vec![worker])),
+        ],
+    )?)
+}
