@@ -53,7 +53,7 @@ impl Cluster {
         let bind = format!("127.0.0.1:{port}");
         let scheduler = spawn(
             dir,
-            &["scheduler", "--bind", &bind, "--executor-timeout", "3"],
+            &["scheduler", "--bind", &bind, "--executor-timeout", "12"],
             &logs.join("scheduler.log"),
         );
         let mut cluster = Cluster {

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use anyhow::{Result, anyhow};
+use ballista_core::config::TaskSchedulingPolicy;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
 
 use super::codec::{LogicalCodec, PhysicalCodec};
@@ -69,6 +70,8 @@ pub async fn serve(opts: ExecutorOptions) -> Result<()> {
         scheduler_port: port.parse()?,
         scheduler_connect_timeout_seconds: 30,
         vcores: slots,
+        // Pull tasks when a slot is free (see the scheduler).
+        task_scheduling_policy: TaskSchedulingPolicy::PullStaged,
         work_dir: opts.work_dir.map(|d| d.display().to_string()),
         print_thread_info: false,
         executor_heartbeat_interval_seconds: opts.heartbeat_secs.max(1),

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
+use ballista_core::config::TaskSchedulingPolicy;
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::{SchedulerConfig, TaskDistributionPolicy};
 use ballista_scheduler::scheduler_process::start_server;
@@ -24,6 +25,9 @@ pub async fn serve(opts: SchedulerOptions) -> Result<()> {
         bind_host: opts.bind.ip().to_string(),
         bind_port: opts.bind.port(),
         external_host: opts.bind.ip().to_string(),
+        // Executors pull tasks when a slot is free. (Ballista 55's push scheduling leaks the
+        // slot of a task it cancels when an executor is lost, and the job then waits forever.)
+        scheduling_policy: TaskSchedulingPolicy::PullStaged,
         // Spread tasks over executors rather than filling one first: the work is CPU-bound.
         task_distribution: TaskDistributionPolicy::RoundRobin,
         executor_timeout_seconds: opts.executor_timeout_secs,

@@ -157,13 +157,37 @@ pub fn partition_schema() -> SchemaRef {
         count("requests"),
         count("retries"),
         Field::new("output", DataType::Utf8, false),
+        // The rows' name (`PartName`): a task run twice reports the same rows twice.
+        Field::new("part", DataType::Utf8, false),
         Field::new("dead_letter", DataType::Utf8, true),
         Field::new("worker", DataType::Utf8, false),
     ]))
 }
 
-/// Adds the partition rows of a job to `summary`.
-pub fn add_partition_rows(summary: &mut RunSummary, batch: &RecordBatch) -> anyhow::Result<()> {
+/// Adds the partition reports of a job to `summary`, each set of rows once: after an executor is
+/// lost, Ballista may hand over the reports of a task and of its re-run. Returns the number of
+/// distinct reports.
+pub fn add_partition_rows(summary: &mut RunSummary, batches: &[RecordBatch]) -> anyhow::Result<usize> {
+    let mut seen = std::collections::HashSet::new();
+    for batch in batches {
+        let parts = batch
+            .column_by_name("part")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .ok_or_else(|| anyhow::anyhow!("partition report has no `part` column"))?;
+        let keep: Vec<bool> = parts
+            .iter()
+            .map(|p| seen.insert(p.unwrap_or_default().to_string()))
+            .collect();
+        let batch = datafusion::arrow::compute::filter_record_batch(
+            batch,
+            &datafusion::arrow::array::BooleanArray::from(keep),
+        )?;
+        add_reports(summary, &batch)?;
+    }
+    Ok(seen.len())
+}
+
+fn add_reports(summary: &mut RunSummary, batch: &RecordBatch) -> anyhow::Result<()> {
     let counts = |name: &str| -> anyhow::Result<&UInt64Array> {
         batch
             .column_by_name(name)
@@ -294,11 +318,7 @@ impl ExecutionPlan for PartitionedSinkExec {
     ) -> Result<SendableRecordBatchStream> {
         let input = self.input.execute(partition, context)?;
         let target = self.target.clone();
-        let write = async move {
-            write_partition(input, target)
-                .await
-                .map_err(|e| DataFusionError::External(e.into()))
-        };
+        let write = write_partition(input, target);
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             partition_schema(),
             futures::stream::once(write),
@@ -309,13 +329,21 @@ impl ExecutionPlan for PartitionedSinkExec {
 async fn write_partition(
     mut input: SendableRecordBatchStream,
     target: PartTarget,
-) -> anyhow::Result<RecordBatch> {
-    let (mut sink, pending) = target.open(input.schema()).await?;
+) -> Result<RecordBatch> {
+    let (mut sink, pending) = target.open(input.schema()).await.map_err(external)?;
     let mut summary = RunSummary::default();
     let mut name = PartName::default();
     while let Some(batch) = input.next().await {
+        // The input's errors pass through as they are: Ballista tells a lost shuffle input
+        // (which it recovers from by running the stage that wrote it again) by its type.
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(e) => {
+                sink.abort().await;
+                return Err(e);
+            }
+        };
         let step = async {
-            let batch = batch?;
             let rows = batch.num_rows() as u64;
             let (batch, skipped) = crate::run::keep_embedded(&batch)?;
             summary.rows_read += rows;
@@ -329,9 +357,24 @@ async fn write_partition(
         };
         if let Err(e) = step.await {
             sink.abort().await;
-            return Err(e);
+            return Err(external(e));
         }
     }
+    finish_partition(sink, pending, summary, name)
+        .await
+        .map_err(external)
+}
+
+fn external(e: anyhow::Error) -> DataFusionError {
+    DataFusionError::External(e.into())
+}
+
+async fn finish_partition(
+    sink: Box<dyn Sink>,
+    pending: Option<Pending>,
+    mut summary: RunSummary,
+    name: PartName,
+) -> anyhow::Result<RecordBatch> {
     let report = sink.finish().await?;
     summary.record_sink(report);
     if let Some(part) = pending {
@@ -373,6 +416,7 @@ async fn write_partition(
             one(summary.requests.unwrap_or(0)),
             one(summary.retries.unwrap_or(0)),
             Arc::new(StringArray::from(vec![summary.output])),
+            Arc::new(StringArray::from(vec![name.file_name()])),
             Arc::new(StringArray::from(vec![summary.dead_letter])),
             Arc::new(StringArray::from(vec![worker])),
         ],
