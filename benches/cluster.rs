@@ -56,7 +56,10 @@ fn run(dir: &Path, extra: &[&str]) -> Result<(f64, serde_json::Value)> {
     let out = embedflow(dir, &args).output()?;
     let secs = start.elapsed().as_secs_f64();
     if !out.status.success() {
-        bail!("embedflow run failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "embedflow run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok((
         secs,

@@ -321,9 +321,16 @@ fn the_sample_on_two_executors_equals_a_local_run() {
     let s = summary(&d.join("pc.json"));
     assert_eq!(s["rows_written"], SAMPLE_ROWS as u64, "{s}");
     assert_both_executors_wrote(&s, &cluster);
-    assert_eq!(srv.vectors_upserted("docs"), SAMPLE_ROWS as u64, "each row sent once");
+    assert_eq!(
+        srv.vectors_upserted("docs"),
+        SAMPLE_ROWS as u64,
+        "each row sent once"
+    );
     let records = srv.records("docs", "");
-    assert!(records.values().all(|r| r.metadata.is_some()), "metadata sent");
+    assert!(
+        records.values().all(|r| r.metadata.is_some()),
+        "metadata sent"
+    );
     let got = records.into_iter().map(|(id, r)| (id, r.values)).collect();
     assert_same_vectors(&local, &got);
 
@@ -333,7 +340,13 @@ fn the_sample_on_two_executors_equals_a_local_run() {
     assert!(!logs.contains(KEY), "an API key in the cluster's logs");
     let o = embedflow(
         d,
-        &["run", "c.yaml", "--no-progress", "--cluster", "df://127.0.0.1"],
+        &[
+            "run",
+            "c.yaml",
+            "--no-progress",
+            "--cluster",
+            "df://127.0.0.1",
+        ],
     );
     assert_fails_with(&o, 2, "df://HOST:PORT");
 }

@@ -73,10 +73,7 @@ pub fn session_config(job_name: &str) -> SessionConfig {
 /// however few files or row groups the source has. (DataFusion's optimizer would drop a
 /// repartition asked for in the logical plan, since nothing above requires it; it is added to
 /// the optimized physical plan instead.)
-pub fn spread(
-    plan: Arc<dyn ExecutionPlan>,
-    partitions: usize,
-) -> Result<Arc<dyn ExecutionPlan>> {
+pub fn spread(plan: Arc<dyn ExecutionPlan>, partitions: usize) -> Result<Arc<dyn ExecutionPlan>> {
     use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
     use datafusion::physical_expr::ScalarFunctionExpr;
     use datafusion::physical_plan::projection::ProjectionExec;
@@ -117,17 +114,16 @@ pub fn spread(
         Ok(Transformed::new(node, true, TreeNodeRecursion::Jump))
     })?;
     if !spread.transformed {
-        return Err(anyhow!("the plan has no embed() to spread over the cluster"));
+        return Err(anyhow!(
+            "the plan has no embed() to spread over the cluster"
+        ));
     }
     Ok(spread.data)
 }
 
 /// The whole job as one physical plan: the pipeline's plan, written partition by partition, the
 /// partitions' reports gathered in one.
-pub fn job_plan(
-    frame_plan: Arc<dyn ExecutionPlan>,
-    target: PartTarget,
-) -> Arc<dyn ExecutionPlan> {
+pub fn job_plan(frame_plan: Arc<dyn ExecutionPlan>, target: PartTarget) -> Arc<dyn ExecutionPlan> {
     Arc::new(CoalescePartitionsExec::new(Arc::new(
         PartitionedSinkExec::new(frame_plan, target),
     )))

@@ -113,9 +113,7 @@ impl PhysicalExtensionCodec for PhysicalCodec {
                     payload.sink,
                 )))
             }
-            None => self
-                .ballista
-                .try_decode(buf, inputs, ctx, proto_converter),
+            None => self.ballista.try_decode(buf, inputs, ctx, proto_converter),
         }
     }
 
@@ -224,8 +222,8 @@ mod tests {
     use crate::storage::StorageSpec;
     use datafusion::arrow::array::{RecordBatch, StringArray};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
-    use datafusion::physical_plan::displayable;
     use datafusion::execution::FunctionRegistry;
+    use datafusion::physical_plan::displayable;
     use datafusion::prelude::SessionContext;
     use datafusion_proto::bytes::{
         logical_plan_from_bytes_with_extension_codec, logical_plan_to_bytes_with_extension_codec,
@@ -398,6 +396,9 @@ mod tests {
         // Decoded, the sink table plans a partitioned write.
         let physical = ctx.state().create_physical_plan(&back).await.unwrap();
         let text = displayable(physical.as_ref()).indent(true).to_string();
-        assert!(text.contains("PartitionedSinkExec: pinecone index docs"), "{text}");
+        assert!(
+            text.contains("PartitionedSinkExec: pinecone index docs"),
+            "{text}"
+        );
     }
 }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use futures::TryStreamExt;
-use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::error::config_error;
 use crate::sink::parquet::config::ParquetSinkSpec;
@@ -134,10 +134,12 @@ impl Staging {
     }
 
     async fn cleanup(&self) {
-        let leftover: Vec<_> = match self.store.list(Some(&self.staging)).try_collect().await {
-            Ok(objects) => objects,
-            Err(_) => Vec::new(),
-        };
+        let leftover: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&self.staging))
+            .try_collect()
+            .await
+            .unwrap_or_default();
         for o in leftover {
             let _ = self.store.delete(&o.location).await;
         }

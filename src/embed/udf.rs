@@ -34,7 +34,7 @@ fn vector_item_field() -> FieldRef {
 enum Model {
     Loaded(Arc<Embedder>),
     Deferred {
-        spec: EmbedSpec,
+        spec: Box<EmbedSpec>,
         dim: usize,
         load: fn(&EmbedSpec) -> anyhow::Result<Arc<Embedder>>,
         loaded: OnceLock<Arc<Embedder>>,
@@ -45,7 +45,9 @@ impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Model::Loaded(e) => write!(f, "{e:?}"),
-            Model::Deferred { spec, dim, .. } => write!(f, "{} ({dim} dimensions, deferred)", spec.model),
+            Model::Deferred { spec, dim, .. } => {
+                write!(f, "{} ({dim} dimensions, deferred)", spec.model)
+            }
         }
     }
 }
@@ -73,7 +75,7 @@ impl EmbedUdf {
     ) -> Self {
         EmbedUdf {
             model: Model::Deferred {
-                spec,
+                spec: Box::new(spec),
                 dim,
                 load,
                 loaded: OnceLock::new(),

@@ -70,8 +70,10 @@ impl PartTarget {
                     anyhow::bail!("a partitioned Parquet write needs a staging folder");
                 };
                 let parts = parts.trim_end_matches('/');
-                let location =
-                    OutputLocation::for_parquet_sink(&format!("{parts}/.{task}.parquet"), &self.storage)?;
+                let location = OutputLocation::for_parquet_sink(
+                    &format!("{parts}/.{task}.parquet"),
+                    &self.storage,
+                )?;
                 if let Some(dir) = location.local_dir() {
                     std::fs::create_dir_all(dir)
                         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
@@ -89,9 +91,10 @@ impl PartTarget {
             SinkKind::Pinecone(spec) => {
                 // Each task keeps its own dead-letter file.
                 let mut spec = spec.clone();
-                let base = spec.dead_letter.clone().unwrap_or_else(|| {
-                    super::pinecone::default_dead_letter(&spec.index)
-                });
+                let base = spec
+                    .dead_letter
+                    .clone()
+                    .unwrap_or_else(|| super::pinecone::default_dead_letter(&spec.index));
                 let stem = base.to_string_lossy();
                 let stem = stem.strip_suffix(".jsonl").unwrap_or(&stem);
                 spec.dead_letter = Some(format!("{stem}-{task}.jsonl").into());
@@ -167,7 +170,10 @@ pub fn partition_schema() -> SchemaRef {
 /// Adds the partition reports of a job to `summary`, each set of rows once: after an executor is
 /// lost, Ballista may hand over the reports of a task and of its re-run. Returns the number of
 /// distinct reports.
-pub fn add_partition_rows(summary: &mut RunSummary, batches: &[RecordBatch]) -> anyhow::Result<usize> {
+pub fn add_partition_rows(
+    summary: &mut RunSummary,
+    batches: &[RecordBatch],
+) -> anyhow::Result<usize> {
     let mut seen = std::collections::HashSet::new();
     for batch in batches {
         let parts = batch

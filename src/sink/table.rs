@@ -15,7 +15,6 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
-use tokio::sync::mpsc;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{DataFusionError, Result, not_impl_err, plan_err};
@@ -26,6 +25,7 @@ use datafusion::logical_expr::Expr;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
+use tokio::sync::mpsc;
 
 use crate::config::Pipeline;
 use crate::report::RunSummary;
@@ -84,9 +84,9 @@ impl SinkTable {
 
     /// What travels when the table is sent to a cluster (the sink's settings, no secrets).
     pub fn target(&self) -> PartTarget {
-        self.parts.clone().unwrap_or_else(|| {
-            PartTarget::new(&self.pipeline.sink, &self.pipeline.storage, None)
-        })
+        self.parts
+            .clone()
+            .unwrap_or_else(|| PartTarget::new(&self.pipeline.sink, &self.pipeline.storage, None))
     }
 
     /// The summary of the last INSERT, once it finished.
