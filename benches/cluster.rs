@@ -144,6 +144,63 @@ fn main() -> Result<()> {
         "cluster: rows written {}, partitions by executor {}, model loading on the client {:.1} s",
         last["rows_written"], last["partitions_by_worker"], last["model_seconds"]
     );
+    stage_times(port)?;
     drop(servers);
+    Ok(())
+}
+
+/// Where the last cluster job's time went, from the scheduler's REST API: per stage, its tasks
+/// and their execution times.
+fn stage_times(port: u16) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let get = |path: String| -> Result<serde_json::Value> {
+        rt.block_on(async {
+            Ok(reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+                .await?
+                .json()
+                .await?)
+        })
+    };
+    let jobs = get("/api/jobs".into())?;
+    let job = jobs
+        .as_array()
+        .and_then(|j| j.last())
+        .context("no job on the scheduler")?;
+    let id = job["job_id"].as_str().context("job_id")?;
+    let job_ms = job["end_time"].as_u64().unwrap_or(0) - job["start_time"].as_u64().unwrap_or(0);
+    println!();
+    println!("last cluster job on the scheduler: {:.1} s from submission to completion", job_ms as f64 / 1000.0);
+    println!("| stage | what | tasks | task time, sum s | slowest task s | span s |");
+    println!("|---|---|---|---|---|---|");
+    let stages = get(format!("/api/job/{id}/stages?plan_format=default"))?;
+    for stage in stages["stages"].as_array().context("stages")? {
+        let tasks: Vec<&serde_json::Value> = stage["tasks"]
+            .as_array()
+            .map(|t| t.iter().filter(|t| !t.is_null()).collect())
+            .unwrap_or_default();
+        let ms = |t: &serde_json::Value, k: &str| t[k].as_u64().unwrap_or(0);
+        let sum: u64 = tasks.iter().map(|t| ms(t, "exec_duration")).sum();
+        let max = tasks.iter().map(|t| ms(t, "exec_duration")).max().unwrap_or(0);
+        let first = tasks.iter().map(|t| ms(t, "start_exec_time")).min().unwrap_or(0);
+        let last = tasks.iter().map(|t| ms(t, "end_exec_time")).max().unwrap_or(0);
+        let plan = stage["stage_plan"].as_str().unwrap_or("");
+        let what = if plan.contains("PartitionedSinkExec") {
+            "shuffle read, embed(), write"
+        } else if plan.contains("DataSourceExec") {
+            "scan, hash the rows, shuffle write"
+        } else {
+            "gather the partitions' reports"
+        };
+        println!(
+            "| {} | {what} | {} | {:.1} | {:.1} | {:.1} |",
+            stage["stage_id"].as_str().unwrap_or("?"),
+            tasks.len(),
+            sum as f64 / 1000.0,
+            max as f64 / 1000.0,
+            last.saturating_sub(first) as f64 / 1000.0
+        );
+    }
     Ok(())
 }

@@ -153,6 +153,17 @@ pub async fn run_on_cluster(
             "embed.vector pipelines embed nothing: run them without --cluster",
         ));
     }
+    if let Some((table, spec)) = pipeline
+        .source
+        .tables
+        .iter()
+        .find(|(_, t)| crate::storage::is_remote(&t.path))
+    {
+        return Err(config_error(format!(
+            "source.tables.{table}: {} is on S3, but executors read local or shared-file-system paths for now (their object stores are Ballista's); copy it to a path every executor can read, or run without --cluster",
+            spec.path
+        )));
+    }
     let start = Instant::now();
     let embedder = shutdown.until(load_embedder(&pipeline.embed)).await?;
     let model_seconds = start.elapsed().as_secs_f64();
