@@ -8,24 +8,17 @@
 //! SQL, to a Parquet folder. The local run uses every core for ONNX Runtime; each executor has
 //! one task slot and `cores / 2` ONNX Runtime threads, so both use the same cores.
 
+// Only `arg` of the shared helpers is used here.
+#[allow(dead_code)]
+mod support;
+
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-
-fn arg(name: &str, default: usize) -> Result<usize> {
-    let args: Vec<String> = std::env::args().collect();
-    match args.iter().position(|a| a == name) {
-        Some(i) => args
-            .get(i + 1)
-            .context("a number after the flag")?
-            .parse()
-            .with_context(|| format!("{name} takes a number")),
-        None => Ok(default),
-    }
-}
+use support::arg;
 
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -171,7 +164,10 @@ fn stage_times(port: u16) -> Result<()> {
     let id = job["job_id"].as_str().context("job_id")?;
     let job_ms = job["end_time"].as_u64().unwrap_or(0) - job["start_time"].as_u64().unwrap_or(0);
     println!();
-    println!("last cluster job on the scheduler: {:.1} s from submission to completion", job_ms as f64 / 1000.0);
+    println!(
+        "last cluster job on the scheduler: {:.1} s from submission to completion",
+        job_ms as f64 / 1000.0
+    );
     println!("| stage | what | tasks | task time, sum s | slowest task s | span s |");
     println!("|---|---|---|---|---|---|");
     let stages = get(format!("/api/job/{id}/stages?plan_format=default"))?;
@@ -182,9 +178,21 @@ fn stage_times(port: u16) -> Result<()> {
             .unwrap_or_default();
         let ms = |t: &serde_json::Value, k: &str| t[k].as_u64().unwrap_or(0);
         let sum: u64 = tasks.iter().map(|t| ms(t, "exec_duration")).sum();
-        let max = tasks.iter().map(|t| ms(t, "exec_duration")).max().unwrap_or(0);
-        let first = tasks.iter().map(|t| ms(t, "start_exec_time")).min().unwrap_or(0);
-        let last = tasks.iter().map(|t| ms(t, "end_exec_time")).max().unwrap_or(0);
+        let max = tasks
+            .iter()
+            .map(|t| ms(t, "exec_duration"))
+            .max()
+            .unwrap_or(0);
+        let first = tasks
+            .iter()
+            .map(|t| ms(t, "start_exec_time"))
+            .min()
+            .unwrap_or(0);
+        let last = tasks
+            .iter()
+            .map(|t| ms(t, "end_exec_time"))
+            .max()
+            .unwrap_or(0);
         let plan = stage["stage_plan"].as_str().unwrap_or("");
         let what = if plan.contains("PartitionedSinkExec") {
             "shuffle read, embed(), write"

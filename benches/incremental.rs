@@ -9,7 +9,7 @@
 //! row new, so every row is embedded and recorded in the state); the incremental run follows it
 //! after `--changed-percent` (1) of the texts were edited.
 
-// Only the synthetic corpus of the shared helpers is used here.
+// Only the synthetic corpus and `arg` of the shared helpers are used here.
 #[allow(dead_code)]
 mod support;
 
@@ -24,18 +24,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-
-fn arg(name: &str, default: usize) -> Result<usize> {
-    let args: Vec<String> = std::env::args().collect();
-    match args.iter().position(|a| a == name) {
-        Some(i) => args
-            .get(i + 1)
-            .context("a number after the flag")?
-            .parse()
-            .with_context(|| format!("{name} takes a number")),
-        None => Ok(default),
-    }
-}
+use support::arg;
 
 /// `(id, text)` rows: real sentences when ../shared is there, else synthetic ones.
 fn corpus(rows: usize, dir: &Path) -> Result<(Vec<String>, Vec<String>, &'static str)> {

@@ -184,24 +184,9 @@ fn read_parts(folder: &Path) -> BTreeMap<String, Vec<f32>> {
 fn local_run(dir: &Path) -> BTreeMap<String, Vec<f32>> {
     sample_pipeline(dir, "local.yaml", "  parquet: { path: local }\n");
     assert_ok(&embedflow(dir, &["run", "local.yaml", "--no-progress"]));
-    read_parts(&dir.join("local"))
-}
-
-fn assert_same_vectors(want: &BTreeMap<String, Vec<f32>>, got: &BTreeMap<String, Vec<f32>>) {
-    assert_eq!(want.len(), SAMPLE_ROWS);
-    assert_eq!(
-        want.keys().collect::<Vec<_>>(),
-        got.keys().collect::<Vec<_>>(),
-        "the same ids"
-    );
-    for (id, w) in want {
-        let worst = w
-            .iter()
-            .zip(&got[id])
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(worst <= 1e-6, "{id}: vectors differ by {worst}");
-    }
+    let local = read_parts(&dir.join("local"));
+    assert_eq!(local.len(), SAMPLE_ROWS);
+    local
 }
 
 fn summary(path: &Path) -> serde_json::Value {
@@ -291,7 +276,7 @@ fn the_sample_on_two_executors_equals_a_local_run() {
         !parts.iter().any(|p| p.contains("staging")),
         "no staging folder left: {parts:?}"
     );
-    assert_same_vectors(&local, &read_parts(&d.join("clustered")));
+    assert_same_vectors(&local, &read_parts(&d.join("clustered")), 1e-6);
 
     // Pinecone: each executor upserts its partitions with its own API key.
     let srv =
@@ -332,7 +317,7 @@ fn the_sample_on_two_executors_equals_a_local_run() {
         "metadata sent"
     );
     let got = records.into_iter().map(|(id, r)| (id, r.values)).collect();
-    assert_same_vectors(&local, &got);
+    assert_same_vectors(&local, &got, 1e-6);
 
     // The plan carried no secret: the executors used their own key. A wrong cluster address is
     // a clear error.
@@ -349,6 +334,26 @@ fn the_sample_on_two_executors_equals_a_local_run() {
         ],
     );
     assert_fails_with(&o, 2, "df://HOST:PORT");
+    write_file(
+        d,
+        "s3.yaml",
+        "source:\n  tables:\n    docs: { path: s3://bucket/docs.parquet }\nembed:\n  model: all-MiniLM-L6-v2\nsink:\n  parquet: { path: out }\n",
+    );
+    let o = embedflow(
+        d,
+        &[
+            "run",
+            "s3.yaml",
+            "--no-progress",
+            "--cluster",
+            &cluster.url(),
+        ],
+    );
+    assert_fails_with(
+        &o,
+        2,
+        "source.tables.docs: s3://bucket/docs.parquet is on S3",
+    );
 }
 
 #[test]
@@ -423,5 +428,5 @@ fn killing_an_executor_mid_job_still_writes_every_row_once() {
             .any(|w| w.ends_with(&format!(":{survivor}"))),
         "{s}"
     );
-    assert_same_vectors(&local, &read_parts(&d.join("clustered")));
+    assert_same_vectors(&local, &read_parts(&d.join("clustered")), 1e-6);
 }

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
@@ -74,5 +74,19 @@ pub fn peak_rss_kib(mut child: std::process::Child) -> Result<(u64, std::process
             return Ok((peak, status));
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The number after `name` on the command line, else `default`.
+#[allow(dead_code)] // not every benchmark takes flags
+pub fn arg(name: &str, default: usize) -> Result<usize> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == name) {
+        Some(i) => args
+            .get(i + 1)
+            .context("a number after the flag")?
+            .parse()
+            .with_context(|| format!("{name} takes a number")),
+        None => Ok(default),
     }
 }

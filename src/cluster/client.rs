@@ -200,14 +200,7 @@ pub async fn run_on_cluster(
             "submitting the job to {url}: {partitions} partitions, {}",
             root.name()
         );
-        let session_id = format!(
-            "embedflow-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis())
-                .unwrap_or(0)
-        );
+        let session_id = format!("embedflow-{}", super::job_stamp());
         let stream = execute_physical_plan::<PhysicalPlanNode>(
             url.clone(),
             &BallistaConfig::default(),

@@ -13,3 +13,16 @@ pub mod executor;
 pub mod models;
 pub mod publish;
 pub mod scheduler;
+
+/// `<pid>-<ms since the epoch>`: names what belongs to one job of this client (its session, its
+/// staging folder).
+pub(crate) fn job_stamp() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    )
+}

@@ -58,14 +58,7 @@ impl Staging {
             .parts()
             .take(first.path.parts().count().saturating_sub(1))
             .collect();
-        let job = format!(
-            ".embedflow-staging-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis())
-                .unwrap_or(0)
-        );
+        let job = format!(".embedflow-staging-{}", super::job_stamp());
         let staging = folder.clone().join(job.as_str());
         let local_staging = first.local_dir().map(|d| d.join(&job));
         let parts = match &local_staging {

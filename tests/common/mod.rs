@@ -204,3 +204,24 @@ pub const WORDS: [&str; 12] = [
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     embedflow::embed::eval::cosine(a, b)
 }
+
+/// Both maps hold the same ids, and each id's vectors differ by at most `tolerance` anywhere.
+pub fn assert_same_vectors(
+    want: &std::collections::BTreeMap<String, Vec<f32>>,
+    got: &std::collections::BTreeMap<String, Vec<f32>>,
+    tolerance: f32,
+) {
+    assert_eq!(
+        want.keys().collect::<Vec<_>>(),
+        got.keys().collect::<Vec<_>>(),
+        "the same ids"
+    );
+    for (id, w) in want {
+        let worst = w
+            .iter()
+            .zip(&got[id])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst <= tolerance, "{id}: vectors differ by {worst}");
+    }
+}
