@@ -89,8 +89,8 @@ pub enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:50050")]
         bind: std::net::SocketAddr,
-        /// Seconds without a heartbeat after which an executor is lost and its tasks run again
-        /// elsewhere.
+        /// Seconds an executor may stay silent (it polls for tasks at least every 5 s) before it
+        /// is lost and its tasks run again elsewhere.
         #[arg(long, default_value_t = 60, value_name = "SECS")]
         executor_timeout: u64,
     },
@@ -144,9 +144,6 @@ pub struct ExecutorArgs {
     /// Folder for shuffle files (default: a temporary folder).
     #[arg(long, value_name = "DIR")]
     work_dir: Option<PathBuf>,
-    /// Seconds between heartbeats to the scheduler.
-    #[arg(long, default_value_t = 10, value_name = "SECS")]
-    heartbeat: u64,
 }
 
 #[derive(Debug, Args)]
@@ -265,7 +262,6 @@ pub async fn execute(cli: Cli, shutdown: Shutdown) -> Result<()> {
                 threads: args.threads,
                 task_slots: args.task_slots,
                 work_dir: args.work_dir,
-                heartbeat_secs: args.heartbeat,
             };
             crate::cluster::executor::serve(opts).await
         }

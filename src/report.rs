@@ -132,7 +132,7 @@ impl fmt::Display for RunSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "rows read {}, embedded {}, skipped {} (null text), written {} to {} in {:.1} s (model {:.1} s): {:.1} rows/s, {:.0} tokens/s",
+            "rows read {}, embedded {}, skipped {} (null text), written {} to {} in {:.1} s (model {:.1} s): {:.1} rows/s",
             self.rows_read,
             self.rows_embedded,
             self.rows_skipped,
@@ -141,8 +141,11 @@ impl fmt::Display for RunSummary {
             self.seconds,
             self.model_seconds,
             self.rows_per_second(),
-            self.tokens_per_second()
         )?;
+        // A cluster run counts no tokens: its executors count them per process, not per job.
+        if self.tokens > 0 || self.partitions_by_worker.is_none() {
+            write!(f, ", {:.0} tokens/s", self.tokens_per_second())?;
+        }
         if self.duplicate_rows > 0 {
             write!(
                 f,

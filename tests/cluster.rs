@@ -81,8 +81,6 @@ impl Cluster {
                     "1",
                     "--task-slots",
                     "1",
-                    "--heartbeat",
-                    "1",
                     "--work-dir",
                     work.to_str().unwrap(),
                 ],

@@ -25,7 +25,6 @@ pub struct ExecutorOptions {
     pub task_slots: Option<usize>,
     /// Shuffle files; default: a temporary folder.
     pub work_dir: Option<std::path::PathBuf>,
-    pub heartbeat_secs: u64,
 }
 
 /// Task slots and ONNX Runtime threads that share the cores: slots x threads = cores unless both
@@ -74,7 +73,6 @@ pub async fn serve(opts: ExecutorOptions) -> Result<()> {
         task_scheduling_policy: TaskSchedulingPolicy::PullStaged,
         work_dir: opts.work_dir.map(|d| d.display().to_string()),
         print_thread_info: false,
-        executor_heartbeat_interval_seconds: opts.heartbeat_secs.max(1),
         override_logical_codec: Some(Arc::new(LogicalCodec::default())),
         override_physical_codec: Some(Arc::new(PhysicalCodec::default())),
         ..ExecutorProcessConfig::default()
