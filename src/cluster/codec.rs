@@ -54,9 +54,14 @@ fn decode_json<T: for<'de> Deserialize<'de>>(buf: &[u8], what: &str) -> Result<O
         .map_err(|e| DataFusionError::Internal(format!("cannot decode embedflow's {what}: {e}")))
 }
 
-fn encode_embed(node: &ScalarUDF, buf: &mut Vec<u8>) -> Result<bool> {
+/// `embed()` as embedflow encodes it; any other function goes to `other` (Ballista's codec).
+fn encode_embed_or(
+    node: &ScalarUDF,
+    buf: &mut Vec<u8>,
+    other: impl FnOnce(&mut Vec<u8>) -> Result<()>,
+) -> Result<()> {
     let Some(embed) = node.inner().as_ref().downcast_ref::<EmbedUdf>() else {
-        return Ok(false);
+        return other(buf);
     };
     encode_json(
         &EmbedPayload {
@@ -64,23 +69,26 @@ fn encode_embed(node: &ScalarUDF, buf: &mut Vec<u8>) -> Result<bool> {
             dim: embed.dim(),
         },
         buf,
-    )?;
-    Ok(true)
+    )
 }
 
-fn decode_embed(name: &str, buf: &[u8]) -> Result<Option<Arc<ScalarUDF>>> {
+/// A deferred `embed()` from embedflow's payload; any other function from `other`.
+fn decode_embed_or(
+    name: &str,
+    buf: &[u8],
+    other: impl FnOnce() -> Result<Arc<ScalarUDF>>,
+) -> Result<Arc<ScalarUDF>> {
     if name != "embed" {
-        return Ok(None);
+        return other();
     }
-    Ok(
-        decode_json::<EmbedPayload>(buf, "embed() settings")?.map(|p| {
-            Arc::new(ScalarUDF::new_from_impl(EmbedUdf::deferred(
-                p.spec,
-                p.dim,
-                super::models::shared_embedder,
-            )))
-        }),
-    )
+    match decode_json::<EmbedPayload>(buf, "embed() settings")? {
+        Some(p) => Ok(Arc::new(ScalarUDF::new_from_impl(EmbedUdf::deferred(
+            p.spec,
+            p.dim,
+            super::models::shared_embedder,
+        )))),
+        None => other(),
+    }
 }
 
 /// Ballista's physical codec plus `embed()` and [`PartitionedSinkExec`].
@@ -135,17 +143,11 @@ impl PhysicalExtensionCodec for PhysicalCodec {
     }
 
     fn try_decode_udf(&self, name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
-        match decode_embed(name, buf)? {
-            Some(udf) => Ok(udf),
-            None => self.ballista.try_decode_udf(name, buf),
-        }
+        decode_embed_or(name, buf, || self.ballista.try_decode_udf(name, buf))
     }
 
     fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> Result<()> {
-        if encode_embed(node, buf)? {
-            return Ok(());
-        }
-        self.ballista.try_encode_udf(node, buf)
+        encode_embed_or(node, buf, |buf| self.ballista.try_encode_udf(node, buf))
     }
 }
 
@@ -200,17 +202,11 @@ impl LogicalExtensionCodec for LogicalCodec {
     }
 
     fn try_decode_udf(&self, name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
-        match decode_embed(name, buf)? {
-            Some(udf) => Ok(udf),
-            None => self.ballista.try_decode_udf(name, buf),
-        }
+        decode_embed_or(name, buf, || self.ballista.try_decode_udf(name, buf))
     }
 
     fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> Result<()> {
-        if encode_embed(node, buf)? {
-            return Ok(());
-        }
-        self.ballista.try_encode_udf(node, buf)
+        encode_embed_or(node, buf, |buf| self.ballista.try_encode_udf(node, buf))
     }
 }
 
