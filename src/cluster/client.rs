@@ -35,25 +35,26 @@ use crate::sink::partitioned::{PartTarget, PartitionedSinkExec, add_partition_ro
 /// a few task slots each to share the work, and for a lost task to cost little.
 pub const DEFAULT_PARTITIONS: usize = 8;
 
-/// `df://host:port` (or `host:port`) as the scheduler's gRPC URL.
-pub fn scheduler_url(cluster: &str) -> Result<String> {
+/// `df://host:port` (or `host:port`), given by the command-line flag `flag`, as the scheduler's
+/// gRPC URL.
+pub fn scheduler_url(flag: &str, cluster: &str) -> Result<String> {
     let address = cluster
         .strip_prefix("df://")
         .unwrap_or(cluster)
         .trim_end_matches('/');
     let (host, port) = address.rsplit_once(':').ok_or_else(|| {
         config_error(format!(
-            "--cluster {cluster}: give the scheduler as df://HOST:PORT (e.g. df://127.0.0.1:50050)"
+            "{flag} {cluster}: give the scheduler as df://HOST:PORT (e.g. df://127.0.0.1:50050)"
         ))
     })?;
     let port: u16 = port.parse().map_err(|_| {
         config_error(format!(
-            "--cluster {cluster}: `{port}` is not a port (df://HOST:PORT)"
+            "{flag} {cluster}: `{port}` is not a port (df://HOST:PORT)"
         ))
     })?;
     if host.is_empty() {
         return Err(config_error(format!(
-            "--cluster {cluster}: no host (df://HOST:PORT)"
+            "{flag} {cluster}: no host (df://HOST:PORT)"
         )));
     }
     Ok(format!("http://{host}:{port}"))
@@ -137,7 +138,7 @@ pub async fn run_on_cluster(
     opts: &RunOptions,
     shutdown: &Shutdown,
 ) -> Result<RunSummary> {
-    let url = scheduler_url(cluster)?;
+    let url = scheduler_url("--cluster", cluster)?;
     if pipeline.incremental.is_some() {
         return Err(config_error(
             "incremental: pipelines run on one machine for now (their state is read and written by one process); drop --cluster, or use --shard I/N to split the work",

@@ -45,11 +45,12 @@ pub fn slots_and_threads(
 
 /// Serves until the process is stopped (SIGTERM or Ctrl-C end it cleanly).
 pub async fn serve(opts: ExecutorOptions) -> Result<()> {
-    let url = super::client::scheduler_url(&opts.scheduler)?;
+    let url = super::client::scheduler_url("--scheduler", &opts.scheduler)?;
     let address = url.trim_start_matches("http://");
     let (host, port) = address
         .rsplit_once(':')
         .ok_or_else(|| anyhow!("--scheduler {}: HOST:PORT", opts.scheduler))?;
+    let port: u16 = port.parse()?;
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -66,7 +67,7 @@ pub async fn serve(opts: ExecutorOptions) -> Result<()> {
         port: opts.flight_port,
         grpc_port: opts.grpc_port,
         scheduler_host: host.to_string(),
-        scheduler_port: port.parse()?,
+        scheduler_port: port,
         scheduler_connect_timeout_seconds: 30,
         vcores: slots,
         // Pull tasks when a slot is free (see the scheduler).
