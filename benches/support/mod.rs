@@ -1,4 +1,7 @@
-//! Helpers shared by the benchmarks: a synthetic table of short rows and peak-RSS measurement.
+//! Helpers shared by the benchmarks: a synthetic table of short rows, peak-RSS measurement, and
+//! (`corpus`) the real corpora and the Python tools compared against.
+
+pub mod corpus;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -171,7 +171,7 @@ pub enum Precision {
     /// The model as given.
     #[default]
     Fp32,
-    /// 8-bit weights, activations quantised per row block (ONNX Runtime MatMulNBits, VNNI).
+    /// Smoothed dynamic int8 (VNNI) with fp32 outlier channels; see `prepare_model.py`.
     Int8,
     /// Half precision weights and activations, for GPUs.
     Fp16,
