@@ -294,7 +294,7 @@ fn main() -> Result<()> {
     let model = shared.join("models/all-MiniLM-L6-v2");
     let tmp = tempfile::tempdir()?;
     let load = |precision| {
-        let mut spec = EmbedSpec::new(&model.display().to_string());
+        let mut spec = EmbedSpec::new(model.display().to_string());
         spec.precision = precision;
         Embedder::load(&spec)
     };
