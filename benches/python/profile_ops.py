@@ -4,10 +4,11 @@
                           [--batch-tokens 768] [--threads N]
 
 Tokenises the `text` column of rows start..start+rows (truncation at 256), sorts them by length
-into micro-batches of at most --batch-tokens (rows x longest row) as embedflow does, runs them once
-as a warm-up and again under ONNX Runtime's profiler (only the second pass counts), and prints per operator type: kernel seconds,
-share, and for matrix products the rate in GFLOP/s (2*M*K*N from the shapes the profiler records;
-int8 products counted the same way, as operations).
+into micro-batches of at most --batch-tokens (rows x longest row) and 256 rows, as embedflow does,
+runs them once as a warm-up and again under ONNX Runtime's profiler (only the second pass
+counts), and prints per operator type: kernel seconds, share, and for matrix products the rate in
+GFLOP/s (2*M*K*N from the shapes the profiler records; int8 products counted the same way, as
+operations).
 """
 import argparse
 import collections
@@ -44,7 +45,7 @@ def main() -> None:
     batches, cur, longest = [], [], 0
     for i in sorted(range(len(ids)), key=lambda i: (-len(ids[i]), i)):
         n = max(len(ids[i]), 1)
-        if cur and (len(cur) + 1) * max(longest, n) > args.batch_tokens:
+        if cur and ((len(cur) + 1) * max(longest, n) > args.batch_tokens or len(cur) >= 256):
             batches.append(cur)
             cur, longest = [], 0
         cur.append(i)
