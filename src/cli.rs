@@ -83,6 +83,10 @@ pub enum Command {
         /// With --cluster: partitions the rows are spread over (each is one task).
         #[arg(long, value_name = "N", requires = "cluster", default_value_t = crate::cluster::client::DEFAULT_PARTITIONS)]
         partitions: usize,
+        /// With --cluster: seconds to wait for an executor to register with the scheduler
+        /// before giving up (exit 1).
+        #[arg(long, value_name = "SECS", requires = "cluster", default_value_t = 120)]
+        wait_for_executors: u64,
     },
     /// Start a Ballista scheduler for `run --cluster` (its REST API is on the same port).
     Scheduler {
@@ -216,6 +220,7 @@ pub async fn execute(cli: Cli, shutdown: Shutdown) -> Result<()> {
             shard,
             cluster,
             partitions,
+            wait_for_executors,
         } => {
             let opts = RunOptions {
                 progress: !no_progress && !cli.quiet,
@@ -229,6 +234,7 @@ pub async fn execute(cli: Cli, shutdown: Shutdown) -> Result<()> {
                         &p,
                         &cluster,
                         Some(partitions),
+                        std::time::Duration::from_secs(wait_for_executors),
                         &opts,
                         &shutdown,
                     )
@@ -263,7 +269,7 @@ pub async fn execute(cli: Cli, shutdown: Shutdown) -> Result<()> {
                 task_slots: args.task_slots,
                 work_dir: args.work_dir,
             };
-            crate::cluster::executor::serve(opts).await
+            crate::cluster::executor::serve(opts, &shutdown).await
         }
         Command::Validate { pipeline } => shutdown.until(validate_command(&pipeline)).await,
         Command::Explain { pipeline, physical } => {
@@ -293,6 +299,40 @@ async fn run_command(
     let mut summary = run::run_pipeline(&p, opts, shutdown).await?;
     summary.shard = opts.shard.map(|s| s.to_string());
     report_summary(&summary, summary_json)
+}
+
+/// An `INSERT INTO sink` keeps `run`'s rules: it needs `--allow-writes`, an incremental
+/// pipeline's output is refused (its state describes that output, and would no longer be
+/// true), and the statement's ids are checked (non-null, unique unless the pipeline keeps the
+/// last, short enough for the sink) before anything is embedded.
+async fn check_insert_into_sink(
+    ctx: &datafusion::prelude::SessionContext,
+    query: &str,
+    pipeline: &Pipeline,
+    allow_writes: bool,
+) -> Result<()> {
+    use datafusion::logical_expr::LogicalPlan;
+    let Ok(LogicalPlan::Dml(dml)) = ctx.state().create_logical_plan(query).await else {
+        return Ok(());
+    };
+    if dml.table_name.table() != "sink" {
+        return Ok(());
+    }
+    if !allow_writes {
+        return Err(config_error(
+            "INSERT INTO sink writes to the pipeline's sink, and `embedflow sql` only reads unless --allow-writes is given",
+        ));
+    }
+    if pipeline.incremental.is_some() {
+        return Err(config_error(
+            "INSERT INTO sink is refused for an incremental pipeline: its state describes the sink's contents, and an INSERT would make it untrue; change the source and use `embedflow run`",
+        ));
+    }
+    let rows = datafusion::prelude::DataFrame::new(ctx.state(), dml.input.as_ref().clone());
+    crate::plan::checks::check_ids(&rows, pipeline)
+        .await
+        .map_err(|e| e.context("INSERT INTO sink"))?;
+    Ok(())
 }
 
 /// `replay`: a dead-letter file's vectors, upserted again.
@@ -516,6 +556,9 @@ async fn sql_command(c: SqlArgs) -> Result<()> {
             format: None,
         };
         source::register_table(&ctx, name, &spec, &storage).await?;
+    }
+    if let Some(p) = loaded.as_ref().filter(|_| sink_table.is_some()) {
+        check_insert_into_sink(&ctx, &c.query, p, c.allow_writes).await?;
     }
     let df = if c.allow_writes {
         ctx.sql(&c.query)

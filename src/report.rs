@@ -142,7 +142,7 @@ impl fmt::Display for RunSummary {
             self.model_seconds,
             self.rows_per_second(),
         )?;
-        // A cluster run counts no tokens: its executors count them per process, not per job.
+        // A pipeline that embeds nothing (embed.vector) on a cluster has no tokens to speak of.
         if self.tokens > 0 || self.partitions_by_worker.is_none() {
             write!(f, ", {:.0} tokens/s", self.tokens_per_second())?;
         }
@@ -262,4 +262,27 @@ impl Progress {
             bar.finish_and_clear();
         }
     }
+}
+
+tokio::task_local! {
+    /// Tokens embedded by the task that writes one partition (a cluster job's sink node).
+    static PARTITION_TOKENS: std::sync::Arc<std::sync::atomic::AtomicU64>;
+}
+
+/// Counts `tokens` embedded for the partition whose write is running on this task, if any:
+/// `embed()` runs inside the poll of the sink node's input, on that task.
+pub fn count_partition_tokens(tokens: u64) {
+    let _ =
+        PARTITION_TOKENS.try_with(|c| c.fetch_add(tokens, std::sync::atomic::Ordering::Relaxed));
+}
+
+/// Runs `write` (one partition's write) counting the tokens `embed()` embeds for it; returns its
+/// output and the count. Executors share one model between tasks, so its own total cannot say
+/// which partition the tokens were for.
+pub async fn counting_partition_tokens<T>(write: impl Future<Output = T>) -> (T, u64) {
+    let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let out = PARTITION_TOKENS
+        .scope(std::sync::Arc::clone(&counter), write)
+        .await;
+    (out, counter.load(std::sync::atomic::Ordering::Relaxed))
 }

@@ -6,7 +6,7 @@
 //! computes at most [`IN_FLIGHT_BATCHES`] batches ahead of what the sink has accepted.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
 use datafusion::arrow::array::{Array, RecordBatch};
@@ -208,8 +208,12 @@ pub async fn run_pipeline(
     )
     .await;
     progress.finish();
-    // Let the batch being embedded finish, so ONNX Runtime is idle when the process exits.
-    let _ = tokio::task::spawn_blocking(move || rt.shutdown_timeout(Duration::from_secs(30))).await;
+    // Let the micro-batch being embedded finish (after a signal, `embed()` stops at the next
+    // one), so ONNX Runtime is idle when the process exits.
+    let _ = tokio::task::spawn_blocking(move || {
+        rt.shutdown_timeout(crate::signals::plan_shutdown_wait())
+    })
+    .await;
     let mut summary = match result {
         Ok(s) => s,
         Err(e) => return Err(explain_scan_error(e, &plan, pipeline).await),

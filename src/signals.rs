@@ -3,11 +3,39 @@
 //! output, removes staging files and prints one message); a second exits at once.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use crate::error::exit;
+
+/// The signal that asked the process to stop (0: none yet), readable from any thread without a
+/// runtime: `embed()` looks at it between micro-batches, so a stop does not wait for the whole
+/// record batch being embedded.
+static REQUESTED: AtomicU8 = AtomicU8::new(0);
+
+const SIGINT_SEEN: u8 = 1;
+const SIGTERM_SEEN: u8 = 2;
+
+/// The signal that asked this process to stop, if one has: cheap enough for an inner loop.
+pub fn stop_requested() -> Option<&'static str> {
+    match REQUESTED.load(Ordering::Relaxed) {
+        SIGINT_SEEN => Some("SIGINT"),
+        SIGTERM_SEEN => Some("SIGTERM"),
+        _ => None,
+    }
+}
+
+/// How long a driver waits for its plan runtime to wind down: after a signal `embed()` gives up
+/// at the next micro-batch, so a few seconds; otherwise (a failure elsewhere) long enough for
+/// the record batch being embedded to finish, so ONNX Runtime is idle when the process exits.
+pub fn plan_shutdown_wait() -> std::time::Duration {
+    match stop_requested() {
+        Some(_) => std::time::Duration::from_secs(5),
+        None => std::time::Duration::from_secs(30),
+    }
+}
 
 /// Which signal asked the process to stop, once one has.
 #[derive(Clone)]
@@ -33,6 +61,12 @@ impl Shutdown {
                     exit_now(code(name));
                 }
                 tracing::warn!("{name} received: stopping (send it again to exit at once)");
+                let seen = if name == "SIGINT" {
+                    SIGINT_SEEN
+                } else {
+                    SIGTERM_SEEN
+                };
+                REQUESTED.store(seen, Ordering::Relaxed);
                 tx.send_replace(Some(name));
             }
         });

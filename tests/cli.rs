@@ -748,6 +748,7 @@ fn insert_into_sink_writes_what_run_writes() {
             "sql",
             "--pipeline",
             "p.yaml",
+            "--allow-writes",
             "INSERT INTO sink SELECT id, embed(text) AS vector, text, n FROM docs",
         ],
     );
@@ -774,10 +775,43 @@ fn insert_into_sink_writes_what_run_writes() {
             "sql",
             "--pipeline",
             "p.yaml",
+            "--allow-writes",
             "INSERT INTO sink (id, vector) SELECT id, text FROM docs",
         ],
     );
     assert_fails_with(&o, 1, "FixedSizeList(384");
+    // An INSERT keeps run's rules: it writes only with --allow-writes, and its ids are checked
+    // before anything is embedded; the output stays as it was.
+    let before = std::fs::read(dir.path().join("out/part-0.parquet")).unwrap();
+    let sql = |query: &str, allow: bool| {
+        let mut args = vec!["sql", "--pipeline", "p.yaml"];
+        if allow {
+            args.push("--allow-writes");
+        }
+        args.push(query);
+        embedflow(dir.path(), &args)
+    };
+    let o = sql(
+        "INSERT INTO sink SELECT id, embed(text) AS vector, text, n FROM docs",
+        false,
+    );
+    assert_fails_with(&o, 2, "only reads unless --allow-writes is given");
+    let o = sql(
+        "INSERT INTO sink SELECT 'same' AS id, embed(text) AS vector, text, n FROM docs",
+        true,
+    );
+    assert_fails_with(&o, 1, "appear on more than one row");
+    let o = sql(
+        "INSERT INTO sink SELECT CASE WHEN n = 2 THEN NULL ELSE id END AS id, embed(text) AS vector, text, n FROM docs",
+        true,
+    );
+    assert_fails_with(&o, 1, "null or empty id");
+    assert!(stderr(&o).contains("`id`"), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(dir.path().join("out/part-0.parquet")).unwrap(),
+        before,
+        "the output is as it was"
+    );
     // Other tables stay read-only.
     let o = embedflow(
         dir.path(),

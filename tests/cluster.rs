@@ -36,9 +36,11 @@ struct Cluster {
     logs: PathBuf,
 }
 
-fn spawn(dir: &Path, args: &[&str], log: &Path) -> Child {
+fn spawn(dir: &Path, args: &[&str], log: &Path, env: &[(&str, Option<&str>)]) -> Child {
     let out = std::fs::File::create(log).unwrap();
-    embedflow_command(dir, args, &[("PINECONE_API_KEY", Some(KEY))])
+    let mut all = vec![("PINECONE_API_KEY", Some(KEY))];
+    all.extend_from_slice(env);
+    embedflow_command(dir, args, &all)
         .stdout(Stdio::null())
         .stderr(out)
         .spawn()
@@ -47,6 +49,11 @@ fn spawn(dir: &Path, args: &[&str], log: &Path) -> Child {
 
 impl Cluster {
     fn start(dir: &Path, executors: usize) -> Cluster {
+        Cluster::start_with_env(dir, executors, &[])
+    }
+
+    /// A cluster whose executors also have `env` (their own credentials).
+    fn start_with_env(dir: &Path, executors: usize, env: &[(&str, Option<&str>)]) -> Cluster {
         let port = free_port();
         let logs = dir.join("logs");
         std::fs::create_dir_all(&logs).unwrap();
@@ -55,6 +62,7 @@ impl Cluster {
             dir,
             &["scheduler", "--bind", &bind, "--executor-timeout", "12"],
             &logs.join("scheduler.log"),
+            &[],
         );
         let mut cluster = Cluster {
             port,
@@ -85,6 +93,7 @@ impl Cluster {
                     work.to_str().unwrap(),
                 ],
                 &cluster.logs.join(format!("executor-{i}.log")),
+                env,
             );
             cluster.executors.push(child);
         }
@@ -332,26 +341,6 @@ fn the_sample_on_two_executors_equals_a_local_run() {
         ],
     );
     assert_fails_with(&o, 2, "df://HOST:PORT");
-    write_file(
-        d,
-        "s3.yaml",
-        "source:\n  tables:\n    docs: { path: s3://bucket/docs.parquet }\nembed:\n  model: all-MiniLM-L6-v2\nsink:\n  parquet: { path: out }\n",
-    );
-    let o = embedflow(
-        d,
-        &[
-            "run",
-            "s3.yaml",
-            "--no-progress",
-            "--cluster",
-            &cluster.url(),
-        ],
-    );
-    assert_fails_with(
-        &o,
-        2,
-        "source.tables.docs: s3://bucket/docs.parquet is on S3",
-    );
 }
 
 #[test]
@@ -427,4 +416,374 @@ fn killing_an_executor_mid_job_still_writes_every_row_once() {
         "{s}"
     );
     assert_same_vectors(&local, &read_parts(&d.join("clustered")), 1e-6);
+}
+
+/// 160 paragraphs of the sample as `id`, `text` and `chapter` (metadata): a table a user points
+/// a pipeline at without SQL.
+fn small_table(dir: &Path) -> PathBuf {
+    use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    const ROWS: usize = 160;
+    let sample = PathBuf::from(sample());
+    let ids = read_text_column(&sample, "id");
+    let bodies = read_text_column(&sample, "body");
+    let chapters = read_text_column(&sample, "chapter");
+    // Every 19th paragraph: long and short ones, from every chapter.
+    let pick =
+        |c: &Vec<String>| -> Vec<String> { c.iter().step_by(19).take(ROWS).cloned().collect() };
+    let schema = std::sync::Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("text", DataType::Utf8, true),
+        Field::new("chapter", DataType::Utf8, true),
+    ]));
+    let cols: Vec<ArrayRef> = vec![
+        std::sync::Arc::new(StringArray::from(pick(&ids))),
+        std::sync::Arc::new(StringArray::from(pick(&bodies))),
+        std::sync::Arc::new(StringArray::from(pick(&chapters))),
+    ];
+    let path = dir.join("small.parquet");
+    write_batch(&path, RecordBatch::try_new(schema, cols).unwrap());
+    path
+}
+
+/// Every part of a Parquet output folder, as id -> chapter (the metadata column).
+fn read_chapters(folder: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(folder).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "parquet") {
+            let ids = read_text_column(&path, "id");
+            let chapters = read_text_column(&path, "chapter");
+            out.extend(ids.into_iter().zip(chapters));
+        }
+    }
+    out
+}
+
+/// Runs `yaml` locally into `local/` and on the cluster into `clustered/`, and checks both
+/// give the same rows, vectors, metadata and summary counts.
+fn assert_cluster_equals_local(d: &Path, cluster: &Cluster, name: &str, yaml: &str) {
+    let local_dir = format!("local-{name}");
+    let cluster_dir = format!("clustered-{name}");
+    write_file(
+        d,
+        "local.yaml",
+        &format!("{yaml}sink:\n  parquet: {{ path: {local_dir} }}\n"),
+    );
+    write_file(
+        d,
+        "c.yaml",
+        &format!("{yaml}sink:\n  parquet: {{ path: {cluster_dir} }}\n"),
+    );
+    let o = embedflow(
+        d,
+        &[
+            "run",
+            "local.yaml",
+            "--no-progress",
+            "--summary-json",
+            "l.json",
+        ],
+    );
+    assert_ok(&o);
+    let o = embedflow(
+        d,
+        &[
+            "run",
+            "c.yaml",
+            "--no-progress",
+            "--cluster",
+            &cluster.url(),
+            "--partitions",
+            "3",
+            "--summary-json",
+            "c.json",
+        ],
+    );
+    assert_ok(&o);
+    let local = read_parts(&d.join(&local_dir));
+    assert!(local.len() >= 100, "{name}: {} rows", local.len());
+    assert_same_vectors(&local, &read_parts(&d.join(&cluster_dir)), 1e-6);
+    assert_eq!(
+        read_chapters(&d.join(&local_dir)),
+        read_chapters(&d.join(&cluster_dir)),
+        "{name}: the metadata"
+    );
+    let (l, c) = (summary(&d.join("l.json")), summary(&d.join("c.json")));
+    for field in [
+        "rows_read",
+        "rows_embedded",
+        "rows_written",
+        "rows_skipped",
+        "tokens",
+    ] {
+        assert_eq!(l[field], c[field], "{name}: {field}: local {l} cluster {c}");
+    }
+}
+
+#[test]
+fn pipelines_of_every_shape_run_on_the_cluster_as_locally() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let table = small_table(d);
+    let cluster = Cluster::start(d, 2);
+    let source = format!(
+        "source:\n  tables:\n    docs: {{ path: {} }}\n",
+        table.display()
+    );
+    let model = "embed:\n  model: all-MiniLM-L6-v2\n  id: id\n";
+    // A plain text column, no SQL (DataFusion pushes embed() into the Parquet scan).
+    assert_cluster_equals_local(d, &cluster, "plain", &format!("{source}{model}"));
+    // An SQL expression.
+    assert_cluster_equals_local(
+        d,
+        &cluster,
+        "sql",
+        &format!(
+            "{source}  sql: \"SELECT id, chapter || ': ' || upper(text) AS text, chapter FROM docs\"\n{model}"
+        ),
+    );
+    // Chunking: the chunks are cut on the executors, with the model's tokenizer.
+    assert_cluster_equals_local(
+        d,
+        &cluster,
+        "chunks",
+        &format!("{source}{model}  chunking: {{ max_tokens: 48, overlap: 8 }}\n"),
+    );
+    // Vectors read from a table (embed.vector): no model anywhere.
+    let vectors = d.join("local-plain");
+    assert_cluster_equals_local(
+        d,
+        &cluster,
+        "vectors",
+        &format!(
+            "source:\n  tables:\n    docs: {{ path: {} }}\nembed:\n  vector: vector\n  id: id\n",
+            vectors.display()
+        ),
+    );
+}
+
+#[test]
+fn an_s3_source_and_output_run_on_the_cluster_as_locally() {
+    use common::s3::S3Server;
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let table = small_table(d);
+    let s3 = S3Server::start();
+    s3.bucket("lake");
+    s3.put_file("lake", "docs/small.parquet", &table);
+    // The executors have credentials of their own and no endpoint: the pipeline's
+    // storage.s3.endpoint travels with the job.
+    let keys: Vec<(&str, String)> = s3
+        .env()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("AWS_") && *k != "AWS_ENDPOINT_URL")
+        .collect();
+    let env: Vec<(&str, Option<&str>)> = keys.iter().map(|(k, v)| (*k, Some(v.as_str()))).collect();
+    let cluster = Cluster::start_with_env(d, 2, &env);
+    let yaml = |out: &str| {
+        format!(
+            "storage:\n  s3: {{ endpoint: \"{}\" }}\nsource:\n  tables:\n    docs: {{ path: s3://lake/docs/small.parquet }}\nembed:\n  model: all-MiniLM-L6-v2\n  id: id\nsink:\n  parquet: {{ path: {out} }}\n",
+            s3.endpoint
+        )
+    };
+    write_file(d, "local.yaml", &yaml("local"));
+    assert_ok(&embedflow_env(
+        d,
+        &["run", "local.yaml", "--no-progress"],
+        &env,
+    ));
+    write_file(d, "c.yaml", &yaml("s3://lake/vectors"));
+    let o = embedflow_env(
+        d,
+        &[
+            "run",
+            "c.yaml",
+            "--no-progress",
+            "--cluster",
+            &cluster.url(),
+            "--partitions",
+            "3",
+        ],
+        &env,
+    );
+    assert_ok(&o);
+    let parts: Vec<String> = s3
+        .keys("lake")
+        .into_iter()
+        .filter(|k| k.starts_with("vectors/"))
+        .collect();
+    assert_eq!(
+        parts.len(),
+        3,
+        "one part per partition, no staging left: {parts:?}"
+    );
+    let mut got = BTreeMap::new();
+    for key in &parts {
+        for (id, v) in read_vectors(&s3.object("lake", key).unwrap()) {
+            assert!(got.insert(id.clone(), v).is_none(), "{id} twice");
+        }
+    }
+    assert_same_vectors(&read_parts(&d.join("local")), &got, 1e-6);
+    let logs = cluster.log("executor-0") + &cluster.log("executor-1");
+    assert!(
+        !logs.contains(common::s3::SECRET_KEY),
+        "a secret in the executors' logs"
+    );
+}
+
+#[test]
+fn a_cluster_without_executors_says_so_and_gives_up() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let table = small_table(d);
+    let cluster = Cluster::start(d, 0);
+    write_file(
+        d,
+        "p.yaml",
+        &pipeline_yaml(&table.display().to_string(), "out", ""),
+    );
+    let o = embedflow(
+        d,
+        &[
+            "run",
+            "p.yaml",
+            "--no-progress",
+            "--cluster",
+            &cluster.url(),
+            "--wait-for-executors",
+            "2",
+        ],
+    );
+    assert_fails_with(&o, 1, "no executor registered with the scheduler");
+    assert!(
+        stderr(&o).contains("waiting for executors"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!d.join("out").exists() || std::fs::read_dir(d.join("out")).unwrap().count() == 0);
+}
+
+#[test]
+fn an_executor_without_its_scheduler_backs_off_and_stops_on_the_first_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let ports = format!("{},{}", free_port(), free_port());
+    let log = d.join("executor.log");
+    let mut child = spawn(
+        d,
+        &["executor", "--scheduler", &nobody, "--ports", &ports],
+        &log,
+        &[],
+    );
+    let start = Instant::now();
+    let tries = |log: &Path| {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .matches("cannot be reached")
+            .count()
+    };
+    while tries(&log) < 2 {
+        assert!(start.elapsed() < Duration::from_secs(60), "no retry logged");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "it exited: {}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Backing off: far fewer tries than one every 0.5 s.
+    let elapsed = start.elapsed().as_secs_f64();
+    assert!(
+        tries(&log) as f64 <= 2.0 + elapsed / 0.5,
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    // SAFETY: kill only sends a signal to the child we started.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(10),
+            "the first SIGTERM did not stop it"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(143));
+}
+
+#[test]
+fn a_stopped_client_cancels_its_job() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cluster = Cluster::start(d, 1);
+    sample_pipeline(d, "c.yaml", "  parquet: { path: clustered }\n");
+    let mut run = embedflow_command(
+        d,
+        &[
+            "run",
+            "c.yaml",
+            "--no-progress",
+            "--cluster",
+            &cluster.url(),
+            "--partitions",
+            "8",
+        ],
+        &[],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let running = |c: &Cluster| {
+        c.get("/api/jobs")
+            .and_then(|j| j.as_array().cloned())
+            .is_some_and(|jobs| jobs.iter().any(|j| j["status"] == "Running"))
+    };
+    let start = Instant::now();
+    while !running(&cluster) {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the job never ran"
+        );
+        assert!(run.try_wait().unwrap().is_none(), "the client ended early");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SAFETY: kill only sends a signal to the child we started.
+    assert_eq!(unsafe { libc::kill(run.id() as i32, libc::SIGTERM) }, 0);
+    let stopped = Instant::now();
+    let o = run.wait_with_output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(143),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        stopped.elapsed()
+    );
+    // The scheduler no longer runs it: no executor picks it up later.
+    let start = Instant::now();
+    while running(&cluster) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the job still runs: {:?}",
+            cluster.get("/api/jobs")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let left: Vec<_> = std::fs::read_dir(d.join("clustered"))
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "nothing published, no staging: {left:?}");
 }

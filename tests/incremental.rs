@@ -652,3 +652,57 @@ fn a_pinecone_run_killed_at_a_random_moment_resumes_with_every_id_once() {
     }
     assert!(worst < 1e-5, "largest difference from a clean run: {worst}");
 }
+
+#[test]
+fn a_damaged_state_names_its_file_and_the_way_out_and_a_lost_manifest_starts_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let day1 = rows(30);
+    write_rows(&d.join("docs.parquet"), &day1);
+    write_file(d, "p.yaml", &parquet_yaml(""));
+    assert_ok(&run(d, "p.yaml", &[]));
+    let state_files = |d: &Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(d.join("state"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".parquet"))
+            .collect();
+        names.sort();
+        names
+    };
+    let files = state_files(d);
+    assert!(!files.is_empty(), "the state has files");
+    // A truncated state file: the error names it and --full; the output stays as it was.
+    let victim = d.join("state").join(&files[0]);
+    let bytes = std::fs::read(&victim).unwrap();
+    std::fs::write(&victim, &bytes[..bytes.len() / 2]).unwrap();
+    let before = std::fs::read(d.join("out/part-0.parquet")).unwrap();
+    let o = run(d, "p.yaml", &[]);
+    assert_fails_with(
+        &o,
+        1,
+        &format!("the state file state/{} is unreadable", files[0]),
+    );
+    assert!(stderr(&o).contains("re-run with --full"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(d.join("out/part-0.parquet")).unwrap(), before);
+    // --full is the way out.
+    let o = run(d, "p.yaml", &["--full"]);
+    assert_ok(&o);
+    assert_eq!(summary(d)["rows_embedded"], 30);
+    // A lost manifest: the state starts over, says which files no manifest names, and removes
+    // them; the next run embeds only what changed again.
+    std::fs::remove_file(d.join("state/manifest.json")).unwrap();
+    let orphans = state_files(d);
+    let o = run(d, "p.yaml", &[]);
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains("holds") && stderr(&o).contains(&orphans[0]),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(summary(d)["rows_embedded"], 30, "every row again");
+    assert_ok(&run(d, "p.yaml", &[]));
+    assert_eq!(summary(d)["rows_embedded"], 0, "the new state holds");
+    assert_eq!(read_output(&d.join("out/part-0.parquet")).len(), 30);
+}

@@ -902,7 +902,14 @@ fn insert_into_a_pinecone_sink_has_the_writers_guarantees() {
         pinecone_yaml(&srv, "    metadata: [lang]\n    batch_size: 40\n"),
     )
     .unwrap();
+    // An INSERT writes: refused without --allow-writes, before anything is embedded.
     let o = run(d, &["sql", "--pipeline", "pc.yaml", insert]);
+    assert_fails_with(&o, 2, "--allow-writes");
+    assert_eq!(srv.upsert_requests("docs"), 0);
+    let o = run(
+        d,
+        &["sql", "--pipeline", "pc.yaml", "--allow-writes", insert],
+    );
     assert_ok(&o);
     let stored = srv.records("docs", "");
     assert_eq!(stored.len(), 150);
@@ -922,7 +929,10 @@ fn insert_into_a_pinecone_sink_has_the_writers_guarantees() {
         ),
     )
     .unwrap();
-    let o = run(d, &["sql", "--pipeline", "broken.yaml", insert]);
+    let o = run(
+        d,
+        &["sql", "--pipeline", "broken.yaml", "--allow-writes", insert],
+    );
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert_eq!(
         std::fs::read_to_string(d.join("failed.jsonl"))
@@ -931,4 +941,30 @@ fn insert_into_a_pinecone_sink_has_the_writers_guarantees() {
             .count(),
         150
     );
+}
+
+#[test]
+fn an_id_pinecone_cannot_take_is_refused_before_anything_is_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let long = "x".repeat(513);
+    let ids = ["a", long.as_str(), "c"];
+    let texts = [Some("first"), Some("second"), Some("third")];
+    write_text_parquet(&d.join("docs.parquet"), &ids, &texts);
+    let srv = server(Faults::default());
+    std::fs::write(d.join("pc.yaml"), pinecone_yaml(&srv, "")).unwrap();
+    let o = run(d, &["run", "pc.yaml", "--no-progress"]);
+    assert_fails_with(
+        &o,
+        1,
+        "1 ids are longer than the 512 bytes a Pinecone id may have",
+    );
+    assert!(stderr(&o).contains("(513 bytes)"), "{}", stderr(&o));
+    assert_eq!(srv.upsert_requests("docs"), 0, "nothing upserted");
+    assert!(!stdout(&o).contains("rows read"), "{}", stdout(&o));
+    // 512 bytes is fine.
+    let fits = "y".repeat(512);
+    write_text_parquet(&d.join("docs.parquet"), &["a", fits.as_str()], &texts[..2]);
+    assert_ok(&run(d, &["run", "pc.yaml", "--no-progress"]));
+    assert_eq!(srv.records("docs", "").len(), 2);
 }

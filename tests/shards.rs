@@ -139,3 +139,54 @@ fn three_pinecone_shards_fill_the_index_once() {
         .collect();
     assert_same_vectors(&full, &got, 1e-5);
 }
+
+#[test]
+fn an_output_folder_holds_one_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    corpus(d);
+    write_file(d, "s.yaml", &pipeline_yaml("docs.parquet", "out", ""));
+    let parts = |d: &Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(d.join("out"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".parquet"))
+            .collect();
+        names.sort();
+        names
+    };
+    for i in 0..2 {
+        let shard = format!("{i}/2");
+        assert_ok(&embedflow(
+            d,
+            &["run", "s.yaml", "--no-progress", "--shard", &shard],
+        ));
+    }
+    assert_eq!(parts(d), ["part-0.parquet", "part-1.parquet"]);
+    // A whole run replaces the sharded layout whole, and says so.
+    let o = embedflow(d, &["run", "s.yaml", "--no-progress"]);
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains("replaces the folder's parts of a run split into 2 shards")
+            && stderr(&o).contains("removed part-1.parquet"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(parts(d), ["part-0.parquet"]);
+    let ids: std::collections::BTreeSet<String> = read_vectors(&d.join("out/part-0.parquet"))
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(ids.len(), N, "every row once");
+    // A shard beside a whole run's output is refused, naming the file; nothing changes.
+    let before = std::fs::read(d.join("out/part-0.parquet")).unwrap();
+    let o = embedflow(d, &["run", "s.yaml", "--no-progress", "--shard", "1/2"]);
+    assert_fails_with(
+        &o,
+        2,
+        "holds part-0.parquet, written by a run without --shard",
+    );
+    assert_eq!(parts(d), ["part-0.parquet"]);
+    assert_eq!(std::fs::read(d.join("out/part-0.parquet")).unwrap(), before);
+}

@@ -22,6 +22,8 @@ use futures::TryStreamExt;
 
 use super::codec::{LogicalCodec, PhysicalCodec};
 use super::publish::Staging;
+use super::scheduler_api::SchedulerApi;
+use super::stores::TravellingStores;
 use crate::config::Pipeline;
 use crate::error::{Interrupted, config_error};
 use crate::plan::{self, checks};
@@ -114,12 +116,35 @@ pub fn spread(plan: Arc<dyn ExecutionPlan>, partitions: usize) -> Result<Arc<dyn
         )?;
         Ok(Transformed::new(node, true, TreeNodeRecursion::Jump))
     })?;
-    if !spread.transformed {
-        return Err(anyhow!(
-            "the plan has no embed() to spread over the cluster"
-        ));
+    if spread.transformed {
+        return Ok(spread.data);
     }
-    Ok(spread.data)
+    // Nothing to embed (embed.vector): the batches are dealt out to the partitions in turn.
+    Ok(Arc::new(RepartitionExec::try_new(
+        spread.data,
+        datafusion::physical_plan::Partitioning::RoundRobinBatch(partitions),
+    )?))
+}
+
+/// The pipeline's physical plan with `embed()` left in a projection of its own, where [`spread`]
+/// finds it: DataFusion's physical `ProjectionPushdown` would merge that projection into a
+/// Parquet scan (a pipeline without `sql:`), leaving no place for the shuffle below `embed()`.
+/// Only that rule is left out; the logical optimizer still reads just the columns used.
+pub async fn physical_plan_for_cluster(
+    frame: &datafusion::prelude::DataFrame,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    use datafusion::execution::SessionStateBuilder;
+    let (state, logical) = frame.clone().into_parts();
+    let rules = state
+        .physical_optimizers()
+        .iter()
+        .filter(|rule| rule.name() != "ProjectionPushdown")
+        .cloned()
+        .collect();
+    let state = SessionStateBuilder::new_from_existing(state)
+        .with_physical_optimizer_rules(rules)
+        .build();
+    Ok(state.create_physical_plan(&logical).await?)
 }
 
 /// The whole job as one physical plan: the pipeline's plan, written partition by partition, the
@@ -135,10 +160,12 @@ pub async fn run_on_cluster(
     pipeline: &Pipeline,
     cluster: &str,
     partitions: Option<usize>,
+    wait_for_executors: std::time::Duration,
     opts: &RunOptions,
     shutdown: &Shutdown,
 ) -> Result<RunSummary> {
     let url = scheduler_url("--cluster", cluster)?;
+    let api = SchedulerApi::new(&url);
     if pipeline.incremental.is_some() {
         return Err(config_error(
             "incremental: pipelines run on one machine for now (their state is read and written by one process); drop --cluster, or use --shard I/N to split the work",
@@ -149,37 +176,32 @@ pub async fn run_on_cluster(
             "--shard and --cluster are two ways to split a job: use one",
         ));
     }
-    if pipeline.embed.vector.is_some() {
-        return Err(config_error(
-            "embed.vector pipelines embed nothing: run them without --cluster",
-        ));
-    }
-    if let Some((table, spec)) = pipeline
-        .source
-        .tables
-        .iter()
-        .find(|(_, t)| crate::storage::is_remote(&t.path))
-    {
-        return Err(config_error(format!(
-            "source.tables.{table}: {} is on S3, but executors read local or shared-file-system paths for now (their object stores are Ballista's); copy it to a path every executor can read, or run without --cluster",
-            spec.path
-        )));
-    }
     let start = Instant::now();
-    let embedder = shutdown.until(load_embedder(&pipeline.embed)).await?;
+    // A pipeline that reads vectors (embed.vector) loads no model.
+    let embedder = match pipeline.embed.vector {
+        Some(_) => None,
+        None => Some(shutdown.until(load_embedder(&pipeline.embed)).await?),
+    };
     let model_seconds = start.elapsed().as_secs_f64();
     let partitions = partitions.unwrap_or(DEFAULT_PARTITIONS).max(1);
     check_destination(pipeline)?;
-    let plan = plan::build(pipeline, Arc::clone(&embedder)).await?;
+    let plan = match &embedder {
+        Some(e) => plan::build(pipeline, Arc::clone(e)).await?,
+        None => plan::build_vectors(pipeline, None).await?,
+    };
+    let dim = vector_width(&plan.frame)?;
     let ids = shutdown
         .until(checks::check_ids(&plan.ids, pipeline))
+        .await?;
+    shutdown
+        .until(api.wait_for_executors(wait_for_executors))
         .await?;
     let staging = match pipeline.sink.kind()? {
         SinkKind::Parquet(spec) => Some(Staging::prepare(spec, &pipeline.storage).await?),
         SinkKind::Pinecone(spec) => {
             // The same preflight a local run makes, before any executor starts.
             shutdown
-                .until(crate::sink::pinecone::connect(spec, embedder.dim()))
+                .until(crate::sink::pinecone::connect(spec, dim))
                 .await?;
             None
         }
@@ -194,21 +216,28 @@ pub async fn run_on_cluster(
     {
         p.dead_letter = Some(crate::sink::pinecone::default_dead_letter(&p.index));
     }
+    // The object stores the tasks need, by their settings (the credentials are the executors').
+    let stores = TravellingStores::new(
+        &pipeline.storage,
+        pipeline.source.tables.values().map(|t| t.path.as_str()),
+    );
+    let session_id = format!("embedflow-{}", super::job_stamp());
+    // The job's name is this client's own, so that a stop or a failure cancels this job only.
+    let job_name = format!("embedflow run {session_id}");
     let job = async {
-        let frame_plan = plan.frame.clone().create_physical_plan().await?;
+        let frame_plan = physical_plan_for_cluster(&plan.frame).await?;
         let root = job_plan(spread(frame_plan, partitions)?, target);
         tracing::info!(
             "submitting the job to {url}: {partitions} partitions, {}",
             root.name()
         );
-        let session_id = format!("embedflow-{}", super::job_stamp());
         let stream = execute_physical_plan::<PhysicalPlanNode>(
             url.clone(),
             &BallistaConfig::default(),
             root,
             &PhysicalCodec::default(),
-            session_id,
-            session_config("embedflow run"),
+            session_id.clone(),
+            session_config(&job_name).with_option_extension(stores.clone()),
         )
         .await
         .with_context(|| format!("the cluster at {cluster} did not take the job"))?;
@@ -226,6 +255,7 @@ pub async fn run_on_cluster(
                 Some(_) => "nothing was published; the previous output is as it was",
                 None => "vectors upserted before the signal stay in the index; a re-run overwrites them",
             };
+            api.cancel_jobs_named(&job_name).await;
             if let Some(staging) = staging {
                 staging.discard().await;
             }
@@ -235,6 +265,7 @@ pub async fn run_on_cluster(
     let batches = match batches {
         Ok(b) => b,
         Err(e) => {
+            api.cancel_jobs_named(&job_name).await;
             if let Some(staging) = staging {
                 staging.discard().await;
             }
@@ -260,6 +291,20 @@ pub async fn run_on_cluster(
     summary.seconds = start.elapsed().as_secs_f64();
     summary.model_seconds = model_seconds;
     summary.stream_seconds = summary.seconds - model_seconds;
-    say_truncated(&summary, &embedder);
+    if let Some(embedder) = &embedder {
+        say_truncated(&summary, embedder);
+    }
     Ok(summary)
+}
+
+/// The width of the plan's `vector` column.
+fn vector_width(frame: &datafusion::prelude::DataFrame) -> Result<usize> {
+    match frame
+        .schema()
+        .field_with_unqualified_name("vector")
+        .map(|f| f.data_type().clone())
+    {
+        Ok(datafusion::arrow::datatypes::DataType::FixedSizeList(_, n)) => Ok(n as usize),
+        _ => Err(anyhow!("the plan has no vector column of fixed width")),
+    }
 }

@@ -3,6 +3,7 @@
 //!
 //! - `embed()`: by name plus its settings (the `embed:` spec and the vector width); the model is
 //!   loaded on each executor the first time the function runs there ([`super::models`]);
+//! - `chunks()` (`embed.chunking`): by its settings and the model whose tokenizer measures;
 //! - the sink: the sink table (logical) and [`PartitionedSinkExec`] (physical), by the sink's
 //!   settings without secrets ([`PartTarget`]); each executor reads its API key from its own
 //!   environment.
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use ballista_core::serde::{BallistaLogicalExtensionCodec, BallistaPhysicalExtensionCodec};
 
 use crate::embed::EmbedSpec;
+use crate::embed::chunk::{ChunkingSpec, ChunksUdf};
 use crate::embed::udf::EmbedUdf;
 use crate::sink::partitioned::{PartTarget, PartitionedSinkExec};
 use crate::sink::table::SinkTable;
@@ -54,13 +56,32 @@ fn decode_json<T: for<'de> Deserialize<'de>>(buf: &[u8], what: &str) -> Result<O
         .map_err(|e| DataFusionError::Internal(format!("cannot decode embedflow's {what}: {e}")))
 }
 
-/// `embed()` as embedflow encodes it; any other function goes to `other` (Ballista's codec).
+/// `chunks()` on the wire: the chunking settings and the model whose tokenizer measures.
+#[derive(Serialize, Deserialize)]
+struct ChunksPayload {
+    chunking: ChunkingSpec,
+    model: EmbedSpec,
+}
+
+/// `embed()` and `chunks()` as embedflow encodes them; any other function goes to `other`
+/// (Ballista's codec).
 fn encode_embed_or(
     node: &ScalarUDF,
     buf: &mut Vec<u8>,
     other: impl FnOnce(&mut Vec<u8>) -> Result<()>,
 ) -> Result<()> {
-    let Some(embed) = node.inner().as_ref().downcast_ref::<EmbedUdf>() else {
+    let inner = node.inner().as_ref();
+    if let Some(chunks) = inner.downcast_ref::<ChunksUdf>() {
+        let (chunking, model) = chunks.settings();
+        return encode_json(
+            &ChunksPayload {
+                chunking: chunking.clone(),
+                model: model.clone(),
+            },
+            buf,
+        );
+    }
+    let Some(embed) = inner.downcast_ref::<EmbedUdf>() else {
         return other(buf);
     };
     encode_json(
@@ -78,6 +99,16 @@ fn decode_embed_or(
     buf: &[u8],
     other: impl FnOnce() -> Result<Arc<ScalarUDF>>,
 ) -> Result<Arc<ScalarUDF>> {
+    if name == "chunks" {
+        return match decode_json::<ChunksPayload>(buf, "chunks() settings")? {
+            Some(p) => Ok(Arc::new(ChunksUdf::deferred(
+                p.chunking,
+                p.model,
+                super::models::shared_embedder,
+            ))),
+            None => other(),
+        };
+    }
     if name != "embed" {
         return other();
     }

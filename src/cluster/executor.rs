@@ -9,6 +9,7 @@ use ballista_core::config::TaskSchedulingPolicy;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
 
 use super::codec::{LogicalCodec, PhysicalCodec};
+use crate::signals::Shutdown;
 
 #[derive(Debug, Clone)]
 pub struct ExecutorOptions {
@@ -43,8 +44,35 @@ pub fn slots_and_threads(
     }
 }
 
-/// Serves until the process is stopped (SIGTERM or Ctrl-C end it cleanly).
-pub async fn serve(opts: ExecutorOptions) -> Result<()> {
+/// Waits until the scheduler accepts connections, backing off from 0.5 s to 10 s between tries
+/// and saying so. (Ballista's own connect loop retries every 0.5 s, and its time limit never
+/// fires; a signal ends this wait, through the caller's [`Shutdown::until`].)
+async fn wait_for_scheduler(host: &str, port: u16) -> Result<()> {
+    use backon::Retryable;
+    let address = format!("{host}:{port}");
+    let connect = || async { tokio::net::TcpStream::connect(address.as_str()).await };
+    connect
+        .retry(
+            backon::ExponentialBuilder::default()
+                .with_min_delay(std::time::Duration::from_millis(500))
+                .with_max_delay(std::time::Duration::from_secs(10))
+                .with_jitter()
+                .without_max_times(),
+        )
+        .notify(|e, wait| {
+            tracing::warn!(
+                "executor: the scheduler at {address} cannot be reached ({e}); trying again in {:.1} s",
+                wait.as_secs_f64()
+            )
+        })
+        .await
+        .map(drop)
+        .map_err(|e| anyhow!("executor: the scheduler at {address}: {e}"))
+}
+
+/// Serves until the process is stopped (SIGTERM or Ctrl-C end it cleanly, waiting for the
+/// scheduler included).
+pub async fn serve(opts: ExecutorOptions, shutdown: &Shutdown) -> Result<()> {
     let url = super::client::scheduler_url("--scheduler", &opts.scheduler)?;
     let address = url.trim_start_matches("http://");
     let (host, port) = address
@@ -61,6 +89,26 @@ pub async fn serve(opts: ExecutorOptions) -> Result<()> {
         opts.flight_port,
         opts.grpc_port
     );
+    shutdown.until(wait_for_scheduler(host, port)).await?;
+    // Shuffle and spill files: the given folder, or a temporary one removed when serving ends.
+    let temporary;
+    let work_dir = match &opts.work_dir {
+        Some(d) => d.clone(),
+        None => {
+            temporary = tempfile::tempdir()
+                .map_err(|e| anyhow!("executor: cannot create a work folder: {e}"))?;
+            temporary.path().to_path_buf()
+        }
+    };
+    let spill_dir = work_dir.clone();
+    // Each task's runtime gets the S3 clients its job's settings name (`embedflow.stores`).
+    let runtime_producer: ballista_core::RuntimeProducer = Arc::new(move |config| {
+        let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_temp_file_path(spill_dir.clone())
+            .build()?;
+        super::stores::register_job_stores(config, &runtime)?;
+        Ok(Arc::new(runtime))
+    });
     let config = ExecutorProcessConfig {
         bind_host: opts.bind_host.clone(),
         external_host: Some(opts.bind_host.clone()),
@@ -68,11 +116,14 @@ pub async fn serve(opts: ExecutorOptions) -> Result<()> {
         grpc_port: opts.grpc_port,
         scheduler_host: host.to_string(),
         scheduler_port: port,
-        scheduler_connect_timeout_seconds: 30,
+        // One try: wait_for_scheduler has seen it listening.
+        scheduler_connect_timeout_seconds: 0,
         vcores: slots,
         // Pull tasks when a slot is free (see the scheduler).
         task_scheduling_policy: TaskSchedulingPolicy::PullStaged,
-        work_dir: opts.work_dir.map(|d| d.display().to_string()),
+        work_dir: Some(work_dir.display().to_string()),
+        override_config_producer: Some(Arc::new(super::stores::config_with_stores)),
+        override_runtime_producer: Some(runtime_producer),
         print_thread_info: false,
         override_logical_codec: Some(Arc::new(LogicalCodec::default())),
         override_physical_codec: Some(Arc::new(PhysicalCodec::default())),

@@ -5,7 +5,11 @@
 //! - [`models`]: each executor loads a model once and shares it between its tasks;
 //! - [`client`]: plans the job, submits it and sums the partitions' reports;
 //! - [`publish`]: a Parquet output's parts are published only when the job succeeded;
-//! - [`scheduler`], [`executor`]: the two server commands.
+//! - [`scheduler`], [`executor`]: the two server commands;
+//! - [`scheduler_api`]: the scheduler's REST API, as the client uses it (executors registered,
+//!   cancelling a stopped client's job);
+//! - [`stores`]: the job's storage settings travel with it, and executors build their S3
+//!   clients from them and their own credentials.
 
 pub mod client;
 pub mod codec;
@@ -13,6 +17,8 @@ pub mod executor;
 pub mod models;
 pub mod publish;
 pub mod scheduler;
+pub mod scheduler_api;
+pub mod stores;
 
 /// `<pid>-<ms since the epoch>`: names what belongs to one job of this client (its session, its
 /// staging folder).

@@ -15,6 +15,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::error::config_error;
 use crate::sink::parquet::config::ParquetSinkSpec;
+use crate::sink::parquet::layout::is_part;
 use crate::storage::lock::OutputLock;
 use crate::storage::{OutputLocation, StorageSpec, names_parquet_file};
 
@@ -28,10 +29,6 @@ pub struct Staging {
     pub parts: String,
     local_staging: Option<std::path::PathBuf>,
     lock: OutputLock,
-}
-
-fn is_part(name: &str) -> bool {
-    name.starts_with("part-") && names_parquet_file(name)
 }
 
 impl Staging {
@@ -61,6 +58,13 @@ impl Staging {
         let job = format!(".embedflow-staging-{}", super::job_stamp());
         let staging = folder.clone().join(job.as_str());
         let local_staging = first.local_dir().map(|d| d.join(&job));
+        if let Some(dir) = &local_staging {
+            // Executors write their parts into it, and never create it themselves.
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                lock.release().await;
+                anyhow::bail!("cannot create the staging folder {}: {e}", dir.display());
+            }
+        }
         let parts = match &local_staging {
             Some(dir) => dir.display().to_string(),
             None => format!("{path}/{job}"),
@@ -110,6 +114,18 @@ impl Staging {
                 .await
                 .with_context(|| format!("cannot publish {}/{name}", self.display))?;
             published.push(target);
+        }
+        let replaced: Vec<&str> = before
+            .iter()
+            .filter(|p| !published.contains(p))
+            .filter_map(|p| p.filename())
+            .collect();
+        if !replaced.is_empty() {
+            tracing::info!(
+                "{}: the job's parts replace the earlier run's; removing {}",
+                self.display,
+                replaced.join(", ")
+            );
         }
         for old in before.iter().filter(|p| !published.contains(p)) {
             self.store

@@ -32,6 +32,9 @@ pub async fn serve(opts: SchedulerOptions) -> Result<()> {
         task_distribution: TaskDistributionPolicy::RoundRobin,
         executor_timeout_seconds: opts.executor_timeout_secs,
         expire_dead_executor_interval_seconds: (opts.executor_timeout_secs / 2).clamp(1, 15),
+        // The job's object stores (`embedflow.stores`), to decode plans that read `s3://`.
+        override_config_producer: Some(Arc::new(super::stores::config_with_stores)),
+        override_session_builder: Some(Arc::new(super::stores::scheduler_session)),
         override_logical_codec: Some(Arc::new(LogicalCodec::default())),
         override_physical_codec: Some(Arc::new(PhysicalCodec::default())),
         ..SchedulerConfig::default()

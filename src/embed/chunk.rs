@@ -148,31 +148,100 @@ impl Chunker {
 }
 
 /// `chunks(text)`: a text's chunks with their numbers; null text gives a null list.
+///
+/// Its chunker is built here, or, in a plan that came over the wire (a cluster executor), from
+/// the model's tokenizer the first time the function runs ([`ChunksUdf::deferred`]).
 #[derive(Debug)]
 pub struct ChunksUdf {
-    chunker: Arc<Chunker>,
+    chunking: ChunkingSpec,
+    /// The model whose tokenizer measures the chunks.
+    model: Box<super::EmbedSpec>,
+    chunker: ChunkerSource,
     signature: Signature,
 }
 
+/// Loads the model named by an `embed:` spec (an executor's shared model cache).
+pub type LoadModel = fn(&super::EmbedSpec) -> anyhow::Result<Arc<super::Embedder>>;
+
+#[derive(Debug)]
+enum ChunkerSource {
+    Ready(Arc<Chunker>),
+    Deferred {
+        load: LoadModel,
+        built: std::sync::OnceLock<Arc<Chunker>>,
+    },
+}
+
 impl ChunksUdf {
-    pub fn udf(chunker: Arc<Chunker>) -> ScalarUDF {
+    /// `chunks()` of `embedder`'s tokenizer.
+    pub fn udf(spec: &ChunkingSpec, embedder: &super::Embedder) -> Result<ScalarUDF, ConfigError> {
+        let chunker = Chunker::new(spec, embedder.tokenizer(), embedder.max_seq_length())?;
+        Ok(ScalarUDF::new_from_impl(ChunksUdf {
+            chunking: spec.clone(),
+            model: Box::new(embedder.spec().clone()),
+            chunker: ChunkerSource::Ready(Arc::new(chunker)),
+            signature: Signature::string(1, Volatility::Immutable),
+        }))
+    }
+
+    /// `chunks()` whose chunker is built from the model `model` (loaded by `load`) when the
+    /// function first runs.
+    pub fn deferred(chunking: ChunkingSpec, model: super::EmbedSpec, load: LoadModel) -> ScalarUDF {
         ScalarUDF::new_from_impl(ChunksUdf {
-            chunker,
+            chunking,
+            model: Box::new(model),
+            chunker: ChunkerSource::Deferred {
+                load,
+                built: std::sync::OnceLock::new(),
+            },
             signature: Signature::string(1, Volatility::Immutable),
         })
+    }
+
+    /// The chunking settings and the model, as they travel in a plan.
+    pub fn settings(&self) -> (&ChunkingSpec, &super::EmbedSpec) {
+        (&self.chunking, &self.model)
+    }
+
+    fn chunker(&self) -> Result<&Chunker> {
+        match &self.chunker {
+            ChunkerSource::Ready(c) => Ok(c),
+            ChunkerSource::Deferred { load, built } => {
+                if let Some(c) = built.get() {
+                    return Ok(c);
+                }
+                let embedder =
+                    load(&self.model).map_err(|e| DataFusionError::External(e.into()))?;
+                let chunker = Chunker::new(
+                    &self.chunking,
+                    embedder.tokenizer(),
+                    embedder.max_seq_length(),
+                )
+                .map_err(|e| DataFusionError::External(e.into()))?;
+                Ok(built.get_or_init(|| Arc::new(chunker)))
+            }
+        }
     }
 }
 
 impl PartialEq for ChunksUdf {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.chunker, &other.chunker)
+        match (&self.chunker, &other.chunker) {
+            (ChunkerSource::Ready(a), ChunkerSource::Ready(b)) => Arc::ptr_eq(a, b),
+            _ => {
+                self.chunking == other.chunking
+                    && serde_json::to_string(&self.model).ok()
+                        == serde_json::to_string(&other.model).ok()
+            }
+        }
     }
 }
 impl Eq for ChunksUdf {}
 impl Hash for ChunksUdf {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.chunker.max_tokens.hash(state);
-        self.chunker.overlap.hash(state);
+        self.chunking.max_tokens.hash(state);
+        self.chunking.overlap.hash(state);
+        self.model.model.hash(state);
     }
 }
 
@@ -199,9 +268,10 @@ impl ScalarUDFImpl for ChunksUdf {
         let mut texts = StringBuilder::new();
         let mut offsets = vec![0i32];
         let mut valid = Vec::with_capacity(rows.len());
+        let chunker = self.chunker()?;
         for row in &rows {
             if let Some(text) = row {
-                for (n, chunk) in self.chunker.chunks(text).into_iter().enumerate() {
+                for (n, chunk) in chunker.chunks(text).into_iter().enumerate() {
                     numbers.append_value(n as i32);
                     texts.append_value(chunk);
                 }

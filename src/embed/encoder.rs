@@ -368,6 +368,13 @@ impl Embedder {
     /// previous chunk runs through the model; within a chunk, rows are sorted by length into
     /// token-budget micro-batches, which are spread over the sessions (one per device).
     pub fn embed(&self, texts: &[Option<&str>]) -> Result<Vec<f32>> {
+        self.embed_counting(texts).map(|(vectors, _)| vectors)
+    }
+
+    /// [`Embedder::embed`], also returning the tokens embedded (after truncation, without
+    /// padding) for these texts alone.
+    pub fn embed_counting(&self, texts: &[Option<&str>]) -> Result<(Vec<f32>, u64)> {
+        let mut tokens = 0u64;
         let present: Vec<usize> = (0..texts.len()).filter(|&i| texts[i].is_some()).collect();
         let mut out = vec![0f32; texts.len() * self.dim];
         let chunks: Vec<&[usize]> = present.chunks(TOKENIZE_CHUNK_ROWS).collect();
@@ -387,6 +394,10 @@ impl Embedder {
             let mut done = 0usize;
             for encodings in rx {
                 let encodings = encodings?;
+                tokens += encodings
+                    .iter()
+                    .map(|e| e.get_ids().len() as u64)
+                    .sum::<u64>();
                 let rows = &present[done..done + encodings.len()];
                 done += encodings.len();
                 self.embed_chunk(&encodings, rows, &mut out)?;
@@ -396,7 +407,7 @@ impl Embedder {
                 .map_err(|_| anyhow!("the tokenizer thread panicked"))?;
             Ok(())
         })?;
-        Ok(out)
+        Ok((out, tokens))
     }
 
     /// Runs one tokenised chunk; `rows[j]` is the output row of `encodings[j]`.
@@ -417,6 +428,7 @@ impl Embedder {
         };
         if self.sessions.len() == 1 {
             for batch in &batches {
+                stop_point()?;
                 let (vectors, _) = self.run_batch(&self.sessions[0], encodings, batch)?;
                 place(batch, &vectors);
             }
@@ -437,6 +449,7 @@ impl Embedder {
                             let Some(batch) = batches.get(b) else {
                                 return Ok(done);
                             };
+                            stop_point()?;
                             done.push((b, self.run_batch(session, encodings, batch)?.0));
                         }
                     })
@@ -556,6 +569,19 @@ impl Embedder {
         }
         self.tokens_seen.fetch_add(tokens, Ordering::Relaxed);
         Ok((pooled, dim))
+    }
+}
+
+/// Ends an `embed()` call between micro-batches once a signal asked the process to stop: a
+/// record batch of long texts takes many seconds, a micro-batch a fraction of one.
+fn stop_point() -> Result<()> {
+    match crate::signals::stop_requested() {
+        Some(signal) => Err(crate::error::Interrupted {
+            signal,
+            outcome: "embedding stopped between micro-batches".into(),
+        }
+        .into()),
+        None => Ok(()),
     }
 }
 

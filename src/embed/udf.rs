@@ -229,9 +229,10 @@ impl EmbedUdf {
     fn embed_rows(&self, rows: &[Option<&str>]) -> Result<ArrayRef> {
         let embedder = self.embedder()?;
         let dim = embedder.dim();
-        let values = embedder
-            .embed(rows)
+        let (values, tokens) = embedder
+            .embed_counting(rows)
             .map_err(|e| DataFusionError::External(e.into()))?;
+        crate::report::count_partition_tokens(tokens);
         let nulls = NullBuffer::from(rows.iter().map(Option::is_some).collect::<Vec<bool>>());
         let nulls = (nulls.null_count() > 0).then_some(nulls);
         let list = FixedSizeListArray::try_new(

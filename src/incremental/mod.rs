@@ -371,7 +371,11 @@ async fn run_locked(
         }
     }
     runner.progress.finish();
-    let _ = tokio::task::spawn_blocking(move || rt.shutdown_timeout(Duration::from_secs(30))).await;
+    // After a signal, `embed()` gives up at the next micro-batch: a short wait is enough.
+    let _ = tokio::task::spawn_blocking(move || {
+        rt.shutdown_timeout(crate::signals::plan_shutdown_wait())
+    })
+    .await;
     let mut summary = match result {
         Ok(()) => runner.finish().await?,
         Err(e) => {

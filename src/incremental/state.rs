@@ -216,6 +216,9 @@ impl StateStore {
                 ));
             }
         };
+        if found.is_none() {
+            self.remove_unnamed().await?;
+        }
         self.remove_leftovers(found.as_ref()).await;
         let generation = found.as_ref().map(|m| m.generation + 1).unwrap_or(0);
         match found {
@@ -317,6 +320,44 @@ impl StateStore {
         Ok(out)
     }
 
+    /// Without a manifest, state files in the folder belong to no state (a deleted or lost
+    /// `manifest.json`): says so, naming them, and removes them, since the state starts again
+    /// and an old delta would otherwise be read as part of the new generation.
+    async fn remove_unnamed(&self) -> Result<()> {
+        let orphans: Vec<String> = self
+            .names()
+            .await?
+            .into_iter()
+            .filter(|n| {
+                (n.starts_with("base-") || n.starts_with("delta-")) && n.ends_with(".parquet")
+            })
+            .collect();
+        if orphans.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(
+            "the state {} has no {MANIFEST} but holds {} state files that no manifest names ({}{}): the state starts again (every row is embedded), and those files are removed",
+            self.display,
+            orphans.len(),
+            orphans
+                .iter()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+            if orphans.len() > 3 { ", ..." } else { "" }
+        );
+        for name in orphans {
+            self.store
+                .delete(&self.file(&name))
+                .await
+                .with_context(|| {
+                    format!("cannot remove the old state file {}/{name}", self.display)
+                })?;
+        }
+        Ok(())
+    }
+
     /// Removes what a killed run or an earlier generation left: files of other generations and
     /// local staging files (`<name>#<n>`). Only the lock's holder calls this.
     async fn remove_leftovers(&self, current: Option<&Manifest>) {
@@ -351,6 +392,20 @@ impl StateStore {
         }
     }
 
+    /// Reads a state file's Parquet footer, so that a damaged file (truncated, overwritten) is
+    /// named with the way out before the run plans over it, rather than failing mid-scan with
+    /// a footer error that names no file.
+    async fn check_readable(&self, name: &str) -> Result<()> {
+        match storage::parquet_footer(&self.store, &self.file(name)).await {
+            Ok(_) => Ok(()),
+            Err(e) => bail!(
+                "the state file {}/{name} is unreadable ({}); the state is damaged: re-run with --full to embed every row again and write the state anew",
+                self.display,
+                crate::error::describe(&e)
+            ),
+        }
+    }
+
     /// The state as a table: one row per id (the latest), without deletions. `None` when the
     /// state holds nothing yet.
     pub async fn frame(&self, ctx: &SessionContext) -> Result<Option<DataFrame>> {
@@ -360,6 +415,9 @@ impl StateStore {
         files.extend(deltas.into_iter().map(|(_, n)| n));
         if files.is_empty() {
             return Ok(None);
+        }
+        for name in &files {
+            self.check_readable(name).await?;
         }
         if let Some(u) = &self.store_url {
             ctx.register_object_store(u, Arc::clone(&self.store));

@@ -54,6 +54,10 @@ pub async fn check_ids(ids: &DataFrame, pipeline: &Pipeline) -> Result<IdReport>
         );
     }
 
+    if let Some(limit) = pipeline.sink.max_id_bytes() {
+        check_id_lengths(&ids, pipeline, &what, limit).await?;
+    }
+
     let per_id = ids
         .aggregate(vec![col("id")], vec![count(lit(1)).alias("n")])?
         .filter(col("n").gt(lit(1)))?;
@@ -104,6 +108,54 @@ pub async fn check_ids(ids: &DataFrame, pipeline: &Pipeline) -> Result<IdReport>
             Ok(report)
         }
     }
+}
+
+/// Fails when an id is longer than the sink takes, naming one and the count, before anything is
+/// embedded (a chunked row's vectors are `<id>#<n>`: the room for `#0` is counted).
+async fn check_id_lengths(
+    ids: &DataFrame,
+    pipeline: &Pipeline,
+    what: &str,
+    limit: usize,
+) -> Result<()> {
+    let room = if pipeline.embed.chunking.is_some() {
+        limit.saturating_sub(2)
+    } else {
+        limit
+    };
+    let length = datafusion::functions::expr_fn::octet_length(col("id"));
+    let found = ids
+        .clone()
+        .filter(length.clone().gt(lit(room as i64)))?
+        .aggregate(
+            vec![],
+            vec![
+                count(lit(1)).alias("n"),
+                first_value(col("id"), vec![length.sort(false, false)]).alias("example"),
+            ],
+        )?
+        .collect()
+        .await?;
+    let Some(batch) = found.first().filter(|b| b.num_rows() > 0) else {
+        return Ok(());
+    };
+    let n = cast_array(batch.column(0), &DataType::Int64)?;
+    let n = n.as_primitive::<Int64Type>().value(0);
+    if n == 0 {
+        return Ok(());
+    }
+    let example = cast_array(batch.column(1), &DataType::Utf8)?;
+    let example = example.as_string::<i32>().value(0);
+    let chunked = if room < limit {
+        " (with embed.chunking, room is kept for the chunk suffix `#N`)"
+    } else {
+        ""
+    };
+    bail!(
+        "{what}: {n} ids are longer than the {limit} bytes a Pinecone id may have{chunked}, e.g. `{}…` ({} bytes); shorten them in source.sql (e.g. md5(id)), or leave embed.id unset to use the MD5 of the text",
+        example.chars().take(60).collect::<String>(),
+        example.len()
+    )
 }
 
 /// After a scan failed inside Parquet decoding (typed: a Parquet error in the chain), finds the

@@ -240,12 +240,7 @@ pub async fn build_sharded(
     let ctx = session_context(Some(Arc::clone(&embedder)));
     source::register_tables(&ctx, &pipeline.source, &pipeline.storage).await?;
     if let Some(spec) = &pipeline.embed.chunking {
-        let chunker = crate::embed::chunk::Chunker::new(
-            spec,
-            embedder.tokenizer(),
-            embedder.max_seq_length(),
-        )?;
-        ctx.register_udf(crate::embed::chunk::ChunksUdf::udf(Arc::new(chunker)));
+        ctx.register_udf(crate::embed::chunk::ChunksUdf::udf(spec, &embedder)?);
     }
     let mut source = source::source_frame(&ctx, &pipeline.source).await?;
     if let Some(shard) = shard {

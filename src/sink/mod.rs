@@ -51,6 +51,15 @@ impl SinkSpec {
         }
     }
 
+    /// The longest id, in bytes, that the destination takes (Pinecone's 512), so that the id
+    /// check before embedding can refuse longer ones; `None` when any length will do.
+    pub fn max_id_bytes(&self) -> Option<usize> {
+        match self.kind() {
+            Ok(SinkKind::Pinecone(_)) => Some(pinecone::config::limits::MAX_ID_BYTES),
+            _ => None,
+        }
+    }
+
     /// The Parquet sink's settings (an error when the pipeline writes elsewhere).
     pub fn parquet(&self) -> Result<&ParquetSinkSpec, ConfigError> {
         match self.kind()? {

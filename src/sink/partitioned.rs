@@ -74,9 +74,15 @@ impl PartTarget {
                     &format!("{parts}/.{task}.parquet"),
                     &self.storage,
                 )?;
-                if let Some(dir) = location.local_dir() {
-                    std::fs::create_dir_all(dir)
-                        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+                // The client made the staging folder; gone, it means the job was stopped or
+                // failed: a late task must not bring it back.
+                if let Some(dir) = location.local_dir()
+                    && !dir.is_dir()
+                {
+                    anyhow::bail!(
+                        "the job's staging folder {} is gone: the job was stopped or failed",
+                        dir.display()
+                    );
                 }
                 let pending = Pending {
                     store: Arc::clone(&location.store),
@@ -159,6 +165,7 @@ pub fn partition_schema() -> SchemaRef {
         count("rows_failed"),
         count("requests"),
         count("retries"),
+        count("tokens"),
         Field::new("output", DataType::Utf8, false),
         // The rows' name (`PartName`): a task run twice reports the same rows twice.
         Field::new("part", DataType::Utf8, false),
@@ -212,6 +219,7 @@ fn add_reports(summary: &mut RunSummary, batch: &RecordBatch) -> anyhow::Result<
     summary.rows_skipped += sum("rows_skipped")?;
     summary.rows_written += sum("rows_written")?;
     summary.rows_failed += sum("rows_failed")?;
+    summary.tokens += sum("tokens")?;
     let requests = sum("requests")?;
     if requests > 0 {
         *summary.requests.get_or_insert(0) += requests;
@@ -324,7 +332,11 @@ impl ExecutionPlan for PartitionedSinkExec {
     ) -> Result<SendableRecordBatchStream> {
         let input = self.input.execute(partition, context)?;
         let target = self.target.clone();
-        let write = write_partition(input, target);
+        let write = async move {
+            let (report, tokens) =
+                crate::report::counting_partition_tokens(write_partition(input, target)).await;
+            report.and_then(|batch| with_tokens(batch, tokens))
+        };
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             partition_schema(),
             futures::stream::once(write),
@@ -369,6 +381,14 @@ async fn write_partition(
     finish_partition(sink, pending, summary, name)
         .await
         .map_err(external)
+}
+
+/// The partition's report with the tokens its rows took to embed.
+fn with_tokens(batch: RecordBatch, tokens: u64) -> Result<RecordBatch> {
+    let mut columns = batch.columns().to_vec();
+    let index = batch.schema().index_of("tokens")?;
+    columns[index] = Arc::new(UInt64Array::from(vec![tokens]));
+    Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
 
 fn external(e: anyhow::Error) -> DataFusionError {
@@ -421,6 +441,7 @@ async fn finish_partition(
             one(summary.rows_failed),
             one(summary.requests.unwrap_or(0)),
             one(summary.retries.unwrap_or(0)),
+            one(0),
             Arc::new(StringArray::from(vec![summary.output])),
             Arc::new(StringArray::from(vec![name.file_name()])),
             Arc::new(StringArray::from(vec![summary.dead_letter])),

@@ -151,6 +151,19 @@ pub fn s3_store(url: &str, bucket: &str, spec: Option<&S3Spec>) -> Result<Arc<dy
     Ok(Arc::new(store))
 }
 
+/// Reads the footer of the Parquet file at `path` (DataFusion's own footer reader): proves it
+/// is readable Parquet, and gives its metadata.
+pub async fn parquet_footer(
+    store: &Arc<dyn ObjectStore>,
+    path: &object_store::path::Path,
+) -> Result<Arc<datafusion::parquet::file::metadata::ParquetMetaData>> {
+    use datafusion::datasource::physical_plan::parquet::metadata::DFParquetMetadata;
+    let meta = store.head(path).await?;
+    Ok(DFParquetMetadata::new(store.as_ref(), &meta)
+        .fetch_metadata()
+        .await?)
+}
+
 /// Registers the object store a remote path needs with the session and returns it (`None` for
 /// local paths).
 pub fn register_store(

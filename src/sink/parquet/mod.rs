@@ -19,12 +19,14 @@ use object_store::buffered::BufWriter;
 
 use super::{Sink, SinkReport};
 pub mod config;
+pub mod layout;
 pub mod overlap;
 mod staging;
 
 use crate::storage::lock::OutputLock;
 use crate::storage::{OutputLocation, StorageSpec};
 use config::ParquetSinkSpec;
+use layout::Layout;
 
 pub struct ParquetSink {
     location: OutputLocation,
@@ -34,6 +36,8 @@ pub struct ParquetSink {
     /// Held from open to publish or abort: one run writes an output at a time (a cluster job's
     /// client holds it for all the parts).
     lock: Option<OutputLock>,
+    /// How the job that writes this file is split ([`layout`]).
+    layout: Layout,
 }
 
 impl ParquetSink {
@@ -52,11 +56,19 @@ impl ParquetSink {
             format!("{}.embedflow-lock", location.display),
         )
         .await?;
+        if let Some(shard) = shard
+            && let Err(e) =
+                layout::check_shard_fits(&location.store, &location.path, &location.display, shard)
+                    .await
+        {
+            lock.release().await;
+            return Err(e);
+        }
         // Only the lock's holder may clean up: another run's staging file is not stale.
         if let Some(dir) = location.local_dir() {
             staging::remove_stale(dir, location.file_name());
         }
-        Self::open_at(location, spec, schema, Some(lock))
+        Self::open_at(location, spec, schema, Some(lock), Layout::of_shard(shard))
     }
 
     /// Opens a writer at `location` without taking its lock: for one part of a cluster job, whose
@@ -66,7 +78,7 @@ impl ParquetSink {
         spec: &ParquetSinkSpec,
         schema: SchemaRef,
     ) -> Result<ParquetSink> {
-        Self::open_at(location, spec, schema, None)
+        Self::open_at(location, spec, schema, None, Layout::Cluster)
     }
 
     fn open_at(
@@ -74,8 +86,10 @@ impl ParquetSink {
         spec: &ParquetSinkSpec,
         schema: SchemaRef,
         lock: Option<OutputLock>,
+        layout: Layout,
     ) -> Result<ParquetSink> {
         let props = WriterProperties::builder()
+            .set_key_value_metadata(Some(vec![layout.key_value()]))
             .set_max_row_group_row_count(Some(spec.row_group_rows))
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
             .build();
@@ -100,6 +114,7 @@ impl ParquetSink {
             writer,
             rows: 0,
             lock,
+            layout,
         })
     }
 }
@@ -132,12 +147,20 @@ impl Sink for ParquetSink {
             writer,
             rows,
             lock,
+            layout,
             ..
         } = *self;
-        let closed = writer
+        let mut closed = writer
             .close()
             .await
+            .map(drop)
             .with_context(|| format!("cannot publish {}", location.display));
+        // A whole run's output replaces another layout's parts in its folder (still locked).
+        if closed.is_ok() && layout == Layout::Whole && lock.is_some() {
+            closed =
+                layout::replace_other_parts(&location.store, &location.path, &location.display)
+                    .await;
+        }
         if let Some(lock) = lock {
             lock.release().await;
         }
