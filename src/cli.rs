@@ -8,12 +8,13 @@ use anyhow::{Context, Result, anyhow};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::Pipeline;
+use crate::driver::{self, RunOptions};
 use crate::embed::{EmbedSpec, Embedder};
 use crate::error::{PartialRun, config_error, one_line};
 use crate::plan::shard::Shard;
 use crate::plan::{self, source};
 use crate::query::{self, OutputFormat};
-use crate::run::{self, RunOptions};
+use crate::run;
 use crate::signals::Shutdown;
 use crate::sink::SinkKind;
 
@@ -371,10 +372,10 @@ async fn validate_command(args: &PipelineArgs) -> Result<()> {
     let p = args.load()?;
     let embedder = match p.embed.vector {
         Some(_) => None,
-        None => Some(run::load_embedder(&p.embed).await?),
+        None => Some(driver::load_embedder(&p.embed).await?),
     };
     let plan = build_plan(&p, embedder.as_ref()).await?;
-    let sink = run::open_sink(&p, &plan.frame).await?;
+    let sink = driver::open_sink(&p, &plan.frame).await?;
     let mut out = std::io::stdout().lock();
     if let SinkKind::Pinecone(_) = p.sink.kind()? {
         writeln!(out, "sink: key accepted, dimension matches")?;
@@ -436,7 +437,7 @@ async fn explain_command(args: &PipelineArgs, physical: bool) -> Result<()> {
     let p = args.load()?;
     let embedder = match p.embed.vector {
         Some(_) => None,
-        None => Some(run::load_embedder(&p.embed).await?),
+        None => Some(driver::load_embedder(&p.embed).await?),
     };
     let plan = build_plan(&p, embedder.as_ref()).await?;
     // The whole job as one plan: the output frame inserted into the sink table.
@@ -479,7 +480,7 @@ async fn query_command(s: QueryArgs) -> Result<()> {
                 .map_err(|e| config_error(format!("--filter is not JSON: {e}")))
         })
         .transpose()?;
-    let embedder = run::load_embedder(&p.embed).await?;
+    let embedder = driver::load_embedder(&p.embed).await?;
     let width = (s.width > 0 && s.format == OutputFormat::Table).then_some(s.width);
     let batches = match p.sink.kind()? {
         SinkKind::Parquet(_) => {
@@ -515,7 +516,7 @@ async fn sql_command(c: SqlArgs) -> Result<()> {
         Some(p) => p.embed.clone(),
         None => EmbedSpec::new(c.model),
     };
-    let embedder = run::load_embedder(&spec).await?;
+    let embedder = driver::load_embedder(&spec).await?;
     let ctx = plan::session_context(Some(Arc::clone(&embedder)));
     let storage = loaded
         .as_ref()

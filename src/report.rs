@@ -75,7 +75,7 @@ pub fn json_logs() -> bool {
 
 impl RunSummary {
     /// Takes what a sink reported when it finished.
-    pub fn record_sink(&mut self, report: crate::sink::SinkReport) {
+    pub fn record_sink(&mut self, report: SinkReport) {
         self.rows_written = report.rows_written;
         self.output = report.location;
         self.rows_failed = report.rows_failed;
@@ -126,6 +126,23 @@ impl RunSummary {
     pub fn tokens_per_second(&self) -> f64 {
         self.tokens as f64 / self.stream_seconds.max(1e-9)
     }
+}
+
+/// What a finished sink reports for the run summary.
+#[derive(Debug, Clone, Default)]
+pub struct SinkReport {
+    pub rows_written: u64,
+    /// Where the output landed, for the summary line.
+    pub location: String,
+    /// Rows that could not be written and went to the dead-letter file.
+    pub rows_failed: u64,
+    pub dead_letter: Option<String>,
+    /// HTTP requests made and retried (network sinks).
+    pub requests: Option<u64>,
+    pub retries: Option<u64>,
+    /// Vector ids confirmed since the last [`crate::sink::Sink::take_confirmed`] (sinks that confirm as they
+    /// go, when tracking).
+    pub confirmed: Vec<String>,
 }
 
 impl fmt::Display for RunSummary {

@@ -14,21 +14,23 @@ use anyhow::{Context, Result, anyhow};
 use ballista_core::config::BallistaConfig;
 use ballista_core::execution_plans::execute_physical_plan;
 use ballista_core::extension::SessionConfigExt;
+use datafusion::arrow::array::RecordBatch;
 use datafusion::execution::context::SessionConfig;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion_proto::protobuf::PhysicalPlanNode;
 use futures::TryStreamExt;
+use futures::future::BoxFuture;
 
 use super::codec::{LogicalCodec, PhysicalCodec};
 use super::publish::Staging;
 use super::scheduler_api::SchedulerApi;
 use super::stores::TravellingStores;
 use crate::config::Pipeline;
+use crate::driver::{RunOptions, check_destination, load_embedder, say_truncated};
 use crate::error::{Interrupted, config_error};
 use crate::plan::{self, checks};
 use crate::report::RunSummary;
-use crate::run::{RunOptions, check_destination, load_embedder, say_truncated};
 use crate::signals::Shutdown;
 use crate::sink::SinkKind;
 use crate::sink::partitioned::{PartTarget, PartitionedSinkExec, add_partition_rows};
@@ -190,12 +192,40 @@ pub async fn run_on_cluster(
         None => plan::build_vectors(pipeline, None).await?,
     };
     let dim = vector_width(&plan.frame)?;
-    let ids = shutdown
-        .until(checks::check_ids(&plan.ids, pipeline))
-        .await?;
     shutdown
         .until(api.wait_for_executors(wait_for_executors))
         .await?;
+    // The object stores the tasks need, by their settings (the credentials are the executors').
+    let stores = TravellingStores::new(
+        &pipeline.storage,
+        pipeline.source.tables.values().map(|t| t.path.as_str()),
+    );
+    let session_id = format!("embedflow-{}", super::job_stamp());
+    // The jobs' name is this client's own, so that a stop or a failure cancels its jobs only.
+    let job_name = format!("embedflow run {session_id}");
+    let jobs = Jobs {
+        url: url.clone(),
+        cluster: cluster.to_string(),
+        session_id,
+        job_name: job_name.clone(),
+        stores,
+    };
+    // The id checks are aggregates over the source: jobs on the cluster too.
+    let on_cluster =
+        |frame: datafusion::prelude::DataFrame| -> BoxFuture<'static, Result<Vec<RecordBatch>>> {
+            let jobs = jobs.clone();
+            Box::pin(async move { jobs.collect(physical_plan_for_cluster(&frame).await?).await })
+        };
+    let ids = match shutdown
+        .until(checks::check_ids_on(&plan.ids, pipeline, &on_cluster))
+        .await
+    {
+        Ok(ids) => ids,
+        Err(e) => {
+            api.cancel_jobs_named(&job_name).await;
+            return Err(e);
+        }
+    };
     let staging = match pipeline.sink.kind()? {
         SinkKind::Parquet(spec) => Some(Staging::prepare(spec, &pipeline.storage).await?),
         SinkKind::Pinecone(spec) => {
@@ -216,14 +246,6 @@ pub async fn run_on_cluster(
     {
         p.dead_letter = Some(crate::sink::pinecone::default_dead_letter(&p.index));
     }
-    // The object stores the tasks need, by their settings (the credentials are the executors').
-    let stores = TravellingStores::new(
-        &pipeline.storage,
-        pipeline.source.tables.values().map(|t| t.path.as_str()),
-    );
-    let session_id = format!("embedflow-{}", super::job_stamp());
-    // The job's name is this client's own, so that a stop or a failure cancels this job only.
-    let job_name = format!("embedflow run {session_id}");
     let job = async {
         let frame_plan = physical_plan_for_cluster(&plan.frame).await?;
         let root = job_plan(spread(frame_plan, partitions)?, target);
@@ -231,21 +253,7 @@ pub async fn run_on_cluster(
             "submitting the job to {url}: {partitions} partitions, {}",
             root.name()
         );
-        let stream = execute_physical_plan::<PhysicalPlanNode>(
-            url.clone(),
-            &BallistaConfig::default(),
-            root,
-            &PhysicalCodec::default(),
-            session_id.clone(),
-            session_config(&job_name).with_option_extension(stores.clone()),
-        )
-        .await
-        .with_context(|| format!("the cluster at {cluster} did not take the job"))?;
-        let batches: Vec<_> = stream
-            .try_collect()
-            .await
-            .with_context(|| format!("the job on the cluster at {cluster} failed"))?;
-        anyhow::Ok(batches)
+        jobs.collect(root).await
     };
     let mut signals = shutdown.clone();
     let batches = tokio::select! {
@@ -295,6 +303,37 @@ pub async fn run_on_cluster(
         say_truncated(&summary, embedder);
     }
     Ok(summary)
+}
+
+/// Submits this client's jobs to the cluster, each under the client's job name and with the
+/// object stores it needs.
+#[derive(Clone)]
+struct Jobs {
+    url: String,
+    cluster: String,
+    session_id: String,
+    job_name: String,
+    stores: TravellingStores,
+}
+
+impl Jobs {
+    /// Runs `plan` on the cluster to its end and returns its output.
+    async fn collect(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Vec<RecordBatch>> {
+        let stream = execute_physical_plan::<PhysicalPlanNode>(
+            self.url.clone(),
+            &BallistaConfig::default(),
+            plan,
+            &PhysicalCodec::default(),
+            self.session_id.clone(),
+            session_config(&self.job_name).with_option_extension(self.stores.clone()),
+        )
+        .await
+        .with_context(|| format!("the cluster at {} did not take the job", self.cluster))?;
+        stream
+            .try_collect()
+            .await
+            .with_context(|| format!("the job on the cluster at {} failed", self.cluster))
+    }
 }
 
 /// The width of the plan's `vector` column.

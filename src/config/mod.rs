@@ -25,9 +25,9 @@ use serde_yaml_ng::Value;
 pub use secret::Secret;
 pub use vars::substitute_text;
 
-use crate::embed::EmbedSpec;
+use crate::embed::spec::EmbedSpec;
 use crate::error::{ConfigError, config_error, invalid};
-use crate::incremental::IncrementalSpec;
+use crate::incremental::config::IncrementalSpec;
 use crate::plan::source::SourceSpec;
 use crate::sink::SinkSpec;
 use crate::storage::StorageSpec;

@@ -18,13 +18,13 @@ use crate::config::Pipeline;
 /// Hidden columns start with this.
 pub const HIDDEN: &str = "__ef_";
 /// The source row's id, as text.
-pub const SOURCE_ID: &str = "__ef_id";
+pub const SOURCE_ID: &str = crate::plan::SOURCE_ID_COLUMN;
 pub const TEXT_FP: &str = "__ef_text_fp";
 pub const META_FP: &str = "__ef_meta_fp";
 /// `new`, `changed`, `metadata` or `unchanged`.
 pub const STATUS: &str = "__ef_status";
 /// Chunks the row has now (0: not chunked).
-pub const CHUNKS: &str = "__ef_chunks";
+pub const CHUNKS: &str = crate::plan::CHUNK_COUNT_COLUMN;
 /// Chunks the state recorded for the row (null: the state does not hold it).
 pub const OLD_CHUNKS: &str = "__ef_old_chunks";
 

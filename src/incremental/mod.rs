@@ -26,12 +26,12 @@ use datafusion::prelude::{DataFrame, ParquetReadOptions, ident, lit};
 use object_store::ObjectStoreExt;
 
 use crate::config::Pipeline;
+use crate::driver::{self, RunOptions};
 use crate::embed::Embedder;
 use crate::error::Interrupted;
 use crate::plan::shard::Shard;
 use crate::plan::{self, checks};
 use crate::report::{IncrementalCounts, Progress, RunSummary};
-use crate::run::{self, RunOptions};
 use crate::signals::Shutdown;
 use crate::sink::{Sink, SinkKind};
 use crate::storage::OutputLocation;
@@ -70,7 +70,9 @@ pub async fn run(
     shutdown: &Shutdown,
 ) -> Result<RunSummary> {
     let start = Instant::now();
-    let embedder = shutdown.until(run::load_embedder(&pipeline.embed)).await?;
+    let embedder = shutdown
+        .until(driver::load_embedder(&pipeline.embed))
+        .await?;
     let chunking = match &pipeline.embed.chunking {
         Some(c) => Some((c.max_tokens_for(embedder.max_seq_length())?, c.overlap)),
         None => None,
@@ -82,7 +84,7 @@ pub async fn run(
             .context("fingerprinting the model panicked")??
     };
     let model_seconds = start.elapsed().as_secs_f64();
-    run::check_destination(pipeline)?;
+    driver::check_destination(pipeline)?;
     let sink_id = sink_identity(pipeline, opts.shard)?;
     // Each shard keeps its own state (and lock) beside the others'.
     let spec = &match opts.shard {
@@ -115,7 +117,7 @@ pub async fn run(
     summary.model_seconds = model_seconds;
     summary.tokens = embedder.tokens_seen();
     summary.rows_truncated = embedder.truncated_rows();
-    run::say_truncated(&summary, &embedder);
+    driver::say_truncated(&summary, &embedder);
     Ok(summary)
 }
 
@@ -224,7 +226,7 @@ async fn run_locked(
     let embed_fp = settings.fingerprint();
     let plan = plan::build_sharded(pipeline, Arc::clone(embedder), opts.shard).await?;
     if let Err(e) = shutdown.until(checks::check_ids(&plan.ids, pipeline)).await {
-        return Err(run::explain_scan_error(e, &plan, pipeline).await);
+        return Err(driver::explain_scan_error(e, &plan, pipeline).await);
     }
     let before = state.previous.as_ref().and_then(|m| m.settings.clone());
     let same_settings = before.as_ref().is_none_or(|b| b.fingerprint() == embed_fp);
@@ -300,7 +302,7 @@ async fn run_locked(
     )?;
     let output = without_hidden(to_embed.schema().as_arrow());
     let mut sink = shutdown
-        .until(run::open_sink_for(
+        .until(driver::open_sink_for(
             pipeline,
             Arc::clone(&output),
             opts.shard,
@@ -347,7 +349,7 @@ async fn run_locked(
     }
 
     let total = (!chunked && opts.progress).then_some(counts.new + counts.changed);
-    let rt = run::cpu_runtime()?;
+    let rt = driver::cpu_runtime()?;
     let mut runner = Runner {
         sink,
         output,
@@ -380,7 +382,7 @@ async fn run_locked(
         Ok(()) => runner.finish().await?,
         Err(e) => {
             let e = runner.abort(e).await;
-            return Err(run::explain_scan_error(e, &plan, pipeline).await);
+            return Err(driver::explain_scan_error(e, &plan, pipeline).await);
         }
     };
     state.compact(&plan.ctx, settings).await?;
@@ -426,7 +428,7 @@ impl Runner<'_> {
         phase: Phase,
         mut shutdown: Shutdown,
     ) -> Result<()> {
-        let mut rx = run::spawn_plan(rt, frame);
+        let mut rx = driver::spawn_plan(rt, frame);
         let mut ticks = tokio::time::interval(self.checkpoint_every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await;
@@ -448,7 +450,7 @@ impl Runner<'_> {
                 Phase::UpdateMetadata => self.update_metadata(&batch).await?,
                 Phase::Embed => {
                     let rows = batch.num_rows() as u64;
-                    let (batch, skipped) = run::keep_embedded(&batch)?;
+                    let (batch, skipped) = crate::sink::keep_embedded(&batch)?;
                     self.summary.rows_read += rows;
                     self.summary.rows_skipped += skipped;
                     self.summary.rows_embedded += rows - skipped;

@@ -3,11 +3,12 @@
 //! ids, not an embedding.
 
 use anyhow::{Result, bail};
-use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast as cast_array;
 use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::functions_aggregate::expr_fn::{count, first_value, max, sum};
 use datafusion::prelude::{DataFrame, cast, col, lit};
+use futures::future::BoxFuture;
 
 use crate::config::Pipeline;
 use crate::embed::DuplicateIds;
@@ -36,9 +37,38 @@ fn describe_id(pipeline: &Pipeline) -> String {
     }
 }
 
+/// Runs one query of the checks to its end: here ([`collect_here`]), or as a job on a cluster.
+pub type Collect<'a> =
+    &'a (dyn Fn(DataFrame) -> BoxFuture<'static, Result<Vec<RecordBatch>>> + Sync);
+
+/// Runs the query in this process.
+pub fn collect_here(frame: DataFrame) -> BoxFuture<'static, Result<Vec<RecordBatch>>> {
+    Box::pin(async move { Ok(frame.collect().await?) })
+}
+
+/// The first row's value of an integer column (0 when there is no row or it is null).
+fn first_int(batches: &[RecordBatch], column: usize) -> Result<u64> {
+    let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) else {
+        return Ok(0);
+    };
+    let a = cast_array(batch.column(column), &DataType::Int64)?;
+    let a = a.as_primitive::<Int64Type>();
+    Ok(if a.is_null(0) { 0 } else { a.value(0) as u64 })
+}
+
 /// Fails on null or empty ids and, unless `embed.duplicate_ids: keep_last`, on ids shared by
 /// several rows, naming an example and the counts.
 pub async fn check_ids(ids: &DataFrame, pipeline: &Pipeline) -> Result<IdReport> {
+    check_ids_on(ids, pipeline, &collect_here).await
+}
+
+/// [`check_ids`], its aggregates run by `collect` (a cluster runs them as jobs, so the ids are
+/// not read by one machine).
+pub async fn check_ids_on(
+    ids: &DataFrame,
+    pipeline: &Pipeline,
+    collect: Collect<'_>,
+) -> Result<IdReport> {
     let what = describe_id(pipeline);
     let id = cast(col("id"), DataType::Utf8);
     let ids = ids.clone().select(vec![id.alias("id")])?;
@@ -46,8 +76,8 @@ pub async fn check_ids(ids: &DataFrame, pipeline: &Pipeline) -> Result<IdReport>
     let missing = ids
         .clone()
         .filter(col("id").is_null().or(col("id").eq(lit(""))))?
-        .count()
-        .await?;
+        .aggregate(vec![], vec![count(lit(1)).alias("n")])?;
+    let missing = first_int(&collect(missing).await?, 0)?;
     if missing > 0 {
         bail!(
             "{what}: {missing} rows have a null or empty id; every row needs an id (filter them out in source.sql, or give them one)"
@@ -55,32 +85,26 @@ pub async fn check_ids(ids: &DataFrame, pipeline: &Pipeline) -> Result<IdReport>
     }
 
     if let Some(limit) = pipeline.sink.max_id_bytes() {
-        check_id_lengths(&ids, pipeline, &what, limit).await?;
+        check_id_lengths(&ids, pipeline, &what, limit, collect).await?;
     }
 
     let per_id = ids
         .aggregate(vec![col("id")], vec![count(lit(1)).alias("n")])?
         .filter(col("n").gt(lit(1)))?;
-    let totals = per_id
-        .aggregate(
-            vec![],
-            vec![
-                count(lit(1)).alias("ids"),
-                sum(col("n")).alias("rows"),
-                max(col("n")).alias("most"),
-                first_value(col("id"), vec![col("n").sort(false, false)]).alias("example"),
-            ],
-        )?
-        .collect()
-        .await?;
-    let Some(batch) = totals.first().filter(|b| b.num_rows() > 0) else {
+    let totals = per_id.aggregate(
+        vec![],
+        vec![
+            count(lit(1)).alias("ids"),
+            sum(col("n")).alias("rows"),
+            max(col("n")).alias("most"),
+            first_value(col("id"), vec![col("n").sort(false, false)]).alias("example"),
+        ],
+    )?;
+    let totals = collect(totals).await?;
+    let Some(batch) = totals.iter().find(|b| b.num_rows() > 0) else {
         return Ok(IdReport::default());
     };
-    let int = |i: usize| -> Result<u64> {
-        let a = cast_array(batch.column(i), &DataType::Int64)?;
-        let a = a.as_primitive::<Int64Type>();
-        Ok(if a.is_null(0) { 0 } else { a.value(0) as u64 })
-    };
+    let int = |i: usize| first_int(&totals, i);
     let (dup_ids, dup_rows, most) = (int(0)?, int(1)?, int(2)?);
     if dup_ids == 0 {
         return Ok(IdReport::default());
@@ -117,6 +141,7 @@ async fn check_id_lengths(
     pipeline: &Pipeline,
     what: &str,
     limit: usize,
+    collect: Collect<'_>,
 ) -> Result<()> {
     let room = if pipeline.embed.chunking.is_some() {
         limit.saturating_sub(2)
@@ -133,14 +158,12 @@ async fn check_id_lengths(
                 count(lit(1)).alias("n"),
                 first_value(col("id"), vec![length.sort(false, false)]).alias("example"),
             ],
-        )?
-        .collect()
-        .await?;
-    let Some(batch) = found.first().filter(|b| b.num_rows() > 0) else {
+        )?;
+    let found = collect(found).await?;
+    let Some(batch) = found.iter().find(|b| b.num_rows() > 0) else {
         return Ok(());
     };
-    let n = cast_array(batch.column(0), &DataType::Int64)?;
-    let n = n.as_primitive::<Int64Type>().value(0);
+    let n = first_int(&found, 0)?;
     if n == 0 {
         return Ok(());
     }

@@ -23,6 +23,12 @@ use crate::embed::udf::EmbedUdf;
 use crate::error::{config_error, one_line};
 use crate::similarity::CosineSimilarity;
 
+/// A hidden column an incremental run adds to its source ([`crate::incremental::classify`]):
+/// the source row's id as text. When present, chunked frames also count each row's chunks.
+pub const SOURCE_ID_COLUMN: &str = "__ef_id";
+/// The hidden column that holds a source row's chunk count (incremental runs).
+pub const CHUNK_COUNT_COLUMN: &str = "__ef_chunks";
+
 /// Rows per record batch inside the plan: small enough for smooth progress and bounded memory,
 /// large enough for length-sorted micro-batches inside `embed()`.
 pub const PLAN_BATCH_ROWS: usize = 1024;
@@ -167,11 +173,11 @@ pub fn output_frame(
     let selected = source.select(exprs)?;
     // An incremental run (its hidden columns ride along as metadata) also needs to know how many
     // chunks each source row has, to tell when all of them are written.
-    let counted = schema.has_column_with_unqualified_name(crate::incremental::classify::SOURCE_ID);
+    let counted = schema.has_column_with_unqualified_name(SOURCE_ID_COLUMN);
     let selected = if counted {
         use datafusion::functions_nested::expr_fn::cardinality;
         selected.with_column(
-            crate::incremental::classify::CHUNKS,
+            CHUNK_COUNT_COLUMN,
             cast(cardinality(ident(CHUNKS)), DataType::Int32),
         )?
     } else {
@@ -195,7 +201,7 @@ pub fn output_frame(
     ];
     exprs.extend(metadata);
     if counted {
-        exprs.push(ident(crate::incremental::classify::CHUNKS));
+        exprs.push(ident(CHUNK_COUNT_COLUMN));
     }
     Ok(unnested.select(exprs)?)
 }

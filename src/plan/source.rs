@@ -13,8 +13,6 @@ use datafusion::prelude::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::PipelinePlan;
-use crate::config::Pipeline;
 use crate::error::{ConfigError, config_error, invalid, root_cause};
 use crate::storage::{self, StorageSpec};
 
@@ -209,16 +207,15 @@ pub async fn source_frame(ctx: &SessionContext, source: &SourceSpec) -> Result<D
 }
 
 /// Source row count from Parquet footers, when the pipeline reads one table without SQL.
-pub async fn known_source_rows(plan: &PipelinePlan, pipeline: &Pipeline) -> Option<u64> {
-    if pipeline.source.sql.is_some() {
+pub async fn known_source_rows(ctx: &SessionContext, source: &SourceSpec) -> Option<u64> {
+    if source.sql.is_some() {
         return None;
     }
-    let (name, spec) = pipeline.source.tables.iter().next()?;
+    let (name, spec) = source.tables.iter().next()?;
     if table_format(spec) != TableFormat::Parquet {
         return None;
     }
-    let df = plan
-        .ctx
+    let df = ctx
         .sql(&format!(
             "SELECT COUNT(*) FROM \"{}\"",
             name.replace('"', "\"\"")

@@ -9,8 +9,10 @@ pub mod partitioned;
 pub mod pinecone;
 pub mod table;
 
+use anyhow::Context;
 use async_trait::async_trait;
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{Array, RecordBatch};
+use datafusion::arrow::compute::{filter_record_batch, is_not_null};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ConfigError, invalid};
@@ -78,22 +80,8 @@ impl SinkSpec {
     }
 }
 
-/// What a finished sink reports for the run summary.
-#[derive(Debug, Clone, Default)]
-pub struct SinkReport {
-    pub rows_written: u64,
-    /// Where the output landed, for the summary line.
-    pub location: String,
-    /// Rows that could not be written and went to the dead-letter file.
-    pub rows_failed: u64,
-    pub dead_letter: Option<String>,
-    /// HTTP requests made and retried (network sinks).
-    pub requests: Option<u64>,
-    pub retries: Option<u64>,
-    /// Vector ids confirmed since the last [`Sink::take_confirmed`] (sinks that confirm as they
-    /// go, when tracking).
-    pub confirmed: Vec<String>,
-}
+/// What a finished sink reports for the run summary (defined with the summary it feeds).
+pub use crate::report::SinkReport;
 
 #[async_trait]
 pub trait Sink: Send {
@@ -134,4 +122,17 @@ pub trait Sink: Send {
     async fn abort(self: Box<Self>);
     /// What [`Sink::abort`] leaves behind, for the message that ends an interrupted run.
     fn abort_outcome(&self) -> &'static str;
+}
+
+/// Drops rows whose vector is null (null text) and returns how many were dropped.
+pub fn keep_embedded(batch: &RecordBatch) -> anyhow::Result<(RecordBatch, u64)> {
+    let vectors = batch
+        .column_by_name("vector")
+        .context("plan output has no vector column")?;
+    let nulls = vectors.null_count() as u64;
+    if nulls == 0 {
+        return Ok((batch.clone(), 0));
+    }
+    let keep = is_not_null(vectors.as_ref())?;
+    Ok((filter_record_batch(batch, &keep)?, nulls))
 }

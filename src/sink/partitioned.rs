@@ -363,7 +363,7 @@ async fn write_partition(
         };
         let step = async {
             let rows = batch.num_rows() as u64;
-            let (batch, skipped) = crate::run::keep_embedded(&batch)?;
+            let (batch, skipped) = super::keep_embedded(&batch)?;
             summary.rows_read += rows;
             summary.rows_skipped += skipped;
             summary.rows_embedded += rows - skipped;

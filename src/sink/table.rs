@@ -250,7 +250,7 @@ impl DataSink for SinkWriter {
         _context: &Arc<TaskContext>,
     ) -> Result<u64> {
         let start = Instant::now();
-        let mut sink = crate::run::open_sink_for(&self.pipeline, Arc::clone(&self.schema), None)
+        let mut sink = crate::driver::open_sink_for(&self.pipeline, Arc::clone(&self.schema), None)
             .await
             .map_err(external)?;
         let mut summary = RunSummary::default();
@@ -258,7 +258,7 @@ impl DataSink for SinkWriter {
             let step = async {
                 let batch = batch?;
                 let rows = batch.num_rows() as u64;
-                let (batch, skipped) = crate::run::keep_embedded(&batch).map_err(external)?;
+                let (batch, skipped) = super::keep_embedded(&batch).map_err(external)?;
                 summary.rows_read += rows;
                 summary.rows_skipped += skipped;
                 summary.rows_embedded += rows - skipped;
