@@ -196,6 +196,26 @@ fn local_run(dir: &Path) -> BTreeMap<String, Vec<f32>> {
     local
 }
 
+/// Starts `run c.yaml --cluster ... --partitions 8 [extra]` in the background, output captured.
+fn spawn_cluster_run(d: &Path, cluster: &Cluster, extra: &[&str]) -> Child {
+    let url = cluster.url();
+    let mut args = vec![
+        "run",
+        "c.yaml",
+        "--no-progress",
+        "--cluster",
+        url.as_str(),
+        "--partitions",
+        "8",
+    ];
+    args.extend_from_slice(extra);
+    embedflow_command(d, &args, &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn summary(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
@@ -351,25 +371,7 @@ fn killing_an_executor_mid_job_still_writes_every_row_once() {
     let local = local_run(d);
     let mut cluster = Cluster::start(d, 2);
     sample_pipeline(d, "c.yaml", "  parquet: { path: clustered }\n");
-    let mut run = embedflow_command(
-        d,
-        &[
-            "run",
-            "c.yaml",
-            "--no-progress",
-            "--cluster",
-            &cluster.url(),
-            "--partitions",
-            "8",
-            "--summary-json",
-            "c.json",
-        ],
-        &[],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let mut run = spawn_cluster_run(d, &cluster, &["--summary-json", "c.json"]);
 
     // Kill the second executor once the job's first parts are written: its running task and
     // the results it held are lost, and Ballista runs them again on the first executor.
@@ -726,23 +728,7 @@ fn a_stopped_client_cancels_its_job() {
     let d = dir.path();
     let cluster = Cluster::start(d, 1);
     sample_pipeline(d, "c.yaml", "  parquet: { path: clustered }\n");
-    let mut run = embedflow_command(
-        d,
-        &[
-            "run",
-            "c.yaml",
-            "--no-progress",
-            "--cluster",
-            &cluster.url(),
-            "--partitions",
-            "8",
-        ],
-        &[],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let mut run = spawn_cluster_run(d, &cluster, &[]);
     let running = |c: &Cluster| {
         c.get("/api/jobs")
             .and_then(|j| j.as_array().cloned())

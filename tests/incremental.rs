@@ -661,16 +661,7 @@ fn a_damaged_state_names_its_file_and_the_way_out_and_a_lost_manifest_starts_ove
     write_rows(&d.join("docs.parquet"), &day1);
     write_file(d, "p.yaml", &parquet_yaml(""));
     assert_ok(&run(d, "p.yaml", &[]));
-    let state_files = |d: &Path| -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(d.join("state"))
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().into_string().unwrap())
-            .filter(|n| n.ends_with(".parquet"))
-            .collect();
-        names.sort();
-        names
-    };
+    let state_files = |d: &Path| parquet_names(&d.join("state"));
     let files = state_files(d);
     assert!(!files.is_empty(), "the state has files");
     // A truncated state file: the error names it and --full; the output stays as it was.

@@ -146,16 +146,7 @@ fn an_output_folder_holds_one_layout() {
     let d = dir.path();
     corpus(d);
     write_file(d, "s.yaml", &pipeline_yaml("docs.parquet", "out", ""));
-    let parts = |d: &Path| -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(d.join("out"))
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().into_string().unwrap())
-            .filter(|n| n.ends_with(".parquet"))
-            .collect();
-        names.sort();
-        names
-    };
+    let parts = |d: &Path| parquet_names(&d.join("out"));
     for i in 0..2 {
         let shard = format!("{i}/2");
         assert_ok(&embedflow(

@@ -185,6 +185,18 @@ pub fn read_text_column(path: &Path, name: &str) -> Vec<String> {
     out
 }
 
+/// The `.parquet` files in a folder, by name, sorted.
+pub fn parquet_names(folder: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(folder)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".parquet"))
+        .collect();
+    names.sort();
+    names
+}
+
 /// Words the synthetic test corpora are made of.
 pub const WORDS: [&str; 12] = [
     "river",
