@@ -31,6 +31,43 @@ pub struct Staging {
     lock: OutputLock,
 }
 
+/// The name of a job's staging folder starts with this.
+const STAGING_PREFIX: &str = ".embedflow-staging-";
+
+/// Removes the staging folders in `folder` that a killed client left (local or `s3://`).
+async fn remove_stale_staging(
+    store: &Arc<dyn ObjectStore>,
+    folder: &Path,
+    local: Option<&std::path::Path>,
+    shown: &str,
+) {
+    let Ok(listed) = store.list_with_delimiter(Some(folder)).await else {
+        return;
+    };
+    for stale in listed
+        .common_prefixes
+        .iter()
+        .filter(|p| p.filename().is_some_and(|n| n.starts_with(STAGING_PREFIX)))
+    {
+        let objects: Vec<object_store::ObjectMeta> = store
+            .list(Some(stale))
+            .try_collect()
+            .await
+            .unwrap_or_default();
+        for o in &objects {
+            let _ = store.delete(&o.location).await;
+        }
+        // Locally, the (now empty) folders themselves.
+        if let (Some(local), Some(name)) = (local, stale.filename()) {
+            let _ = std::fs::remove_dir_all(local.join(name));
+        }
+        tracing::info!(
+            "{shown}: removed the staging folder {} that an earlier, stopped job left",
+            stale.filename().unwrap_or_default()
+        );
+    }
+}
+
 impl Staging {
     /// Checks the output folder, takes its lock and names a fresh staging folder in it.
     pub async fn prepare(spec: &ParquetSinkSpec, storage: &StorageSpec) -> Result<Staging> {
@@ -55,7 +92,9 @@ impl Staging {
             .parts()
             .take(first.path.parts().count().saturating_sub(1))
             .collect();
-        let job = format!(".embedflow-staging-{}", super::job_stamp());
+        // Only the lock's holder may clean up: what a killed client left is stale now.
+        remove_stale_staging(&first.store, &folder, first.local_dir(), path).await;
+        let job = format!("{STAGING_PREFIX}{}", super::job_stamp());
         let staging = folder.clone().join(job.as_str());
         let local_staging = first.local_dir().map(|d| d.join(&job));
         if let Some(dir) = &local_staging {
