@@ -40,6 +40,25 @@ fn spawn_long_run(d: &Path) -> std::process::Child {
         .unwrap()
 }
 
+/// Waits until the run in `d` has opened its output (its lock file is there), then a second
+/// more, so that it is embedding: a condition, not a guess at how long the model takes to load.
+fn wait_until_writing(d: &Path, child: &mut std::process::Child) {
+    let lock = d.join("out/part-0.parquet.embedflow-lock");
+    let start = Instant::now();
+    while !lock.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the run never opened its output"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it was stopped"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+}
+
 fn error_line(o: &std::process::Output) -> String {
     stderr(o)
         .lines()
@@ -98,9 +117,8 @@ fn sigterm_stops_cleanly_like_sigint_and_leaves_no_staging_file() {
         (libc::SIGTERM, 143, "SIGTERM"),
         (libc::SIGINT, 130, "SIGINT"),
     ] {
-        let child = spawn_long_run(d);
-        // Model loading takes a second or two; the whole sample takes far longer than this.
-        std::thread::sleep(Duration::from_secs(6));
+        let mut child = spawn_long_run(d);
+        wait_until_writing(d, &mut child);
         // SAFETY: kill only sends a signal to the child we started.
         assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
         let stopped = Instant::now();
@@ -147,8 +165,8 @@ fn a_second_signal_exits_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     long_sample(d);
-    let child = spawn_long_run(d);
-    std::thread::sleep(Duration::from_secs(6));
+    let mut child = spawn_long_run(d);
+    wait_until_writing(d, &mut child);
     for _ in 0..2 {
         // SAFETY: kill only sends a signal to the child we started.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -191,7 +209,7 @@ fn a_real_kill_9_leaves_nothing_the_next_run_trips_on() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(5));
+    wait_until_writing(d, &mut child);
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(
