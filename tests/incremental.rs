@@ -697,3 +697,29 @@ fn a_damaged_state_names_its_file_and_the_way_out_and_a_lost_manifest_starts_ove
     assert_eq!(summary(d)["rows_embedded"], 0, "the new state holds");
     assert_eq!(read_output(&d.join("out/part-0.parquet")).len(), 30);
 }
+
+#[test]
+fn an_insert_into_an_incremental_pipelines_sink_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_rows(&d.join("docs.parquet"), &rows(10));
+    write_file(d, "p.yaml", &parquet_yaml(""));
+    assert_ok(&run(d, "p.yaml", &[]));
+    let before = std::fs::read(d.join("out/part-0.parquet")).unwrap();
+    let o = embedflow(
+        d,
+        &[
+            "sql",
+            "--pipeline",
+            "p.yaml",
+            "--allow-writes",
+            "INSERT INTO sink (id, vector) SELECT id, embed(text) FROM docs",
+        ],
+    );
+    assert_fails_with(&o, 2, "refused for an incremental pipeline");
+    assert_eq!(
+        std::fs::read(d.join("out/part-0.parquet")).unwrap(),
+        before,
+        "the output its state describes is as it was"
+    );
+}
