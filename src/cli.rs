@@ -566,8 +566,7 @@ async fn sql_command(c: SqlArgs) -> Result<()> {
             .await
             .map_err(|e| anyhow!("{}", one_line(&e.to_string())))?
     } else {
-        let writable = sink_table.as_ref().map(|_| "sink");
-        plan::read_only_sql_writing(&ctx, &c.query, writable)
+        plan::read_only_sql(&ctx, &c.query)
             .await
             .map_err(|e| e.context("sql"))?
     };

@@ -43,6 +43,12 @@ fn spawn_long_run(d: &Path) -> std::process::Child {
 /// Waits until the run in `d` has opened its output (its lock file is there), then a second
 /// more, so that it is embedding: a condition, not a guess at how long the model takes to load.
 fn wait_until_writing(d: &Path, child: &mut std::process::Child) {
+    wait_for_lock(d, child);
+    std::thread::sleep(Duration::from_secs(1));
+}
+
+/// Waits until the run in `d` holds its output's lock; returns the lock file's path.
+fn wait_for_lock(d: &Path, child: &mut std::process::Child) -> std::path::PathBuf {
     let lock = d.join("out/part-0.parquet.embedflow-lock");
     let start = Instant::now();
     while !lock.exists() {
@@ -52,11 +58,11 @@ fn wait_until_writing(d: &Path, child: &mut std::process::Child) {
         );
         assert!(
             child.try_wait().unwrap().is_none(),
-            "the run ended before it was stopped"
+            "the run ended before it took its output's lock"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_secs(1));
+    lock
 }
 
 fn error_line(o: &std::process::Output) -> String {
@@ -554,16 +560,8 @@ fn a_second_run_on_the_same_output_is_refused_naming_the_first() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     long_sample(d);
-    let first = spawn_long_run(d);
-    let lock = d.join("out/part-0.parquet.embedflow-lock");
-    let start = Instant::now();
-    while !lock.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no lock appeared"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut first = spawn_long_run(d);
+    let lock = wait_for_lock(d, &mut first);
     let o = embedflow(d, &["run", "long.yaml", "--no-progress"]);
     assert_fails_with(&o, 1, "another embedflow run is writing this output");
     let err = error_line(&o);

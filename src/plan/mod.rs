@@ -312,33 +312,13 @@ pub async fn build_vectors(
 
 /// Plans `sql` as a query that only reads: DDL, DML, COPY and other statements are refused
 /// (a configuration error) before anything runs, using DataFusion's own SQL options.
+/// (`INSERT INTO sink` too: it writes, and needs `embedflow sql --allow-writes`).
 pub async fn read_only_sql(ctx: &SessionContext, sql: &str) -> Result<DataFrame> {
-    read_only_sql_writing(ctx, sql, None).await
-}
-
-/// [`read_only_sql`], except that an `INSERT INTO <writable>` is allowed: the pipeline's own
-/// sink table.
-pub async fn read_only_sql_writing(
-    ctx: &SessionContext,
-    sql: &str,
-    writable: Option<&str>,
-) -> Result<DataFrame> {
     let plan = ctx
         .state()
         .create_logical_plan(sql)
         .await
         .map_err(|e| anyhow!("{}", one_line(&e.to_string())))?;
-    if let (LogicalPlan::Dml(dml), Some(table)) = (&plan, writable)
-        && dml.table_name.table() == table
-        && matches!(
-            dml.op,
-            datafusion::logical_expr::WriteOp::Insert(
-                datafusion::logical_expr::dml::InsertOp::Append
-            )
-        )
-    {
-        return Ok(ctx.execute_logical_plan(plan).await?);
-    }
     let read_only = SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)
