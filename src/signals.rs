@@ -82,9 +82,14 @@ impl Shutdown {
 
     /// Resolves with the signal's name once one arrives.
     pub async fn requested(&mut self) -> &'static str {
-        match self.rx.wait_for(Option::is_some).await {
-            Ok(name) => name.unwrap_or("SIGTERM"),
-            Err(_) => std::future::pending().await,
+        // The value is copied out, so the watch's guard is not held across an await.
+        let name = match self.rx.wait_for(Option::is_some).await {
+            Ok(name) => Some(name.unwrap_or("SIGTERM")),
+            Err(_) => None,
+        };
+        match name {
+            Some(name) => name,
+            None => std::future::pending().await,
         }
     }
 

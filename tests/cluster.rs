@@ -780,3 +780,191 @@ fn a_stopped_client_cancels_its_job() {
         .unwrap_or_default();
     assert!(left.is_empty(), "nothing published, no staging: {left:?}");
 }
+
+/// The small table's second day: 3 texts edited, 2 chapters changed (metadata only), 2 rows
+/// deleted, 3 added.
+fn change_small_table(path: &Path) {
+    use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    let mut ids = read_text_column(path, "id");
+    let mut texts = read_text_column(path, "text");
+    let mut chapters = read_text_column(path, "chapter");
+    for i in [3, 33, 63] {
+        texts[i] = format!("{} (revised)", texts[i]);
+    }
+    for i in [5, 55] {
+        chapters[i] = format!("{} (moved)", chapters[i]);
+    }
+    for i in [150, 100] {
+        ids.remove(i);
+        texts.remove(i);
+        chapters.remove(i);
+    }
+    for k in 0..3 {
+        ids.push(format!("added-{k}"));
+        texts.push(format!(
+            "an added paragraph, number {k}, about whales and ships"
+        ));
+        chapters.push("added".into());
+    }
+    let schema = std::sync::Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("text", DataType::Utf8, true),
+        Field::new("chapter", DataType::Utf8, true),
+    ]));
+    let cols: Vec<ArrayRef> = vec![
+        std::sync::Arc::new(StringArray::from(ids)),
+        std::sync::Arc::new(StringArray::from(texts)),
+        std::sync::Arc::new(StringArray::from(chapters)),
+    ];
+    write_batch(path, RecordBatch::try_new(schema, cols).unwrap());
+}
+
+fn incremental_counts(s: &serde_json::Value) -> [u64; 5] {
+    let i = &s["incremental"];
+    ["new", "changed", "metadata_only", "unchanged", "deleted"].map(|k| {
+        i[k].as_u64()
+            .unwrap_or_else(|| panic!("no incremental.{k}: {s}"))
+    })
+}
+
+#[test]
+fn incremental_pipelines_run_on_the_cluster_as_locally() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let table = small_table(d);
+    let cluster = Cluster::start(d, 2);
+    let srv =
+        PineconeServer::start(ServerConfig::new(KEY, vec![IndexConfig::new("docs", 384)])).unwrap();
+    let head = format!(
+        "source:\n  tables:\n    docs: {{ path: {} }}\nembed:\n  model: all-MiniLM-L6-v2\n  id: id\n",
+        table.display()
+    );
+    let parquet = |out: &str, state: &str| {
+        format!(
+            "{head}sink:\n  parquet: {{ path: {out} }}\nincremental:\n  state: {state}\n  deletes: true\n"
+        )
+    };
+    write_file(d, "local.yaml", &parquet("local", "state-local"));
+    write_file(d, "c.yaml", &parquet("clustered", "state-cluster"));
+    write_file(
+        d,
+        "pc.yaml",
+        &format!(
+            "{head}sink:\n  pinecone:\n    index: docs\n    controller: {}\n    metadata: [chapter]\nincremental:\n  state: state-pinecone\n  deletes: true\n",
+            srv.controller_url()
+        ),
+    );
+    let url = cluster.url();
+    let on_cluster = |yaml: &str, json: &str| {
+        let o = embedflow_env(
+            d,
+            &[
+                "run",
+                yaml,
+                "--no-progress",
+                "--cluster",
+                &url,
+                "--partitions",
+                "3",
+                "--summary-json",
+                json,
+            ],
+            &[("PINECONE_API_KEY", Some(KEY))],
+        );
+        assert_ok(&o);
+        summary(&d.join(json))
+    };
+    // Day 1 (every row new), day 2 (changes), day 3 (nothing changed).
+    let expected = [[160, 0, 0, 0, 0], [3, 3, 2, 151, 2], [0, 0, 0, 158, 0]];
+    for (day, counts) in expected.iter().enumerate() {
+        if day == 1 {
+            change_small_table(&table);
+        }
+        let o = embedflow(
+            d,
+            &[
+                "run",
+                "local.yaml",
+                "--no-progress",
+                "--summary-json",
+                "l.json",
+            ],
+        );
+        assert_ok(&o);
+        let l = summary(&d.join("l.json"));
+        let c = on_cluster("c.yaml", "c.json");
+        let p = on_cluster("pc.yaml", "p.json");
+        for (name, s) in [("local", &l), ("cluster", &c), ("cluster pinecone", &p)] {
+            assert_eq!(
+                &incremental_counts(s),
+                counts,
+                "day {}: {name}: {s}",
+                day + 1
+            );
+        }
+        for field in ["rows_read", "rows_embedded", "rows_written", "tokens"] {
+            assert_eq!(
+                l[field],
+                c[field],
+                "day {}: {field}: local {l} cluster {c}",
+                day + 1
+            );
+        }
+        assert_eq!(
+            l["rows_embedded"],
+            p["rows_embedded"],
+            "day {}: {p}",
+            day + 1
+        );
+        assert_eq!(l["tokens"], p["tokens"], "day {}: {p}", day + 1);
+        // The same rows, vectors and metadata everywhere.
+        let local = read_parts(&d.join("local"));
+        assert_eq!(
+            local.len(),
+            158 + if day == 0 { 2 } else { 0 },
+            "day {}",
+            day + 1
+        );
+        assert_same_vectors(&local, &read_parts(&d.join("clustered")), 1e-6);
+        assert_eq!(
+            read_chapters(&d.join("local")),
+            read_chapters(&d.join("clustered")),
+            "day {}: the metadata",
+            day + 1
+        );
+        let records = srv.records("docs", "");
+        let chapters: BTreeMap<String, String> = records
+            .iter()
+            .map(|(id, r)| {
+                let chapter = r.metadata.as_ref().and_then(|m| m.get("chapter"));
+                (
+                    id.clone(),
+                    chapter.and_then(|c| c.as_str()).unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            read_chapters(&d.join("local")),
+            chapters,
+            "day {}: the index's metadata",
+            day + 1
+        );
+        let got = records.into_iter().map(|(id, r)| (id, r.values)).collect();
+        assert_same_vectors(&local, &got, 1e-6);
+    }
+    // No task left a staged checkpoint behind; the cluster's state folders hold one base each.
+    for state in ["state-cluster", "state-pinecone"] {
+        let names: Vec<String> = std::fs::read_dir(d.join(state))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.starts_with("pending-") || n.starts_with("delta-")),
+            "{state}: {names:?}"
+        );
+    }
+}

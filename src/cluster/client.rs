@@ -168,15 +168,20 @@ pub async fn run_on_cluster(
 ) -> Result<RunSummary> {
     let url = scheduler_url("--cluster", cluster)?;
     let api = SchedulerApi::new(&url);
-    if pipeline.incremental.is_some() {
-        return Err(config_error(
-            "incremental: pipelines run on one machine for now (their state is read and written by one process); drop --cluster, or use --shard I/N to split the work",
-        ));
-    }
     if opts.shard.is_some() {
         return Err(config_error(
             "--shard and --cluster are two ways to split a job: use one",
         ));
+    }
+    let partitions = partitions.unwrap_or(DEFAULT_PARTITIONS).max(1);
+    if let Some(spec) = &pipeline.incremental {
+        // The state is read, locked and published by this client; its checkpoints are written
+        // by the tasks, so it must be where every executor can write.
+        let (jobs, api) = shutdown
+            .until(connect(pipeline, &url, cluster, wait_for_executors))
+            .await?;
+        let mut phases = super::phases::ClusterPhases::new(jobs, api, partitions);
+        return crate::incremental::run_on(pipeline, spec, opts, shutdown, &mut phases).await;
     }
     let start = Instant::now();
     // A pipeline that reads vectors (embed.vector) loads no model.
@@ -185,31 +190,16 @@ pub async fn run_on_cluster(
         None => Some(shutdown.until(load_embedder(&pipeline.embed)).await?),
     };
     let model_seconds = start.elapsed().as_secs_f64();
-    let partitions = partitions.unwrap_or(DEFAULT_PARTITIONS).max(1);
     check_destination(pipeline)?;
     let plan = match &embedder {
         Some(e) => plan::build(pipeline, Arc::clone(e)).await?,
         None => plan::build_vectors(pipeline, None).await?,
     };
     let dim = vector_width(&plan.frame)?;
-    shutdown
-        .until(api.wait_for_executors(wait_for_executors))
+    let (jobs, _) = shutdown
+        .until(connect(pipeline, &url, cluster, wait_for_executors))
         .await?;
-    // The object stores the tasks need, by their settings (the credentials are the executors').
-    let stores = TravellingStores::new(
-        &pipeline.storage,
-        pipeline.source.tables.values().map(|t| t.path.as_str()),
-    );
-    let session_id = format!("embedflow-{}", super::job_stamp());
-    // The jobs' name is this client's own, so that a stop or a failure cancels its jobs only.
-    let job_name = format!("embedflow run {session_id}");
-    let jobs = Jobs {
-        url: url.clone(),
-        cluster: cluster.to_string(),
-        session_id,
-        job_name: job_name.clone(),
-        stores,
-    };
+    let job_name = jobs.job_name.clone();
     // The id checks are aggregates over the source: jobs on the cluster too.
     let on_cluster =
         |frame: datafusion::prelude::DataFrame| -> BoxFuture<'static, Result<Vec<RecordBatch>>> {
@@ -305,10 +295,46 @@ pub async fn run_on_cluster(
     Ok(summary)
 }
 
+/// Waits for the cluster's executors, then names this client's jobs and the object stores
+/// they need (the sources', the output's and the state's).
+async fn connect(
+    pipeline: &Pipeline,
+    url: &str,
+    cluster: &str,
+    wait_for_executors: std::time::Duration,
+) -> Result<(Jobs, SchedulerApi)> {
+    let api = SchedulerApi::new(url);
+    api.wait_for_executors(wait_for_executors).await?;
+    let mut paths: Vec<&str> = pipeline
+        .source
+        .tables
+        .values()
+        .map(|t| t.path.as_str())
+        .collect();
+    if let Ok(SinkKind::Parquet(p)) = pipeline.sink.kind() {
+        paths.push(&p.path);
+    }
+    if let Some(i) = &pipeline.incremental {
+        paths.push(&i.state);
+    }
+    let stores = TravellingStores::new(&pipeline.storage, paths);
+    let session_id = format!("embedflow-{}", super::job_stamp());
+    // The jobs' name is this client's own, so that a stop or a failure cancels its jobs only.
+    let job_name = format!("embedflow run {session_id}");
+    let jobs = Jobs {
+        url: url.to_string(),
+        cluster: cluster.to_string(),
+        session_id,
+        job_name,
+        stores,
+    };
+    Ok((jobs, api))
+}
+
 /// Submits this client's jobs to the cluster, each under the client's job name and with the
 /// object stores it needs.
 #[derive(Clone)]
-struct Jobs {
+pub(super) struct Jobs {
     url: String,
     cluster: String,
     session_id: String,
@@ -317,8 +343,13 @@ struct Jobs {
 }
 
 impl Jobs {
+    /// The name every job of this client has.
+    pub(super) fn name(&self) -> &str {
+        &self.job_name
+    }
+
     /// Runs `plan` on the cluster to its end and returns its output.
-    async fn collect(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Vec<RecordBatch>> {
+    pub(super) async fn collect(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Vec<RecordBatch>> {
         let stream = execute_physical_plan::<PhysicalPlanNode>(
             self.url.clone(),
             &BallistaConfig::default(),

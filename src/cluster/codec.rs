@@ -4,6 +4,7 @@
 //! - `embed()`: by name plus its settings (the `embed:` spec and the vector width); the model is
 //!   loaded on each executor the first time the function runs there ([`super::models`]);
 //! - `chunks()` (`embed.chunking`): by its settings and the model whose tokenizer measures;
+//! - `fingerprint()` (incremental runs): by name;
 //! - the sink: the sink table (logical) and [`PartitionedSinkExec`] (physical), by the sink's
 //!   settings without secrets ([`PartTarget`]); each executor reads its API key from its own
 //!   environment.
@@ -28,6 +29,7 @@ use ballista_core::serde::{BallistaLogicalExtensionCodec, BallistaPhysicalExtens
 use crate::embed::EmbedSpec;
 use crate::embed::chunk::{ChunkingSpec, ChunksUdf};
 use crate::embed::udf::EmbedUdf;
+use crate::incremental::fingerprint::FingerprintUdf;
 use crate::sink::partitioned::{PartTarget, PartitionedSinkExec};
 use crate::sink::table::SinkTable;
 
@@ -81,6 +83,10 @@ fn encode_embed_or(
             buf,
         );
     }
+    if inner.downcast_ref::<FingerprintUdf>().is_some() {
+        // No settings: the executors' own function.
+        return encode_json(&"fingerprint", buf);
+    }
     let Some(embed) = inner.downcast_ref::<EmbedUdf>() else {
         return other(buf);
     };
@@ -106,6 +112,12 @@ fn decode_embed_or(
                 p.model,
                 super::models::shared_embedder,
             ))),
+            None => other(),
+        };
+    }
+    if name == "fingerprint" {
+        return match decode_json::<String>(buf, "fingerprint()")? {
+            Some(_) => Ok(Arc::new(FingerprintUdf::udf())),
             None => other(),
         };
     }

@@ -15,6 +15,7 @@ pub mod client;
 pub mod codec;
 pub mod executor;
 pub mod models;
+pub mod phases;
 pub mod publish;
 pub mod scheduler;
 pub mod scheduler_api;

@@ -10,41 +10,38 @@
 
 pub mod classify;
 pub mod config;
+pub mod executor;
 pub mod fingerprint;
 pub mod state;
 pub mod tracker;
+pub mod writer;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, StringArray, UInt32Array};
-use datafusion::arrow::compute::{cast, take};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
 use datafusion::functions_aggregate::expr_fn::count;
 use datafusion::prelude::{DataFrame, ParquetReadOptions, ident, lit};
-use object_store::ObjectStoreExt;
 
 use crate::config::Pipeline;
 use crate::driver::{self, RunOptions};
 use crate::embed::Embedder;
-use crate::error::Interrupted;
 use crate::plan::shard::Shard;
 use crate::plan::{self, checks};
-use crate::report::{IncrementalCounts, Progress, RunSummary};
+use crate::report::{IncrementalCounts, RunSummary};
 use crate::signals::Shutdown;
-use crate::sink::{Sink, SinkKind};
+use crate::sink::SinkKind;
 use crate::storage::OutputLocation;
-use classify::{CHANGED, HIDDEN, METADATA, NEW, OLD_CHUNKS, SOURCE_ID, STATUS, UNCHANGED};
+use classify::{CHANGED, METADATA, NEW, OLD_CHUNKS, SOURCE_ID, STATUS, UNCHANGED};
 pub use config::IncrementalSpec;
+use executor::{Collector, Executor, Opening};
 use fingerprint::EmbeddingSettings;
-use state::{DeltaWriter, StateRow, StateStore};
-use tracker::{Tracker, hidden_rows};
-
-/// Rows a Parquet run gathers before writing them to its state file.
-const STATE_ROWS_PER_WRITE: usize = 8192;
-/// Rows handed to a sink that confirms as it goes between two looks at the checkpoint clock.
-const SLICE_ROWS: usize = 64;
+use object_store::ObjectStoreExt;
+use state::StateStore;
+use writer::{Phase, without_hidden};
 
 /// Which sink a state describes: a state moved to another sink starts again.
 fn sink_identity(pipeline: &Pipeline, shard: Option<Shard>) -> Result<String> {
@@ -62,12 +59,25 @@ fn sink_identity(pipeline: &Pipeline, shard: Option<Shard>) -> Result<String> {
     })
 }
 
-/// Runs an incremental pipeline.
+/// Runs an incremental pipeline on this machine.
 pub async fn run(
     pipeline: &Pipeline,
     spec: &IncrementalSpec,
     opts: &RunOptions,
     shutdown: &Shutdown,
+) -> Result<RunSummary> {
+    let mut here = executor::Local::new(opts.progress);
+    run_on(pipeline, spec, opts, shutdown, &mut here).await
+}
+
+/// Runs an incremental pipeline: its plans and writers on `executor` (this machine or a
+/// cluster), its state read, locked, checkpointed and published here.
+pub async fn run_on(
+    pipeline: &Pipeline,
+    spec: &IncrementalSpec,
+    opts: &RunOptions,
+    shutdown: &Shutdown,
+    executor: &mut dyn Executor,
 ) -> Result<RunSummary> {
     let start = Instant::now();
     let embedder = shutdown
@@ -108,20 +118,24 @@ pub async fn run(
         ))
         .await?;
     let result = run_locked(
-        pipeline, spec, opts, shutdown, &embedder, &settings, &mut state,
+        pipeline, spec, opts, shutdown, &embedder, &settings, &mut state, executor,
     )
     .await;
     state.release().await;
     let mut summary = result?;
     summary.seconds = start.elapsed().as_secs_f64();
     summary.model_seconds = model_seconds;
-    summary.tokens = embedder.tokens_seen();
+    // Embedded on this machine: the model's own counts.
+    if summary.tokens == 0 {
+        summary.tokens = embedder.tokens_seen();
+    }
     summary.rows_truncated = embedder.truncated_rows();
     driver::say_truncated(&summary, &embedder);
     Ok(summary)
 }
 
-/// The Parquet sink's previous output, when there is one to carry rows over from.
+/// The Parquet sink's previous output, when there is one to carry rows over from: the file of
+/// a whole run or a shard, or every part in the output folder (a cluster job's).
 async fn previous_output(
     pipeline: &Pipeline,
     ctx: &datafusion::prelude::SessionContext,
@@ -131,42 +145,73 @@ async fn previous_output(
         return Ok(None);
     };
     let location = OutputLocation::for_parquet_part(&p.path, &pipeline.storage, shard)?;
-    match location.store.head(&location.path).await {
-        Ok(_) => {}
-        Err(object_store::Error::NotFound { .. }) => {
-            tracing::warn!(
-                "the previous output {} is gone: every row is embedded again",
-                location.display
-            );
-            return Ok(None);
+    let folder_parts = shard.is_none() && !crate::storage::names_parquet_file(&p.path);
+    let files: Vec<object_store::path::Path> = if folder_parts {
+        let folder: object_store::path::Path = location
+            .path
+            .parts()
+            .take(location.path.parts().count().saturating_sub(1))
+            .collect();
+        let listed = location
+            .store
+            .list_with_delimiter(Some(&folder))
+            .await
+            .with_context(|| format!("cannot list the previous output {}", p.path))?;
+        let mut parts: Vec<_> = listed
+            .objects
+            .into_iter()
+            .map(|o| o.location)
+            .filter(|l| {
+                l.filename()
+                    .is_some_and(crate::sink::parquet::layout::is_part)
+            })
+            .collect();
+        parts.sort();
+        parts
+    } else {
+        match location.store.head(&location.path).await {
+            Ok(_) => vec![location.path.clone()],
+            Err(object_store::Error::NotFound { .. }) => Vec::new(),
+            Err(e) => {
+                return Err(anyhow::anyhow!(
+                    "cannot read the previous output {}: {e}",
+                    location.display
+                ));
+            }
         }
-        Err(e) => {
-            return Err(anyhow::anyhow!(
-                "cannot read the previous output {}: {e}",
-                location.display
-            ));
-        }
+    };
+    if files.is_empty() {
+        tracing::warn!(
+            "the previous output {} is gone: every row is embedded again",
+            location.display
+        );
+        return Ok(None);
     }
-    // The file as written (a relative path, or s3://...): object_store's form is encoded.
-    if location.is_remote() {
+    // Each file by its absolute URL (a cluster's tasks read them too).
+    let urls: Vec<String> = if location.is_remote() {
         let remote = crate::storage::RemoteUrl::parse("sink.parquet.path", &p.path)?;
         ctx.register_object_store(&remote.store_url, Arc::clone(&location.store));
-    }
-    let url = location.display.clone();
+        files
+            .iter()
+            .map(|f| format!("s3://{}/{f}", remote.bucket))
+            .collect()
+    } else {
+        files.iter().map(|f| format!("file:///{f}")).collect()
+    };
     let df = ctx
-        .read_parquet(url, ParquetReadOptions::default().file_extension(""))
+        .read_parquet(urls, ParquetReadOptions::default().file_extension(""))
         .await
-        .with_context(|| format!("cannot read the previous output {}", location.display))?;
+        .with_context(|| format!("cannot read the previous output {}", p.path))?;
     Ok(Some(df))
 }
 
 /// Counts rows per status.
-async fn count_statuses(rows: &DataFrame) -> Result<IncrementalCounts> {
-    let batches = rows
-        .clone()
-        .aggregate(vec![ident(STATUS)], vec![count(lit(1)).alias("n")])?
-        .collect()
-        .await?;
+async fn count_statuses(rows: &DataFrame, collect: &Collector) -> Result<IncrementalCounts> {
+    let batches = collect(
+        rows.clone()
+            .aggregate(vec![ident(STATUS)], vec![count(lit(1)).alias("n")])?,
+    )
+    .await?;
     let mut c = IncrementalCounts::default();
     for b in batches {
         let status = cast(b.column(0), &DataType::Utf8)?;
@@ -187,33 +232,27 @@ async fn count_statuses(rows: &DataFrame) -> Result<IncrementalCounts> {
     Ok(c)
 }
 
-/// The batch without hidden columns, in the sink's schema.
-fn visible(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
-    let columns = schema
-        .fields()
-        .iter()
-        .map(|f| {
-            batch
-                .column_by_name(f.name())
-                .cloned()
-                .with_context(|| format!("plan output lacks column `{}`", f.name()))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
-}
-
-/// A schema without hidden columns.
-fn without_hidden(schema: &Schema) -> SchemaRef {
-    Arc::new(Schema::new(
-        schema
-            .fields()
+/// The number of rows of `frame`.
+async fn count_rows(frame: &DataFrame, collect: &Collector) -> Result<u64> {
+    let batches = collect(
+        frame
+            .clone()
+            .aggregate(vec![], vec![count(lit(1)).alias("n")])?,
+    )
+    .await?;
+    let mut total = 0;
+    for b in batches {
+        let n = cast(b.column(0), &DataType::UInt64)?;
+        total += n
+            .as_primitive::<datafusion::arrow::datatypes::UInt64Type>()
+            .values()
             .iter()
-            .filter(|f| !f.name().starts_with(HIDDEN))
-            .cloned()
-            .collect::<Vec<_>>(),
-    ))
+            .sum::<u64>();
+    }
+    Ok(total)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_locked(
     pipeline: &Pipeline,
     spec: &IncrementalSpec,
@@ -222,10 +261,15 @@ async fn run_locked(
     embedder: &Arc<Embedder>,
     settings: &EmbeddingSettings,
     state: &mut StateStore,
+    executor: &mut dyn Executor,
 ) -> Result<RunSummary> {
     let embed_fp = settings.fingerprint();
+    let collect = executor.collector();
     let plan = plan::build_sharded(pipeline, Arc::clone(embedder), opts.shard).await?;
-    if let Err(e) = shutdown.until(checks::check_ids(&plan.ids, pipeline)).await {
+    if let Err(e) = shutdown
+        .until(checks::check_ids_on(&plan.ids, pipeline, &*collect))
+        .await
+    {
         return Err(driver::explain_scan_error(e, &plan, pipeline).await);
     }
     let before = state.previous.as_ref().and_then(|m| m.settings.clone());
@@ -278,12 +322,13 @@ async fn run_locked(
             deletes: spec.deletes,
         },
     )?;
-    let mut counts = shutdown.until(count_statuses(&classified.rows)).await?;
-    let vanished_rows = match &classified.vanished {
-        Some(v) => v.clone().count().await? as u64,
+    let mut counts = shutdown
+        .until(count_statuses(&classified.rows, &collect))
+        .await?;
+    counts.deleted = match &classified.vanished {
+        Some(v) => shutdown.until(count_rows(v, &collect)).await?,
         None => 0,
     };
-    counts.deleted = vanished_rows;
     counts.state = state.display.clone();
     tracing::info!(
         "state {}: {} new, {} changed, {} metadata-only, {} unchanged, {} to delete",
@@ -301,15 +346,6 @@ async fn run_locked(
         &plan.ctx,
     )?;
     let output = without_hidden(to_embed.schema().as_arrow());
-    let mut sink = shutdown
-        .until(driver::open_sink_for(
-            pipeline,
-            Arc::clone(&output),
-            opts.shard,
-        ))
-        .await?;
-    sink.track_confirmations();
-    let as_it_goes = sink.confirms_as_it_goes();
 
     let mut phases: Vec<(Phase, DataFrame)> = Vec::new();
     if let Some(v) = classified.vanished.clone() {
@@ -348,312 +384,36 @@ async fn run_locked(
         }
     }
 
-    let total = (!chunked && opts.progress).then_some(counts.new + counts.changed);
-    let rt = driver::cpu_runtime()?;
-    let mut runner = Runner {
-        sink,
+    let checkpoints = state.checkpoints(&embed_fp, parquet && executor.stages_checkpoints());
+    let opening = Opening {
+        pipeline,
         output,
-        tracker: Tracker::default(),
-        state,
-        embed_fp,
-        delta: None,
-        as_it_goes,
+        checkpoints: checkpoints.clone(),
         checkpoint_every: Duration::from_secs(spec.checkpoint_secs),
-        summary: RunSummary::default(),
-        progress: Progress::new(total, opts.progress),
-        embedder: Arc::clone(embedder),
-        recorded: 0,
-        last_checkpoint: Instant::now(),
+        embedder,
+        to_embed: (!chunked && opts.progress).then_some(counts.new + counts.changed),
+        shard: opts.shard,
     };
+    shutdown.until(executor.open(opening)).await?;
+    // From here the sink holds its lock: every way out goes through abort.
     let mut result = Ok(());
     for (phase, frame) in phases {
-        result = runner.pump(&rt, frame, phase, shutdown.clone()).await;
+        result = executor.phase(frame, phase, shutdown).await;
         if result.is_err() {
             break;
         }
     }
-    runner.progress.finish();
-    // After a signal, `embed()` gives up at the next micro-batch: a short wait is enough.
-    let _ = tokio::task::spawn_blocking(move || {
-        rt.shutdown_timeout(crate::signals::plan_shutdown_wait())
-    })
-    .await;
     let mut summary = match result {
-        Ok(()) => runner.finish().await?,
+        Ok(()) => executor.finish().await?,
         Err(e) => {
-            let e = runner.abort(e).await;
+            let e = executor.abort(e).await;
             return Err(driver::explain_scan_error(e, &plan, pipeline).await);
         }
     };
+    // A Parquet output's checkpoints (staged by a cluster's tasks) join the state once the
+    // output they describe is published.
+    state.publish_pending(&checkpoints).await?;
     state.compact(&plan.ctx, settings).await?;
     summary.incremental = Some(counts);
     Ok(summary)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// State rows whose id left the source: deleted from the sink.
-    Delete,
-    /// Rows whose metadata alone changed (Pinecone): updated in place.
-    UpdateMetadata,
-    /// New and changed rows: embedded and written.
-    Embed,
-    /// Rows of the previous Parquet output that stay: written again with their vectors.
-    Carry,
-}
-
-struct Runner<'a> {
-    sink: Box<dyn Sink>,
-    output: SchemaRef,
-    tracker: Tracker,
-    state: &'a mut StateStore,
-    embed_fp: String,
-    /// Parquet: the run's one state file, published after the output.
-    delta: Option<DeltaWriter>,
-    as_it_goes: bool,
-    checkpoint_every: Duration,
-    summary: RunSummary,
-    progress: Progress,
-    embedder: Arc<Embedder>,
-    /// Rows recorded in the state so far.
-    recorded: u64,
-    last_checkpoint: Instant,
-}
-
-impl Runner<'_> {
-    async fn pump(
-        &mut self,
-        rt: &tokio::runtime::Runtime,
-        frame: DataFrame,
-        phase: Phase,
-        mut shutdown: Shutdown,
-    ) -> Result<()> {
-        let mut rx = driver::spawn_plan(rt, frame);
-        let mut ticks = tokio::time::interval(self.checkpoint_every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticks.tick().await;
-        loop {
-            let item = tokio::select! {
-                item = rx.recv() => item,
-                _ = ticks.tick(), if self.as_it_goes => {
-                    self.checkpoint().await?;
-                    continue;
-                }
-                signal = shutdown.requested() => {
-                    return Err(Interrupted { signal, outcome: String::new() }.into());
-                }
-            };
-            let Some(item) = item else { break };
-            let batch = item?;
-            match phase {
-                Phase::Delete => self.delete(&batch).await?,
-                Phase::UpdateMetadata => self.update_metadata(&batch).await?,
-                Phase::Embed => {
-                    let rows = batch.num_rows() as u64;
-                    let (batch, skipped) = crate::sink::keep_embedded(&batch)?;
-                    self.summary.rows_read += rows;
-                    self.summary.rows_skipped += skipped;
-                    self.summary.rows_embedded += rows - skipped;
-                    self.write(&batch).await?;
-                    self.progress
-                        .advance(self.summary.rows_read, self.embedder.tokens_seen());
-                }
-                Phase::Carry => self.write(&batch).await?,
-            }
-            let due = if self.as_it_goes {
-                self.last_checkpoint.elapsed() >= self.checkpoint_every
-            } else {
-                self.tracker.ready_len() >= STATE_ROWS_PER_WRITE
-            };
-            if due {
-                self.checkpoint().await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        if !self.as_it_goes {
-            let hidden = hidden_rows(batch)?;
-            self.sink.write(visible(batch, &self.output)?).await?;
-            self.tracker.held(hidden.rows.into_iter().map(|(r, _)| r));
-            return Ok(());
-        }
-        // A sink that confirms as it goes takes a batch in slices, with a checkpoint whenever
-        // one is due: a slow index must not hold confirmed rows out of the state.
-        let mut offset = 0;
-        while offset < batch.num_rows() {
-            let len = SLICE_ROWS.min(batch.num_rows() - offset);
-            let slice = batch.slice(offset, len);
-            offset += len;
-            let hidden = hidden_rows(&slice)?;
-            self.sink.write(visible(&slice, &self.output)?).await?;
-            self.tracker.sent(hidden);
-            if self.last_checkpoint.elapsed() >= self.checkpoint_every {
-                self.checkpoint().await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Deletes the vectors of state rows gone from the source (`id`, `chunks`).
-    async fn delete(&mut self, batch: &RecordBatch) -> Result<()> {
-        let ids = cast(batch.column(0), &DataType::Utf8)?;
-        let ids = ids.as_string::<i32>();
-        let chunks = cast(batch.column(1), &DataType::Int32)?;
-        let chunks = chunks.as_primitive::<datafusion::arrow::datatypes::Int32Type>();
-        let mut vectors = Vec::new();
-        let mut gone = Vec::with_capacity(batch.num_rows());
-        for i in 0..batch.num_rows() {
-            let id = ids.value(i);
-            let n = chunks.value(i);
-            vectors.extend(StateRow::vector_ids(id, n));
-            gone.push(StateRow {
-                id: id.to_string(),
-                text_fp: String::new(),
-                meta_fp: String::new(),
-                chunks: n,
-                deleted: true,
-            });
-        }
-        self.sink.delete(vectors).await?;
-        self.tracker.held(gone);
-        Ok(())
-    }
-
-    /// Sets the new metadata on each vector of the rows (one per chunk).
-    async fn update_metadata(&mut self, batch: &RecordBatch) -> Result<()> {
-        let hidden = hidden_rows(batch)?;
-        let ids = cast(
-            batch.column_by_name("id").context("no id column")?,
-            &DataType::Utf8,
-        )?;
-        let ids = ids.as_string::<i32>();
-        let old = cast(
-            batch.column_by_name(OLD_CHUNKS).context("no chunk count")?,
-            &DataType::Int32,
-        )?;
-        let old = old.as_primitive::<datafusion::arrow::datatypes::Int32Type>();
-        let mut vector_ids = Vec::new();
-        let mut rows = Vec::new();
-        for i in 0..batch.num_rows() {
-            for v in StateRow::vector_ids(ids.value(i), old.value(i)) {
-                vector_ids.push(v);
-                rows.push(i as u32);
-            }
-        }
-        let rows = UInt32Array::from(rows);
-        let mut fields = vec![Arc::new(Field::new("id", DataType::Utf8, false))];
-        let mut columns: Vec<ArrayRef> = vec![Arc::new(StringArray::from(vector_ids))];
-        for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
-            if f.name() == "id" || f.name().starts_with(HIDDEN) {
-                continue;
-            }
-            fields.push(Arc::clone(f));
-            columns.push(take(c.as_ref(), &rows, None)?);
-        }
-        let expanded = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
-        self.sink.update_metadata(expanded).await?;
-        self.tracker.held(hidden.rows.into_iter().map(|(r, _)| r));
-        Ok(())
-    }
-
-    /// Records in the state what the sink holds. For Pinecone: take the confirmations, delete
-    /// the chunks rows no longer have, then publish a checkpoint file.
-    async fn checkpoint(&mut self) -> Result<()> {
-        self.last_checkpoint = Instant::now();
-        if self.as_it_goes {
-            let confirmed = self.sink.take_confirmed();
-            self.tracker.confirmed(confirmed);
-            let stale = self.tracker.take_stale();
-            if !stale.is_empty() {
-                self.sink.delete(stale).await?;
-                self.tracker.stale_deleted();
-            }
-            self.publish_ready().await
-        } else {
-            let rows = self.tracker.take_ready();
-            if rows.is_empty() {
-                return Ok(());
-            }
-            if self.delta.is_none() {
-                self.delta = Some(self.state.delta(&self.embed_fp)?);
-            }
-            if let Some(d) = &mut self.delta {
-                d.write(&rows).await?;
-            }
-            self.recorded += rows.len() as u64;
-            Ok(())
-        }
-    }
-
-    /// Publishes the rows ready now as one checkpoint file.
-    async fn publish_ready(&mut self) -> Result<()> {
-        let rows = self.tracker.take_ready();
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let mut delta = self.state.delta(&self.embed_fp)?;
-        delta.write(&rows).await?;
-        delta.publish().await?;
-        self.recorded += rows.len() as u64;
-        tracing::debug!("checkpoint: {} rows recorded in the state", rows.len());
-        Ok(())
-    }
-
-    async fn finish(mut self) -> Result<RunSummary> {
-        if self.as_it_goes {
-            // Everything in flight lands (or goes to the dead-letter file) before the last
-            // checkpoint.
-            self.sink.flush().await?;
-        }
-        self.checkpoint().await?;
-        let unconfirmed = self.tracker.unconfirmed();
-        let delta = self.delta.take();
-        let report = self.sink.finish().await?;
-        // A Parquet run's state follows its output: published only once the output is.
-        if let Some(d) = delta {
-            d.publish().await?;
-        }
-        if unconfirmed > 0 {
-            tracing::warn!(
-                "{unconfirmed} rows were not confirmed by the sink: they are not in the state, and the next run embeds them again"
-            );
-        }
-        let mut s = self.summary;
-        s.record_sink(report);
-        s.stream_seconds = self.progress.elapsed();
-        Ok(s)
-    }
-
-    /// Stops: Pinecone keeps what it confirmed, and the state records it; a Parquet output and
-    /// its state file are discarded.
-    async fn abort(mut self, e: anyhow::Error) -> anyhow::Error {
-        if self.as_it_goes {
-            let confirmed = self.sink.take_confirmed();
-            self.tracker.confirmed(confirmed);
-            if let Err(w) = self.publish_ready().await {
-                tracing::warn!("cannot record the last checkpoint: {w:#}");
-            }
-        } else if let Some(d) = self.delta.take() {
-            d.discard().await;
-        }
-        let outcome = if self.as_it_goes {
-            format!(
-                "the state records the {} rows the index confirmed; a re-run embeds only the rest",
-                self.recorded
-            )
-        } else {
-            self.sink.abort_outcome().to_string()
-        };
-        self.sink.abort().await;
-        match e.downcast::<Interrupted>() {
-            Ok(i) => Interrupted {
-                signal: i.signal,
-                outcome,
-            }
-            .into(),
-            Err(e) => e,
-        }
-    }
 }

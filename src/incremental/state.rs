@@ -88,6 +88,70 @@ pub struct Manifest {
     pub settings: Option<EmbeddingSettings>,
 }
 
+/// Where a state lives: its folder in an object store, and the forms its name takes.
+struct StateDir {
+    store: Arc<dyn ObjectStore>,
+    dir: Path,
+    /// The folder as a URL DataFusion reads (`file:///...` or `s3://bucket/...`), ending in `/`.
+    url: String,
+    /// `s3://bucket` for remote states, to register the store with a session.
+    store_url: Option<url::Url>,
+    local_dir: Option<std::path::PathBuf>,
+    display: String,
+}
+
+impl StateDir {
+    /// The state folder `path` (local or `s3://`); a local one is created when `create`.
+    fn locate(path: &str, storage: &StorageSpec, create: bool) -> Result<StateDir> {
+        if storage::is_remote(path) {
+            let remote = RemoteUrl::parse("incremental.state", path)?;
+            let store = storage::s3_store(path, &remote.bucket, storage.s3.as_ref())?;
+            let key = remote.key.trim_matches('/').to_string();
+            let url = format!(
+                "s3://{}/{}",
+                remote.bucket,
+                if key.is_empty() {
+                    String::new()
+                } else {
+                    format!("{key}/")
+                }
+            );
+            return Ok(StateDir {
+                store,
+                dir: Path::from(key.as_str()),
+                display: url.trim_end_matches('/').to_string(),
+                url,
+                store_url: Some(remote.store_url.clone()),
+                local_dir: None,
+            });
+        }
+        let local = path.strip_prefix("file://").unwrap_or(path);
+        let absolute =
+            std::path::absolute(local).map_err(|e| anyhow!("incremental.state {path}: {e}"))?;
+        if create {
+            std::fs::create_dir_all(&absolute).map_err(|e| {
+                anyhow!(
+                    "incremental.state: cannot create {}: {e}",
+                    absolute.display()
+                )
+            })?;
+        }
+        let dir = Path::from_absolute_path(&absolute)
+            .map_err(|e| anyhow!("incremental.state {path}: {e}"))?;
+        let url = url::Url::from_directory_path(&absolute)
+            .map_err(|()| anyhow!("incremental.state {path}: not an absolute path"))?
+            .to_string();
+        Ok(StateDir {
+            store: Arc::new(object_store::local::LocalFileSystem::new()),
+            dir,
+            url,
+            store_url: None,
+            local_dir: Some(absolute),
+            display: local.to_string(),
+        })
+    }
+}
+
 /// An opened, locked state folder.
 pub struct StateStore {
     store: Arc<dyn ObjectStore>,
@@ -99,6 +163,7 @@ pub struct StateStore {
     local_dir: Option<std::path::PathBuf>,
     pub display: String,
     lock: Option<OutputLock>,
+    storage: StorageSpec,
     pub manifest: Manifest,
     /// The manifest as found, when there was one (`None` for a first or `--full` run).
     pub previous: Option<Manifest>,
@@ -118,46 +183,14 @@ impl StateStore {
         sink: &str,
         full: bool,
     ) -> Result<StateStore> {
-        let path = spec.state.as_str();
-        let (store, dir, url, store_url, local_dir, display) = if storage::is_remote(path) {
-            let remote = RemoteUrl::parse("incremental.state", path)?;
-            let store = storage::s3_store(path, &remote.bucket, storage.s3.as_ref())?;
-            let key = remote.key.trim_matches('/').to_string();
-            let url = format!(
-                "s3://{}/{}",
-                remote.bucket,
-                if key.is_empty() {
-                    String::new()
-                } else {
-                    format!("{key}/")
-                }
-            );
-            (
-                store,
-                Path::from(key.as_str()),
-                url.clone(),
-                Some(remote.store_url.clone()),
-                None,
-                url.trim_end_matches('/').to_string(),
-            )
-        } else {
-            let local = path.strip_prefix("file://").unwrap_or(path);
-            let absolute =
-                std::path::absolute(local).map_err(|e| anyhow!("incremental.state {path}: {e}"))?;
-            std::fs::create_dir_all(&absolute).map_err(|e| {
-                anyhow!(
-                    "incremental.state: cannot create {}: {e}",
-                    absolute.display()
-                )
-            })?;
-            let dir = Path::from_absolute_path(&absolute)
-                .map_err(|e| anyhow!("incremental.state {path}: {e}"))?;
-            let url = url::Url::from_directory_path(&absolute)
-                .map_err(|()| anyhow!("incremental.state {path}: not an absolute path"))?
-                .to_string();
-            let store: Arc<dyn ObjectStore> = Arc::new(object_store::local::LocalFileSystem::new());
-            (store, dir, url, None, Some(absolute), local.to_string())
-        };
+        let StateDir {
+            store,
+            dir,
+            url,
+            store_url,
+            local_dir,
+            display,
+        } = StateDir::locate(&spec.state, storage, true)?;
         let lock = OutputLock::acquire(
             Arc::clone(&store),
             dir.clone().join(LOCK),
@@ -173,6 +206,7 @@ impl StateStore {
             local_dir,
             display,
             lock: Some(lock),
+            storage: storage.clone(),
             manifest: Manifest {
                 format: FORMAT,
                 generation: 0,
@@ -282,10 +316,6 @@ impl StateStore {
         format!("base-{generation:08}.parquet")
     }
 
-    fn delta_name(generation: u64, seq: u64) -> String {
-        format!("delta-{generation:08}-{seq:08}.parquet")
-    }
-
     /// The file names in the folder.
     async fn names(&self) -> Result<Vec<String>> {
         let listed: Vec<_> = self
@@ -308,16 +338,38 @@ impl StateStore {
             .await?
             .into_iter()
             .filter_map(|n| {
-                let seq = n
-                    .strip_prefix(&prefix)?
-                    .strip_suffix(".parquet")?
-                    .parse()
-                    .ok()?;
+                let seq = delta_seq(n.strip_prefix(&prefix)?)?;
                 Some((seq, n))
             })
             .collect();
         out.sort();
         Ok(out)
+    }
+
+    /// Makes the checkpoints a run's tasks staged (`pending-…`, a Parquet output's) part of the
+    /// state, once the output they describe is published.
+    pub async fn publish_pending(&self, checkpoints: &CheckpointTarget) -> Result<()> {
+        if !checkpoints.staged {
+            return Ok(());
+        }
+        let prefix = format!(
+            "pending-{:08}-{:08}-",
+            checkpoints.generation, checkpoints.seq
+        );
+        for name in self.names().await? {
+            let Some(rest) = name.strip_prefix(&prefix) else {
+                continue;
+            };
+            let target = format!(
+                "delta-{:08}-{:08}-{rest}",
+                checkpoints.generation, checkpoints.seq
+            );
+            self.store
+                .rename(&self.file(&name), &self.file(&target))
+                .await
+                .with_context(|| format!("cannot record the checkpoint {}/{name}", self.display))?;
+        }
+        Ok(())
     }
 
     /// Without a manifest, state files in the folder belong to no state (a deleted or lost
@@ -373,15 +425,21 @@ impl StateStore {
                 }
             }
         }
-        let Some(m) = current else { return };
         let Ok(names) = self.names().await else {
             return;
         };
+        // Checkpoints staged by the tasks of a job that never published its output.
+        for name in names.iter().filter(|n| n.starts_with("pending-")) {
+            let _ = self.store.delete(&self.file(name)).await;
+        }
+        let Some(m) = current else { return };
         let keep_delta = format!("delta-{:08}-", m.generation);
         for name in names {
             let old_base = name.starts_with("base-") && Some(&name) != m.base.as_ref();
             let old_delta = name.starts_with("delta-") && !name.starts_with(&keep_delta);
+            let staged = name.starts_with("pending-");
             if (old_base || old_delta)
+                && !staged
                 && let Err(e) = self.store.delete(&self.file(&name)).await
             {
                 tracing::warn!(
@@ -453,21 +511,23 @@ impl StateStore {
         Ok(Some(latest))
     }
 
-    /// A writer for the next delta file.
-    pub fn delta(&mut self, embed_fp: &str) -> Result<DeltaWriter> {
+    /// Where this run's checkpoints go: files of the next sequence number, which every writer
+    /// of the run (this process, or each task of a cluster job) shares. `staged`: the files are
+    /// written as `pending-…` and join the state only by [`StateStore::publish_pending`].
+    pub fn checkpoints(&mut self, embed_fp: &str, staged: bool) -> CheckpointTarget {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let name = Self::delta_name(self.manifest.generation, seq);
-        // Rows order by generation, then checkpoint: a base's rows (from older generations)
-        // always come before this generation's checkpoints.
-        let order = (self.manifest.generation << 32) | seq;
-        DeltaWriter::new(
-            Arc::clone(&self.store),
-            self.file(&name),
-            format!("{}/{name}", self.display),
-            embed_fp,
-            order,
-        )
+        CheckpointTarget {
+            state: self.local_dir.as_ref().map_or_else(
+                || self.url.trim_end_matches('/').to_string(),
+                |d| d.display().to_string(),
+            ),
+            storage: self.storage.clone(),
+            generation: self.manifest.generation,
+            seq,
+            embed_fp: embed_fp.to_string(),
+            staged,
+        }
     }
 
     /// Folds the deltas into the next generation's base, then records it in the manifest and
@@ -520,6 +580,77 @@ impl StateStore {
         if let Some(lock) = self.lock.take() {
             lock.release().await;
         }
+    }
+}
+
+/// The sequence number at the start of a delta's name after `delta-<generation>-`
+/// (`00000003.parquet`, or `00000003-<writer>-<n>.parquet`).
+fn delta_seq(rest: &str) -> Option<u64> {
+    let end = rest.find(['-', '.'])?;
+    rest[..end].parse().ok()
+}
+
+/// Where a run's checkpoints go, in a form that travels to a cluster's tasks: the state folder
+/// (its path and storage settings, never credentials), the generation and sequence number the
+/// run writes, and the embedding settings its rows were embedded with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointTarget {
+    /// The state folder: an absolute local path, or `s3://bucket/prefix`.
+    pub state: String,
+    pub storage: StorageSpec,
+    pub generation: u64,
+    pub seq: u64,
+    pub embed_fp: String,
+    /// Written as `pending-…` (a Parquet output's checkpoints, recorded only once it is
+    /// published), rather than as `delta-…`.
+    pub staged: bool,
+}
+
+impl CheckpointTarget {
+    /// The checkpoints of one writer (`local`, or a task's name): its files are numbered from 0.
+    pub fn writer(&self, name: &str) -> Result<Checkpoints> {
+        let dir = StateDir::locate(&self.state, &self.storage, false)?;
+        Ok(Checkpoints {
+            target: self.clone(),
+            dir,
+            name: name.to_string(),
+            next: 0,
+        })
+    }
+}
+
+/// One writer's checkpoint files.
+pub struct Checkpoints {
+    target: CheckpointTarget,
+    dir: StateDir,
+    name: String,
+    next: u64,
+}
+
+impl Checkpoints {
+    /// A writer for the next checkpoint file.
+    pub fn delta(&mut self) -> Result<DeltaWriter> {
+        let t = &self.target;
+        let kind = if t.staged { "pending" } else { "delta" };
+        let name = format!(
+            "{kind}-{:08}-{:08}-{}-{}.parquet",
+            t.generation, t.seq, self.name, self.next
+        );
+        self.next += 1;
+        // Rows order by generation, then run: a base's rows (from older generations) always
+        // come before this generation's checkpoints. Within one run each id is recorded once.
+        let order = (t.generation << 32) | t.seq;
+        DeltaWriter::new(
+            Arc::clone(&self.dir.store),
+            self.dir.dir.clone().join(name.as_str()),
+            format!("{}/{name}", self.dir.display),
+            &t.embed_fp,
+            order,
+        )
+    }
+
+    pub fn display(&self) -> &str {
+        &self.dir.display
     }
 }
 

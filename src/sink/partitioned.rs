@@ -32,6 +32,8 @@ use serde::{Deserialize, Serialize};
 use super::parquet::ParquetSink;
 use super::pinecone::PineconeSink;
 use super::{Sink, SinkKind, SinkSpec};
+use crate::incremental::state::CheckpointTarget;
+use crate::incremental::writer::{Phase, Writer, without_hidden};
 use crate::report::RunSummary;
 use crate::storage::{OutputLocation, StorageSpec};
 
@@ -44,6 +46,21 @@ pub struct PartTarget {
     /// Parquet: the staging folder of this job's parts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parts: Option<String>,
+    /// An incremental run's phase: each partition writes through the incremental writer and
+    /// checkpoints what its sink confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<IncrementalPart>,
+}
+
+/// What a partition of an incremental run's phase needs beside the sink.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IncrementalPart {
+    pub phase: Phase,
+    /// Where the partition's checkpoints go (staged for a Parquet output).
+    pub checkpoints: CheckpointTarget,
+    pub checkpoint_secs: u64,
+    /// The vectors' width, for the index's preflight in phases without vectors.
+    pub dim: usize,
 }
 
 impl PartTarget {
@@ -57,14 +74,27 @@ impl PartTarget {
             sink,
             storage: storage.clone(),
             parts,
+            incremental: None,
         }
     }
 
     /// Opens the sink for one task: a Parquet part is written under a temporary name and named
     /// by its rows once complete ([`PartName`]).
-    async fn open(&self, schema: SchemaRef) -> anyhow::Result<(Box<dyn Sink>, Option<Pending>)> {
-        let task = next_task_name();
+    async fn open(
+        &self,
+        schema: SchemaRef,
+        task: &str,
+    ) -> anyhow::Result<(Box<dyn Sink>, Option<Pending>)> {
+        let phase = self.incremental.as_ref().map(|i| i.phase);
+        let schema = match phase {
+            Some(_) => without_hidden(&schema),
+            None => schema,
+        };
         Ok(match self.sink.kind()? {
+            // A phase that only records (ids gone from the source) writes no part.
+            SinkKind::Parquet(_) if phase.is_some_and(|p| !p.writes_rows()) => {
+                (Box::new(StateOnly), None)
+            }
             SinkKind::Parquet(spec) => {
                 let Some(parts) = &self.parts else {
                     anyhow::bail!("a partitioned Parquet write needs a staging folder");
@@ -104,9 +134,36 @@ impl PartTarget {
                 let stem = base.to_string_lossy();
                 let stem = stem.strip_suffix(".jsonl").unwrap_or(&stem);
                 spec.dead_letter = Some(format!("{stem}-{task}.jsonl").into());
-                (Box::new(PineconeSink::open(&spec, &schema).await?), None)
+                let sink = match &self.incremental {
+                    Some(i) if !i.phase.writes_rows() => {
+                        PineconeSink::open_without_vectors(&spec, &schema, i.dim).await?
+                    }
+                    _ => PineconeSink::open(&spec, &schema).await?,
+                };
+                (Box::new(sink), None)
             }
         })
+    }
+}
+
+/// The sink of a phase that only records in the state (a Parquet output rebuilt whole has
+/// nothing to delete).
+struct StateOnly;
+
+#[async_trait::async_trait]
+impl Sink for StateOnly {
+    async fn write(&mut self, _batch: RecordBatch) -> anyhow::Result<()> {
+        anyhow::bail!("this phase writes no rows")
+    }
+
+    async fn finish(self: Box<Self>) -> anyhow::Result<crate::report::SinkReport> {
+        Ok(crate::report::SinkReport::default())
+    }
+
+    async fn abort(self: Box<Self>) {}
+
+    fn abort_outcome(&self) -> &'static str {
+        "nothing was written"
     }
 }
 
@@ -345,10 +402,25 @@ impl ExecutionPlan for PartitionedSinkExec {
 }
 
 async fn write_partition(
-    mut input: SendableRecordBatchStream,
+    input: SendableRecordBatchStream,
     target: PartTarget,
 ) -> Result<RecordBatch> {
-    let (mut sink, pending) = target.open(input.schema()).await.map_err(external)?;
+    let task = next_task_name();
+    let (sink, pending) = target.open(input.schema(), &task).await.map_err(external)?;
+    let (summary, name) = match &target.incremental {
+        None => write_rows(input, sink).await?,
+        Some(part) => write_phase(input, sink, part, &task).await?,
+    };
+    finish_partition(pending, summary, name)
+        .await
+        .map_err(external)
+}
+
+/// Writes the rows that have a vector.
+async fn write_rows(
+    mut input: SendableRecordBatchStream,
+    mut sink: Box<dyn Sink>,
+) -> Result<(RunSummary, PartName)> {
     let mut summary = RunSummary::default();
     let mut name = PartName::default();
     while let Some(batch) = input.next().await {
@@ -378,9 +450,60 @@ async fn write_partition(
             return Err(external(e));
         }
     }
-    finish_partition(sink, pending, summary, name)
+    let report = sink.finish().await.map_err(external)?;
+    summary.record_sink(report);
+    Ok((summary, name))
+}
+
+/// Runs one phase of an incremental run through the incremental writer, which checkpoints
+/// what the sink confirmed into the state (staged, for a Parquet output).
+async fn write_phase(
+    input: SendableRecordBatchStream,
+    sink: Box<dyn Sink>,
+    part: &IncrementalPart,
+    task: &str,
+) -> Result<(RunSummary, PartName)> {
+    let output = without_hidden(&input.schema());
+    let checkpoints = part.checkpoints.writer(task).map_err(external)?;
+    let mut writer = Writer::new(
+        sink,
+        output,
+        checkpoints,
+        std::time::Duration::from_secs(part.checkpoint_secs),
+        crate::report::Progress::new(None, false),
+        None,
+    );
+    let name = Arc::new(std::sync::Mutex::new(PartName::default()));
+    let named = {
+        let name = Arc::clone(&name);
+        input.map(move |batch| {
+            let batch = batch?;
+            if let Ok(mut n) = name.lock() {
+                n.add(&batch).map_err(external)?;
+            }
+            Ok(batch)
+        })
+    };
+    match writer
+        .pump(named, part.phase, crate::signals::Shutdown::never())
         .await
-        .map_err(external)
+    {
+        Ok(()) => {}
+        Err(e) => {
+            let e = writer.abort(e).await;
+            // The input's own errors go back as they came (Ballista recovers lost inputs).
+            return Err(match e.downcast::<DataFusionError>() {
+                Ok(e) => e,
+                Err(e) => external(e),
+            });
+        }
+    }
+    let summary = writer.finish().await.map_err(external)?;
+    let name =
+        std::mem::take(&mut *name.lock().map_err(|_| {
+            DataFusionError::Internal("a partition's part name was poisoned".into())
+        })?);
+    Ok((summary, name))
 }
 
 /// The partition's report with the tokens its rows took to embed.
@@ -396,13 +519,10 @@ fn external(e: anyhow::Error) -> DataFusionError {
 }
 
 async fn finish_partition(
-    sink: Box<dyn Sink>,
     pending: Option<Pending>,
     mut summary: RunSummary,
     name: PartName,
 ) -> anyhow::Result<RecordBatch> {
-    let report = sink.finish().await?;
-    summary.record_sink(report);
     if let Some(part) = pending {
         // Complete under its temporary name; now under the name its rows give it.
         use object_store::ObjectStoreExt;

@@ -143,6 +143,21 @@ impl PineconeSink {
         Self::open_with(spec, encoder, vector_dim(schema)?).await
     }
 
+    /// Preflight, then a writer for rows without vectors (deletes, metadata updates) of
+    /// `schema`: the metadata columns it lacks are not sent.
+    pub async fn open_without_vectors(
+        spec: &PineconeSinkSpec,
+        schema: &Schema,
+        dim: usize,
+    ) -> Result<PineconeSink> {
+        let mut present = spec.clone();
+        present
+            .metadata
+            .retain(|name| schema.field_with_name(name).is_ok());
+        let encoder = RecordEncoder::new(&present, schema)?;
+        Self::open_with(spec, encoder, dim).await
+    }
+
     /// Preflight, then a writer of records already serialized (`dim` values each).
     pub async fn open_for_records(spec: &PineconeSinkSpec, dim: usize) -> Result<PineconeSink> {
         Self::open_with(spec, RecordEncoder::without_metadata(spec), dim).await
