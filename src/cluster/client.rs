@@ -131,7 +131,8 @@ pub fn spread(plan: Arc<dyn ExecutionPlan>, partitions: usize) -> Result<Arc<dyn
 /// The pipeline's physical plan with `embed()` left in a projection of its own, where [`spread`]
 /// finds it: DataFusion's physical `ProjectionPushdown` would merge that projection into a
 /// Parquet scan (a pipeline without `sql:`), leaving no place for the shuffle below `embed()`.
-/// Only that rule is left out; the logical optimizer still reads just the columns used.
+/// Only that rule is left out (and dynamic filters, below); the logical optimizer still reads
+/// just the columns used.
 pub async fn physical_plan_for_cluster(
     frame: &datafusion::prelude::DataFrame,
 ) -> Result<Arc<dyn ExecutionPlan>> {
@@ -143,9 +144,17 @@ pub async fn physical_plan_for_cluster(
         .filter(|rule| rule.name() != "ProjectionPushdown")
         .cloned()
         .collect();
-    let state = SessionStateBuilder::new_from_existing(state)
+    let mut state = SessionStateBuilder::new_from_existing(state)
         .with_physical_optimizer_rules(rules)
         .build();
+    // The scheduler plans the stages again, and may swap a hash join's inputs: a join whose
+    // dynamic filter was already built here cannot be swapped (a task then fails in the
+    // scheduler). Without dynamic filters, the joins of an incremental run's plans travel.
+    let optimizer = &mut state.config_mut().options_mut().optimizer;
+    optimizer.enable_dynamic_filter_pushdown = false;
+    optimizer.enable_join_dynamic_filter_pushdown = false;
+    optimizer.enable_topk_dynamic_filter_pushdown = false;
+    optimizer.enable_aggregate_dynamic_filter_pushdown = false;
     Ok(state.create_physical_plan(&logical).await?)
 }
 
