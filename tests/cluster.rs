@@ -968,3 +968,122 @@ fn incremental_pipelines_run_on_the_cluster_as_locally() {
         );
     }
 }
+
+/// Starts `run pc.yaml --cluster ...` in the background with the Pinecone key.
+fn spawn_pinecone_run(d: &Path, cluster: &Cluster, extra: &[&str]) -> Child {
+    let url = cluster.url();
+    let mut args = vec!["run", "pc.yaml", "--no-progress", "--cluster", url.as_str()];
+    args.extend_from_slice(extra);
+    embedflow_command(d, &args, &[("PINECONE_API_KEY", Some(KEY))])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_until(what: &str, run: &mut Child, done: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "{what}: timed out"
+        );
+        assert!(
+            run.try_wait().unwrap().is_none(),
+            "{what}: the run ended early"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn assert_succeeded(run: Child, cluster: &Cluster) {
+    let o = run.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "the run failed:\n{}\nscheduler:\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        cluster.log("scheduler")
+    );
+}
+
+#[test]
+fn an_incremental_index_survives_a_killed_executor_and_a_killed_client() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut cluster = Cluster::start(d, 2);
+    let srv =
+        PineconeServer::start(ServerConfig::new(KEY, vec![IndexConfig::new("docs", 384)])).unwrap();
+    sample_pipeline(
+        d,
+        "pc.yaml",
+        &format!(
+            "  pinecone:\n    index: docs\n    controller: {}\n    metadata: [chapter]\nincremental:\n  state: state\n  checkpoint_secs: 1\n",
+            srv.controller_url()
+        ),
+    );
+
+    // 1. An executor killed once vectors land: Ballista runs its tasks again on the other.
+    let mut run = spawn_pinecone_run(d, &cluster, &["--summary-json", "1.json"]);
+    wait_until("the first upserts", &mut run, || {
+        srv.vectors_upserted("docs") > 0
+    });
+    let mut victim = cluster.executors.remove(1);
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    assert_succeeded(run, &cluster);
+    let first = srv.records("docs", "");
+    assert_eq!(first.len(), SAMPLE_ROWS, "every id once");
+    let s = summary(&d.join("1.json"));
+    assert_eq!(
+        incremental_counts(&s),
+        [SAMPLE_ROWS as u64, 0, 0, 0, 0],
+        "{s}"
+    );
+
+    // 2. A client killed (SIGKILL: no clean-up) in the middle of a --full run, then run again:
+    // the re-run takes the dead client's lock and embeds what the state does not record.
+    let before = srv.vectors_upserted("docs");
+    let mut run = spawn_pinecone_run(d, &cluster, &["--full"]);
+    wait_until("a checkpoint of the --full run", &mut run, || {
+        srv.vectors_upserted("docs") > before + 300
+    });
+    run.kill().unwrap();
+    run.wait().unwrap();
+    let rerun = spawn_pinecone_run(d, &cluster, &["--summary-json", "2.json"]);
+    assert_succeeded(rerun, &cluster);
+    let s = summary(&d.join("2.json"));
+    let embedded = s["rows_embedded"].as_u64().unwrap();
+    assert!(
+        embedded < SAMPLE_ROWS as u64,
+        "the re-run resumed from the killed run's checkpoints: {s}"
+    );
+    let after = srv.records("docs", "");
+    assert_eq!(after.len(), SAMPLE_ROWS, "every id once");
+    let got = after.into_iter().map(|(id, r)| (id, r.values)).collect();
+    let want = first.into_iter().map(|(id, r)| (id, r.values)).collect();
+    assert_same_vectors(&want, &got, 1e-6);
+
+    // 3. The state matches the index: nothing is left to embed.
+    let o = embedflow_env(
+        d,
+        &[
+            "run",
+            "pc.yaml",
+            "--no-progress",
+            "--cluster",
+            &cluster.url(),
+            "--summary-json",
+            "3.json",
+        ],
+        &[("PINECONE_API_KEY", Some(KEY))],
+    );
+    assert_ok(&o);
+    let s = summary(&d.join("3.json"));
+    assert_eq!(
+        incremental_counts(&s),
+        [0, 0, 0, SAMPLE_ROWS as u64, 0],
+        "{s}"
+    );
+    assert_eq!(s["rows_embedded"], 0, "{s}");
+}
