@@ -8,15 +8,17 @@
 //! Running a pipeline: [`driver`] holds what every way of running one shares (loading the
 //! model, the destination's checks and opening the sink, the plan's own CPU runtime and its
 //! bounded stream); [`run`] runs one on this machine, [`incremental`] one that embeds only what
-//! changed, [`cluster`] one on a Ballista cluster. [`storage`] is where files live (local or
+//! changed (on this machine or, through the same driver, on a cluster), [`cluster`] one on a
+//! Ballista cluster. [`storage`] is where files live (local or
 //! S3); [`query`] searches the output; [`signals`] turns SIGINT and SIGTERM into a clean stop.
 //!
 //! Module outline (`use` edges, drawn by reading `crate::` and `super::` paths; no module
 //! imports back up the chain, so there is no import circle between modules):
 //!
 //! ```text
-//! main → cli → run → incremental → driver → plan → embed → report
-//!                  ↘ cluster ────↗        ↘ sink ──↗   ↘ storage
+//! main → cli → run ───────→ incremental → driver → plan → embed → report
+//!            ↘ cluster::client ─↗    ↑           ↘ sink ──↗   ↘ storage
+//!              cluster::phases ──────┘ (an incremental run's executor on the cluster)
 //! config ← (driver, run, incremental, cluster, plan, sink::table)
 //! config → specs only: plan::source, embed::spec, sink, storage, incremental::config
 //! ```

@@ -349,7 +349,7 @@ mod tests {
                 "pinecone index docs",
             ),
         ] {
-            let plan = crate::cluster::client::job_plan(Arc::clone(&input), target.clone());
+            let plan = crate::cluster::jobs::job_plan(Arc::clone(&input), target.clone());
             let bytes =
                 physical_plan_to_bytes_with_extension_codec(Arc::clone(&plan), &codec).unwrap();
             assert!(

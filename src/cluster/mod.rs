@@ -14,6 +14,7 @@
 pub mod client;
 pub mod codec;
 pub mod executor;
+pub mod jobs;
 pub mod models;
 pub mod phases;
 pub mod publish;

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::DataFrame;
 
-use super::client::{Jobs, job_plan, physical_plan_for_cluster, spread};
+use super::jobs::{Jobs, job_plan, physical_plan_for_cluster, spread};
 use super::publish::Staging;
 use super::scheduler_api::SchedulerApi;
 use crate::error::Interrupted;
