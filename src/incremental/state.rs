@@ -610,6 +610,16 @@ impl CheckpointTarget {
     /// The checkpoints of one writer (`local`, or a task's name): its files are numbered from 0.
     pub fn writer(&self, name: &str) -> Result<Checkpoints> {
         let dir = StateDir::locate(&self.state, &self.storage, false)?;
+        // The driver made the folder: missing here, it is not shared with this process (a
+        // cluster executor on another machine), and a checkpoint written here would be lost.
+        if let Some(local) = &dir.local_dir
+            && !local.is_dir()
+        {
+            bail!(
+                "the incremental state folder {} is not on this machine: on a cluster, put incremental.state on storage every executor shares (s3://, or a shared folder)",
+                local.display()
+            );
+        }
         Ok(Checkpoints {
             target: self.clone(),
             dir,
