@@ -27,7 +27,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use embedflow::config::Pipeline;
-use embedflow::run::{RunOptions, run_pipeline};
+use embedflow::driver::{RunOptions, run_locally as run_pipeline};
 use embedflow::signals::Shutdown;
 use embedflow::sink::Sink;
 use embedflow::sink::pinecone::PineconeSink;

@@ -24,9 +24,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use embedflow::config::Pipeline;
+use embedflow::driver::{RunOptions, run_locally as run_pipeline};
 use embedflow::embed::{Device, Precision};
 use embedflow::embed::{EmbedSpec, Embedder, eval};
-use embedflow::run::{RunOptions, run_pipeline};
 use embedflow::signals::Shutdown;
 
 const LONG_WARM_UP: &str = "Warm-up text long enough to reach the longer sequence lengths of the \

@@ -14,7 +14,6 @@ use crate::error::{PartialRun, config_error, one_line};
 use crate::plan::shard::Shard;
 use crate::plan::{self, source};
 use crate::query::{self, OutputFormat};
-use crate::run;
 use crate::signals::Shutdown;
 use crate::sink::SinkKind;
 
@@ -297,7 +296,7 @@ async fn run_command(
     shutdown: &Shutdown,
 ) -> Result<()> {
     let p = args.load()?;
-    let mut summary = run::run_pipeline(&p, opts, shutdown).await?;
+    let mut summary = crate::driver::run_locally(&p, opts, shutdown).await?;
     summary.shard = opts.shard.map(|s| s.to_string());
     report_summary(&summary, summary_json)
 }

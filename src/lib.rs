@@ -5,21 +5,24 @@
 //! sources, checks) → [`embed`] (tokenizer + ONNX Runtime behind the `embed(text)` UDF) →
 //! [`sink`] (Parquet, Pinecone) → [`report`] (progress and summary).
 //!
-//! Running a pipeline: [`driver`] holds what every way of running one shares (loading the
-//! model, the destination's checks and opening the sink, the plan's own CPU runtime and its
-//! bounded stream); [`run`] runs one on this machine, [`incremental`] one that embeds only what
-//! changed (on this machine or, through the same driver, on a cluster), [`cluster`] one on a
-//! Ballista cluster. [`storage`] is where files live (local or
-//! S3); [`query`] searches the output; [`signals`] turns SIGINT and SIGTERM into a clean stop.
+//! Running a pipeline: [`driver`] is the one job driver. Every run (local, `--shard`,
+//! incremental, `--cluster`) is `driver::run` on an executor ([`driver::executor`]): it loads the
+//! model, builds the plan, checks the ids with a query on the executor, lets [`incremental`]
+//! classify the source against its state and lay out the phases, then runs each phase's plan
+//! through the writers ([`driver::writer`], which checkpoint an incremental run's state) and
+//! adds up the summary. The executor is this machine (`driver::executor::Local`) or a Ballista
+//! cluster ([`cluster`]). [`storage`] is where files live (local or S3); [`query`] searches the
+//! output; [`signals`] turns SIGINT and SIGTERM into a clean stop.
 //!
-//! Module outline (`use` edges, drawn by reading `crate::` and `super::` paths; no module
-//! imports back up the chain, so there is no import circle between modules):
+//! Module outline (`use` edges, drawn by reading `crate::` and `super::` paths with
+//! `python3 scripts/module-graph.py src`; no module imports back up the chain, so there is no
+//! import circle between modules):
 //!
 //! ```text
-//! main → cli → run ───────→ incremental → driver → plan → embed → report
-//!            ↘ cluster::client ─↗    ↑           ↘ sink ──↗   ↘ storage
-//!              cluster::phases ──────┘ (an incremental run's executor on the cluster)
-//! config ← (driver, run, incremental, cluster, plan, sink::table)
+//! main → cli → driver ──────────→ incremental → plan → embed → report
+//!            ↘ cluster::client ─↗ (driver::run)  ↘ sink ──↗   ↘ storage
+//!              cluster::phases → driver::executor (the cluster as an executor)
+//! config ← (driver, incremental, cluster, plan, sink::table)
 //! config → specs only: plan::source, embed::spec, sink, storage, incremental::config
 //! ```
 //!
@@ -37,7 +40,6 @@ pub mod incremental;
 pub mod plan;
 pub mod query;
 pub mod report;
-pub mod run;
 pub mod signals;
 pub mod similarity;
 pub mod sink;

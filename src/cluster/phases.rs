@@ -1,9 +1,11 @@
-//! An incremental run on the cluster: the run (its state, classification and phases) is the
-//! one [`crate::incremental::run_on`] drives; each phase is a job whose partitions write through
-//! the incremental writer ([`PartitionedSinkExec`] with an [`IncrementalPart`]) and checkpoint
-//! what their sink confirmed into the state folder, which must be shared storage (`s3://`, or a
-//! folder every executor sees). Pinecone checkpoints are part of the state as soon as a task
-//! writes them; a Parquet output's are staged and published by the client after the output.
+//! A run on the cluster: the run (the model, the plan, the id checks, an incremental run's state
+//! and phases) is the one [`crate::driver::run`] drives; each phase is a Ballista job whose
+//! partitions write through the run's writer ([`PartitionedSinkExec`]), each partition into its
+//! own Parquet part (staged, and published by this client when every phase succeeded) or into
+//! the index. In an incremental run ([`IncrementalPart`]) each partition also checkpoints what
+//! its sink confirmed into the state folder, which must be shared storage (`s3://`, or a folder
+//! every executor sees): Pinecone checkpoints are part of the state as soon as a task writes
+//! them; a Parquet output's are staged and published by the client after the output.
 
 use std::sync::Arc;
 
@@ -15,9 +17,9 @@ use datafusion::prelude::DataFrame;
 use super::jobs::{Jobs, job_plan, physical_plan_for_cluster, spread};
 use super::publish::Staging;
 use super::scheduler_api::SchedulerApi;
+use crate::driver::executor::{Collector, Executor, Opening};
+use crate::driver::writer::Phase;
 use crate::error::Interrupted;
-use crate::incremental::executor::{Collector, Executor, Opening};
-use crate::incremental::writer::Phase;
 use crate::report::RunSummary;
 use crate::signals::Shutdown;
 use crate::sink::SinkKind;
@@ -75,7 +77,7 @@ impl Executor for ClusterPhases {
 
     async fn open(&mut self, o: Opening<'_>) -> Result<()> {
         let pipeline = o.pipeline;
-        let dim = o.embedder.dim();
+        let dim = o.dim;
         match pipeline.sink.kind()? {
             SinkKind::Parquet(spec) => {
                 let staging = Staging::prepare(spec, &pipeline.storage).await?;
@@ -98,9 +100,9 @@ impl Executor for ClusterPhases {
         {
             p.dead_letter = Some(crate::sink::pinecone::default_dead_letter(&p.index));
         }
-        target.incremental = Some(IncrementalPart {
+        target.incremental = o.checkpoints.map(|checkpoints| IncrementalPart {
             phase: Phase::Embed,
-            checkpoints: o.checkpoints,
+            checkpoints,
             checkpoint_secs: o.checkpoint_every.as_secs().max(1),
             dim,
         });
@@ -140,13 +142,25 @@ impl Executor for ClusterPhases {
 
     async fn abort(&mut self, e: anyhow::Error) -> anyhow::Error {
         self.api.cancel_jobs_named(self.jobs.name()).await;
+        let incremental = self
+            .target
+            .as_ref()
+            .is_some_and(|t| t.incremental.is_some());
         let outcome = match self.staging.take() {
             Some(staging) => {
                 staging.discard().await;
-                "nothing was published; the previous output and its state are as they were"
+                if incremental {
+                    "nothing was published; the previous output and its state are as they were"
+                } else {
+                    "nothing was published; the previous output is as it was"
+                }
+            }
+            None if self.target.is_none() => "nothing was written",
+            None if incremental => {
+                "the state records what the index confirmed at the tasks' last checkpoints; a re-run embeds only the rest"
             }
             None => {
-                "the state records what the index confirmed at the tasks' last checkpoints; a re-run embeds only the rest"
+                "vectors upserted before the signal stay in the index; a re-run overwrites them"
             }
         };
         match e.downcast::<Interrupted>() {

@@ -10,14 +10,12 @@
 
 pub mod classify;
 pub mod config;
-pub mod executor;
 pub mod fingerprint;
 pub mod state;
 pub mod tracker;
-pub mod writer;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use datafusion::arrow::array::AsArray;
@@ -27,21 +25,21 @@ use datafusion::functions_aggregate::expr_fn::count;
 use datafusion::prelude::{DataFrame, ParquetReadOptions, ident, lit};
 
 use crate::config::Pipeline;
-use crate::driver::{self, RunOptions};
+use crate::driver::executor::Collector;
+use crate::driver::writer::{Phase, without_hidden};
+use crate::driver::{Job, RunOptions};
 use crate::embed::Embedder;
+use crate::plan;
 use crate::plan::shard::Shard;
-use crate::plan::{self, checks};
-use crate::report::{IncrementalCounts, RunSummary};
+use crate::report::IncrementalCounts;
 use crate::signals::Shutdown;
 use crate::sink::SinkKind;
 use crate::storage::OutputLocation;
 use classify::{CHANGED, METADATA, NEW, OLD_CHUNKS, SOURCE_ID, STATUS, UNCHANGED};
 pub use config::IncrementalSpec;
-use executor::{Collector, Executor, Opening};
 use fingerprint::EmbeddingSettings;
 use object_store::ObjectStoreExt;
-use state::StateStore;
-use writer::{Phase, without_hidden};
+use state::{CheckpointTarget, StateStore};
 
 /// Which sink a state describes: a state moved to another sink starts again.
 fn sink_identity(pipeline: &Pipeline, shard: Option<Shard>) -> Result<String> {
@@ -59,42 +57,41 @@ fn sink_identity(pipeline: &Pipeline, shard: Option<Shard>) -> Result<String> {
     })
 }
 
-/// Runs an incremental pipeline on this machine.
-pub async fn run(
-    pipeline: &Pipeline,
-    spec: &IncrementalSpec,
-    opts: &RunOptions,
-    shutdown: &Shutdown,
-) -> Result<RunSummary> {
-    let mut here = executor::Local::new(opts.progress);
-    run_on(pipeline, spec, opts, shutdown, &mut here).await
+/// An incremental run's own part of the job: its state, opened and locked for the run, and what
+/// the classification counted. The driver runs the phases [`prepare`] returns, then
+/// [`IncrementalRun::complete`] folds what the writers checkpointed into the state.
+pub struct IncrementalRun {
+    state: StateStore,
+    settings: EmbeddingSettings,
+    counts: IncrementalCounts,
+    checkpoints: CheckpointTarget,
 }
 
-/// Runs an incremental pipeline: its plans and writers on `executor` (this machine or a
-/// cluster), its state read, locked, checkpointed and published here.
-pub async fn run_on(
+/// Opens and locks the pipeline's state, classifies the source against it with DataFusion joins
+/// (new / changed / metadata-only / unchanged / deleted), and returns the phases that bring the
+/// output up to date: delete, metadata update, embed, carry. `staged`: the writers stage a
+/// Parquet output's checkpoints for [`IncrementalRun::complete`] to publish after the output.
+#[allow(clippy::too_many_arguments)]
+pub async fn prepare(
     pipeline: &Pipeline,
     spec: &IncrementalSpec,
     opts: &RunOptions,
     shutdown: &Shutdown,
-    executor: &mut dyn Executor,
-) -> Result<RunSummary> {
-    let start = Instant::now();
-    let embedder = shutdown
-        .until(driver::load_embedder(&pipeline.embed))
-        .await?;
+    plan: &plan::PipelinePlan,
+    embedder: &Arc<Embedder>,
+    collect: &Collector,
+    staged: bool,
+) -> Result<(IncrementalRun, Job)> {
     let chunking = match &pipeline.embed.chunking {
         Some(c) => Some((c.max_tokens_for(embedder.max_seq_length())?, c.overlap)),
         None => None,
     };
     let settings = {
-        let e = Arc::clone(&embedder);
+        let e = Arc::clone(embedder);
         tokio::task::spawn_blocking(move || EmbeddingSettings::of(&e, chunking))
             .await
             .context("fingerprinting the model panicked")??
     };
-    let model_seconds = start.elapsed().as_secs_f64();
-    driver::check_destination(pipeline)?;
     let sink_id = sink_identity(pipeline, opts.shard)?;
     // Each shard keeps its own state (and lock) beside the others'.
     let spec = &match opts.shard {
@@ -117,21 +114,45 @@ pub async fn run_on(
             opts.full,
         ))
         .await?;
-    let result = run_locked(
-        pipeline, spec, opts, shutdown, &embedder, &settings, &mut state, executor,
+    match plan_phases(
+        pipeline, spec, opts, shutdown, plan, &settings, &mut state, collect, staged,
     )
-    .await;
-    state.release().await;
-    let mut summary = result?;
-    summary.seconds = start.elapsed().as_secs_f64();
-    summary.model_seconds = model_seconds;
-    // Embedded on this machine: the model's own counts.
-    if summary.tokens == 0 {
-        summary.tokens = embedder.tokens_seen();
+    .await
+    {
+        Ok((job, counts, checkpoints)) => Ok((
+            IncrementalRun {
+                state,
+                settings,
+                counts,
+                checkpoints,
+            },
+            job,
+        )),
+        Err(e) => {
+            state.release().await;
+            Err(e)
+        }
     }
-    summary.rows_truncated = embedder.truncated_rows();
-    driver::say_truncated(&summary, &embedder);
-    Ok(summary)
+}
+
+impl IncrementalRun {
+    /// After the output is published: records the writers' staged checkpoints, folds the
+    /// checkpoints into the state's next generation, and returns the run's counts.
+    pub async fn complete(
+        &mut self,
+        ctx: &datafusion::prelude::SessionContext,
+    ) -> Result<IncrementalCounts> {
+        // A Parquet output's checkpoints (staged by a cluster's tasks) join the state once the
+        // output they describe is published.
+        self.state.publish_pending(&self.checkpoints).await?;
+        self.state.compact(ctx, &self.settings).await?;
+        Ok(self.counts.clone())
+    }
+
+    /// Releases the state's lock, whatever became of the run.
+    pub async fn release(mut self) {
+        self.state.release().await;
+    }
 }
 
 /// The Parquet sink's previous output, when there is one to carry rows over from: the file of
@@ -252,26 +273,20 @@ async fn count_rows(frame: &DataFrame, collect: &Collector) -> Result<u64> {
     Ok(total)
 }
 
+/// Classifies the source against the state and lays out the phases.
 #[allow(clippy::too_many_arguments)]
-async fn run_locked(
+async fn plan_phases(
     pipeline: &Pipeline,
     spec: &IncrementalSpec,
     opts: &RunOptions,
     shutdown: &Shutdown,
-    embedder: &Arc<Embedder>,
+    plan: &plan::PipelinePlan,
     settings: &EmbeddingSettings,
     state: &mut StateStore,
-    executor: &mut dyn Executor,
-) -> Result<RunSummary> {
+    collect: &Collector,
+    staged: bool,
+) -> Result<(Job, IncrementalCounts, CheckpointTarget)> {
     let embed_fp = settings.fingerprint();
-    let collect = executor.collector();
-    let plan = plan::build_sharded(pipeline, Arc::clone(embedder), opts.shard).await?;
-    if let Err(e) = shutdown
-        .until(checks::check_ids_on(&plan.ids, pipeline, &*collect))
-        .await
-    {
-        return Err(driver::explain_scan_error(e, &plan, pipeline).await);
-    }
     let before = state.previous.as_ref().and_then(|m| m.settings.clone());
     let same_settings = before.as_ref().is_none_or(|b| b.fingerprint() == embed_fp);
     if let Some(b) = &before
@@ -323,10 +338,10 @@ async fn run_locked(
         },
     )?;
     let mut counts = shutdown
-        .until(count_statuses(&classified.rows, &collect))
+        .until(count_statuses(&classified.rows, collect))
         .await?;
     counts.deleted = match &classified.vanished {
-        Some(v) => shutdown.until(count_rows(v, &collect)).await?,
+        Some(v) => shutdown.until(count_rows(v, collect)).await?,
         None => 0,
     };
     counts.state = state.display.clone();
@@ -384,36 +399,13 @@ async fn run_locked(
         }
     }
 
-    let checkpoints = state.checkpoints(&embed_fp, parquet && executor.stages_checkpoints());
-    let opening = Opening {
-        pipeline,
+    let checkpoints = state.checkpoints(&embed_fp, parquet && staged);
+    let job = Job {
+        phases,
         output,
-        checkpoints: checkpoints.clone(),
+        checkpoints: Some(checkpoints.clone()),
         checkpoint_every: Duration::from_secs(spec.checkpoint_secs),
-        embedder,
         to_embed: (!chunked && opts.progress).then_some(counts.new + counts.changed),
-        shard: opts.shard,
     };
-    shutdown.until(executor.open(opening)).await?;
-    // From here the sink holds its lock: every way out goes through abort.
-    let mut result = Ok(());
-    for (phase, frame) in phases {
-        result = executor.phase(frame, phase, shutdown).await;
-        if result.is_err() {
-            break;
-        }
-    }
-    let mut summary = match result {
-        Ok(()) => executor.finish().await?,
-        Err(e) => {
-            let e = executor.abort(e).await;
-            return Err(driver::explain_scan_error(e, &plan, pipeline).await);
-        }
-    };
-    // A Parquet output's checkpoints (staged by a cluster's tasks) join the state once the
-    // output they describe is published.
-    state.publish_pending(&checkpoints).await?;
-    state.compact(&plan.ctx, settings).await?;
-    summary.incremental = Some(counts);
-    Ok(summary)
+    Ok((job, counts, checkpoints))
 }

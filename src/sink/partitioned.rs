@@ -32,8 +32,8 @@ use serde::{Deserialize, Serialize};
 use super::parquet::ParquetSink;
 use super::pinecone::PineconeSink;
 use super::{Sink, SinkKind, SinkSpec};
+use crate::driver::writer::{Phase, Writer, without_hidden};
 use crate::incremental::state::CheckpointTarget;
-use crate::incremental::writer::{Phase, Writer, without_hidden};
 use crate::report::RunSummary;
 use crate::storage::{OutputLocation, StorageSpec};
 
@@ -407,69 +407,31 @@ async fn write_partition(
 ) -> Result<RecordBatch> {
     let task = next_task_name();
     let (sink, pending) = target.open(input.schema(), &task).await.map_err(external)?;
-    let (summary, name) = match &target.incremental {
-        None => write_rows(input, sink).await?,
-        Some(part) => write_phase(input, sink, part, &task).await?,
-    };
+    let (summary, name) = write_phase(input, sink, target.incremental.as_ref(), &task).await?;
     finish_partition(pending, summary, name)
         .await
         .map_err(external)
 }
 
-/// Writes the rows that have a vector.
-async fn write_rows(
-    mut input: SendableRecordBatchStream,
-    mut sink: Box<dyn Sink>,
-) -> Result<(RunSummary, PartName)> {
-    let mut summary = RunSummary::default();
-    let mut name = PartName::default();
-    while let Some(batch) = input.next().await {
-        // The input's errors pass through as they are: Ballista tells a lost shuffle input
-        // (which it recovers from by running the stage that wrote it again) by its type.
-        let batch = match batch {
-            Ok(batch) => batch,
-            Err(e) => {
-                sink.abort().await;
-                return Err(e);
-            }
-        };
-        let step = async {
-            let rows = batch.num_rows() as u64;
-            let (batch, skipped) = super::keep_embedded(&batch)?;
-            summary.rows_read += rows;
-            summary.rows_skipped += skipped;
-            summary.rows_embedded += rows - skipped;
-            if batch.num_rows() > 0 {
-                name.add(&batch)?;
-                sink.write(batch).await?;
-            }
-            anyhow::Ok(())
-        };
-        if let Err(e) = step.await {
-            sink.abort().await;
-            return Err(external(e));
-        }
-    }
-    let report = sink.finish().await.map_err(external)?;
-    summary.record_sink(report);
-    Ok((summary, name))
-}
-
-/// Runs one phase of an incremental run through the incremental writer, which checkpoints
-/// what the sink confirmed into the state (staged, for a Parquet output).
+/// Runs the partition's rows through the run's writer: the rows that have a vector are
+/// written; in an incremental run's phase, what the sink confirmed is checkpointed into the
+/// state (staged, for a Parquet output).
 async fn write_phase(
     input: SendableRecordBatchStream,
     sink: Box<dyn Sink>,
-    part: &IncrementalPart,
+    part: Option<&IncrementalPart>,
     task: &str,
 ) -> Result<(RunSummary, PartName)> {
     let output = without_hidden(&input.schema());
-    let checkpoints = part.checkpoints.writer(task).map_err(external)?;
+    let checkpoints = match part {
+        Some(part) => Some(part.checkpoints.writer(task).map_err(external)?),
+        None => None,
+    };
     let mut writer = Writer::new(
         sink,
         output,
         checkpoints,
-        std::time::Duration::from_secs(part.checkpoint_secs),
+        std::time::Duration::from_secs(part.map_or(1, |p| p.checkpoint_secs)),
         crate::report::Progress::new(None, false),
         None,
     );
@@ -484,14 +446,16 @@ async fn write_phase(
             Ok(batch)
         })
     };
+    let phase = part.map_or(Phase::Embed, |p| p.phase);
     match writer
-        .pump(named, part.phase, crate::signals::Shutdown::never())
+        .pump(named, phase, crate::signals::Shutdown::never())
         .await
     {
         Ok(()) => {}
         Err(e) => {
             let e = writer.abort(e).await;
-            // The input's own errors go back as they came (Ballista recovers lost inputs).
+            // The input's own errors go back as they came: Ballista tells a lost shuffle input
+            // (which it recovers from by running the stage that wrote it again) by its type.
             return Err(match e.downcast::<DataFusionError>() {
                 Ok(e) => e,
                 Err(e) => external(e),

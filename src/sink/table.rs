@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{DataFusionError, Result, not_impl_err, plan_err};
@@ -25,7 +24,6 @@ use datafusion::logical_expr::Expr;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
-use tokio::sync::mpsc;
 
 use crate::config::Pipeline;
 use crate::report::RunSummary;
@@ -40,12 +38,7 @@ pub struct SinkTable {
     /// Set when the table came over the wire to a cluster: each partition then writes on its
     /// own ([`PartitionedSinkExec`]).
     parts: Option<PartTarget>,
-    /// Set for `run`: the rows go to the run's driver, which holds the sink on the I/O runtime.
-    forward: Option<Forward>,
 }
-
-/// Where a `run` hands the inserted rows: a bounded channel to its driver.
-pub type Forward = mpsc::Sender<Result<RecordBatch>>;
 
 impl SinkTable {
     pub fn new(pipeline: Pipeline, schema: SchemaRef) -> SinkTable {
@@ -54,16 +47,6 @@ impl SinkTable {
             schema,
             summary: Arc::default(),
             parts: None,
-            forward: None,
-        }
-    }
-
-    /// The table `run` inserts into: each row goes through `forward` to the run's driver, so the
-    /// plan that runs is the INSERT that `explain` shows.
-    pub fn forwarding(pipeline: Pipeline, schema: SchemaRef, forward: Forward) -> SinkTable {
-        SinkTable {
-            forward: Some(forward),
-            ..SinkTable::new(pipeline, schema)
         }
     }
 
@@ -145,17 +128,6 @@ impl TableProvider for SinkTable {
         if let Some(target) = &self.parts {
             return Ok(Arc::new(PartitionedSinkExec::new(input, target.clone())));
         }
-        if let Some(forward) = &self.forward {
-            return Ok(Arc::new(DataSinkExec::new(
-                input,
-                Arc::new(ForwardWriter {
-                    sink: self.pipeline.sink.clone(),
-                    schema: Arc::clone(&self.schema),
-                    forward: forward.clone(),
-                }),
-                None,
-            )));
-        }
         Ok(Arc::new(DataSinkExec::new(
             input,
             Arc::new(SinkWriter {
@@ -176,7 +148,7 @@ pub struct SinkWriter {
     summary: Arc<Mutex<Option<RunSummary>>>,
 }
 
-/// How the sink shows in a plan, the same for `sql`, `run` and `explain`.
+/// How the sink shows in a plan, the same for `sql` and `explain`.
 fn describe(sink: &super::SinkSpec, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     match sink.kind() {
         Ok(super::SinkKind::Parquet(p)) => write!(f, "EmbedflowSink: parquet {}", p.path),
@@ -190,47 +162,6 @@ fn describe(sink: &super::SinkSpec, f: &mut fmt::Formatter<'_>) -> fmt::Result {
 impl DisplayAs for SinkWriter {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         describe(&self.pipeline.sink, f)
-    }
-}
-
-/// `run`'s writer: hands each batch to the run's driver through a bounded channel, so the plan
-/// computes at most the channel's capacity ahead of what the sink accepted (backpressure).
-#[derive(Debug)]
-pub struct ForwardWriter {
-    sink: super::SinkSpec,
-    schema: SchemaRef,
-    forward: Forward,
-}
-
-impl DisplayAs for ForwardWriter {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        describe(&self.sink, f)
-    }
-}
-
-#[async_trait]
-impl DataSink for ForwardWriter {
-    fn schema(&self) -> &SchemaRef {
-        &self.schema
-    }
-
-    async fn write_all(
-        &self,
-        mut data: SendableRecordBatchStream,
-        _context: &Arc<TaskContext>,
-    ) -> Result<u64> {
-        let mut rows = 0;
-        while let Some(batch) = data.next().await {
-            let batch = batch?;
-            rows += batch.num_rows() as u64;
-            if self.forward.send(Ok(batch)).await.is_err() {
-                // The driver stopped (an error, a signal): it reports why.
-                return Err(DataFusionError::Execution(
-                    "the sink stopped taking rows".into(),
-                ));
-            }
-        }
-        Ok(rows)
     }
 }
 

@@ -1,6 +1,6 @@
-//! The sink wrapper of an incremental run: it hands each phase's rows to the sink, and records
-//! in the state's checkpoints what the sink confirmed ([`Tracker`]). One writer runs per place
-//! that writes: the one local run, or each partition of a cluster job.
+//! The sink wrapper every run writes through: it hands each phase's rows to the sink and, in an
+//! incremental run, records in the state's checkpoints what the sink confirmed ([`Tracker`]).
+//! One writer runs per place that writes: the one local run, or each partition of a cluster job.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,11 +12,11 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
-use super::classify::{HIDDEN, OLD_CHUNKS};
-use super::state::{Checkpoints, DeltaWriter, StateRow};
-use super::tracker::{Tracker, hidden_rows};
 use crate::embed::Embedder;
 use crate::error::Interrupted;
+use crate::incremental::classify::{HIDDEN, OLD_CHUNKS};
+use crate::incremental::state::{Checkpoints, DeltaWriter, StateRow};
+use crate::incremental::tracker::{Tracker, hidden_rows};
 use crate::report::{Progress, RunSummary};
 use crate::signals::Shutdown;
 use crate::sink::Sink;
@@ -26,7 +26,8 @@ const STATE_ROWS_PER_WRITE: usize = 8192;
 /// Rows handed to a sink that confirms as it goes between two looks at the checkpoint clock.
 const SLICE_ROWS: usize = 64;
 
-/// The phases of an incremental run, in order; each is one plan whose rows go to the writer.
+/// The phases of a run, in order; each is one plan whose rows go to the writer. A run that is
+/// not incremental has one: [`Phase::Embed`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Phase {
     /// State rows whose id left the source (`id`, `chunks`): deleted from the sink.
@@ -73,13 +74,14 @@ pub fn without_hidden(schema: &Schema) -> SchemaRef {
     ))
 }
 
-/// Hands rows to the sink and checkpoints what it confirmed.
+/// Hands rows to the sink and, in an incremental run, checkpoints what it confirmed.
 pub struct Writer {
     sink: Box<dyn Sink>,
     /// The sink's schema (the embedded rows without hidden columns).
     output: SchemaRef,
     tracker: Tracker,
-    checkpoints: Checkpoints,
+    /// An incremental run's checkpoints (none for a run without state).
+    checkpoints: Option<Checkpoints>,
     /// Parquet: the writer's one checkpoint file, published after the output.
     delta: Option<DeltaWriter>,
     as_it_goes: bool,
@@ -97,13 +99,15 @@ impl Writer {
     pub fn new(
         mut sink: Box<dyn Sink>,
         output: SchemaRef,
-        checkpoints: Checkpoints,
+        checkpoints: Option<Checkpoints>,
         checkpoint_every: Duration,
         progress: Progress,
         embedder: Option<Arc<Embedder>>,
     ) -> Writer {
-        sink.track_confirmations();
-        let as_it_goes = sink.confirms_as_it_goes();
+        if checkpoints.is_some() {
+            sink.track_confirmations();
+        }
+        let as_it_goes = checkpoints.is_some() && sink.confirms_as_it_goes();
         Writer {
             sink,
             output,
@@ -161,7 +165,9 @@ impl Writer {
                 }
                 Phase::Carry => self.write(&batch).await?,
             }
-            let due = if self.as_it_goes {
+            let due = if self.checkpoints.is_none() {
+                false
+            } else if self.as_it_goes {
                 self.last_checkpoint.elapsed() >= self.checkpoint_every
             } else {
                 self.tracker.ready_len() >= STATE_ROWS_PER_WRITE
@@ -174,6 +180,12 @@ impl Writer {
     }
 
     async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if self.checkpoints.is_none() {
+            if batch.num_rows() > 0 {
+                self.sink.write(visible(batch, &self.output)?).await?;
+            }
+            return Ok(());
+        }
         if !self.as_it_goes {
             let hidden = hidden_rows(batch)?;
             self.sink.write(visible(batch, &self.output)?).await?;
@@ -263,6 +275,9 @@ impl Writer {
     /// the chunks rows no longer have, then publish a checkpoint file.
     async fn checkpoint(&mut self) -> Result<()> {
         self.last_checkpoint = Instant::now();
+        let Some(checkpoints) = &mut self.checkpoints else {
+            return Ok(());
+        };
         if self.as_it_goes {
             let confirmed = self.sink.take_confirmed();
             self.tracker.confirmed(confirmed);
@@ -278,7 +293,7 @@ impl Writer {
                 return Ok(());
             }
             if self.delta.is_none() {
-                self.delta = Some(self.checkpoints.delta()?);
+                self.delta = Some(checkpoints.delta()?);
             }
             if let Some(d) = &mut self.delta {
                 d.write(&rows).await?;
@@ -290,11 +305,14 @@ impl Writer {
 
     /// Publishes the rows ready now as one checkpoint file.
     async fn publish_ready(&mut self) -> Result<()> {
+        let Some(checkpoints) = &mut self.checkpoints else {
+            return Ok(());
+        };
         let rows = self.tracker.take_ready();
         if rows.is_empty() {
             return Ok(());
         }
-        let mut delta = self.checkpoints.delta()?;
+        let mut delta = checkpoints.delta()?;
         delta.write(&rows).await?;
         delta.publish().await?;
         self.recorded += rows.len() as u64;

@@ -1,7 +1,7 @@
-//! Where an incremental run's plans execute and its writers run: on this machine ([`Local`]),
-//! or on a Ballista cluster (`crate::cluster::phases`). The run itself (the state, the
-//! classification, the phases, the summary) is the same; an executor only runs the plans it is
-//! given and publishes what they wrote.
+//! Where a run's plans execute and its writers run: on this machine ([`Local`]), or on a
+//! Ballista cluster (`crate::cluster::phases`). The run itself (the model, the plan, the id
+//! checks, an incremental run's state and phases, the summary) is the same
+//! ([`super::run`]); an executor only runs the plans it is given and publishes what they wrote.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,11 +13,11 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::prelude::DataFrame;
 use futures::future::BoxFuture;
 
-use super::state::CheckpointTarget;
 use super::writer::{Phase, Writer};
 use crate::config::Pipeline;
 use crate::driver;
 use crate::embed::Embedder;
+use crate::incremental::state::CheckpointTarget;
 use crate::plan::shard::Shard;
 use crate::report::{Progress, RunSummary};
 use crate::signals::Shutdown;
@@ -31,10 +31,13 @@ pub struct Opening<'a> {
     pub pipeline: &'a Pipeline,
     /// The sink's schema (the embedded rows without hidden columns).
     pub output: SchemaRef,
-    /// Where the writers record what the sink confirmed.
-    pub checkpoints: CheckpointTarget,
+    /// Where the writers record what the sink confirmed (an incremental run).
+    pub checkpoints: Option<CheckpointTarget>,
     pub checkpoint_every: Duration,
-    pub embedder: &'a Arc<Embedder>,
+    /// The model (none when the pipeline reads its vectors: `embed.vector`).
+    pub embedder: Option<&'a Arc<Embedder>>,
+    /// The vectors' width.
+    pub dim: usize,
     /// Rows to embed, for the progress bar (when known).
     pub to_embed: Option<u64>,
     pub shard: Option<Shard>,
@@ -54,7 +57,8 @@ pub trait Executor: Send {
     /// Publishes the output (a Parquet output's writers' checkpoints follow it) and returns
     /// what was written.
     async fn finish(&mut self) -> Result<RunSummary>;
-    /// Stops after an error or a signal; the error says what the run leaves behind.
+    /// Stops after an error or a signal, opened or not (queries it started are cancelled); the
+    /// error says what the run leaves behind.
     async fn abort(&mut self, e: anyhow::Error) -> anyhow::Error;
 }
 
@@ -100,15 +104,19 @@ impl Executor for Local {
 
     async fn open(&mut self, o: Opening<'_>) -> Result<()> {
         let sink = driver::open_sink_for(o.pipeline, Arc::clone(&o.output), o.shard).await?;
+        let checkpoints = match &o.checkpoints {
+            Some(c) => Some(c.writer("local")?),
+            None => None,
+        };
         self.writer = Some(Writer::new(
             sink,
             o.output,
-            o.checkpoints.writer("local")?,
+            checkpoints,
             o.checkpoint_every,
             Progress::new(o.to_embed, self.progress),
-            Some(Arc::clone(o.embedder)),
+            o.embedder.cloned(),
         ));
-        self.embedder = Some(Arc::clone(o.embedder));
+        self.embedder = o.embedder.cloned();
         self.rt = Some(driver::cpu_runtime()?);
         Ok(())
     }
