@@ -8,37 +8,22 @@
 //! SQL, to a Parquet folder. The local run uses every core for ONNX Runtime; each executor has
 //! one task slot and `cores / 2` ONNX Runtime threads, so both use the same cores.
 
-// Only `arg` of the shared helpers is used here.
+// Only `arg` and the loopback cluster of the shared helpers are used here.
 #[allow(dead_code)]
 mod support;
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use support::arg;
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
+use support::cluster::Loopback;
 
 fn embedflow(dir: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_embedflow"));
     c.args(args).current_dir(dir);
     c
-}
-
-struct Servers(Vec<Child>);
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 /// One `embedflow run`: wall seconds and its summary.
@@ -64,7 +49,7 @@ fn main() -> Result<()> {
     let repeat = arg("--repeat", 3)?.max(1);
     let partitions = arg("--partitions", 8)?.max(1);
     let cores = std::thread::available_parallelism()?.get();
-    let per_executor = (cores / 2).max(1).to_string();
+    let per_executor = (cores / 2).max(1);
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample.parquet");
@@ -76,41 +61,10 @@ fn main() -> Result<()> {
         ),
     )?;
 
-    let port = free_port()?;
-    let bind = format!("127.0.0.1:{port}");
-    let mut servers = Servers(vec![
-        embedflow(dir, &["scheduler", "--bind", &bind])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    ]);
-    std::thread::sleep(Duration::from_secs(1));
-    for _ in 0..2 {
-        let ports = format!("{},{}", free_port()?, free_port()?);
-        servers.0.push(
-            embedflow(
-                dir,
-                &[
-                    "executor",
-                    "--scheduler",
-                    &bind,
-                    "--ports",
-                    &ports,
-                    "--threads",
-                    &per_executor,
-                    "--task-slots",
-                    "1",
-                ],
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-        );
-    }
-    std::thread::sleep(Duration::from_secs(3));
-    let cluster = format!("df://{bind}");
+    let cluster = Loopback::start(dir, 2, per_executor)?;
+    let port = cluster.port;
     let partitions_arg = partitions.to_string();
-    let cluster_args = ["--cluster", &cluster, "--partitions", &partitions_arg];
+    let cluster_args = ["--cluster", &cluster.url, "--partitions", &partitions_arg];
 
     println!(
         "input: the bundled sample (3101 paragraphs); {cores} cores; cluster: 2 executors x 1 task slot x {per_executor} ONNX Runtime threads, {partitions} partitions"
@@ -138,7 +92,7 @@ fn main() -> Result<()> {
         last["rows_written"], last["partitions_by_worker"], last["model_seconds"]
     );
     stage_times(port)?;
-    drop(servers);
+    drop(cluster);
     Ok(())
 }
 

@@ -1,15 +1,18 @@
 //! Incremental runs: the nightly re-run of a 100,000-row table of which 1% changed, against the
-//! full run of the same table, side by side in one run. Both are the whole `embedflow run` a
-//! user starts (wall time of the process, model loading included).
+//! full run of the same table, side by side in one run, locally and on a Ballista cluster of one
+//! scheduler and `--executors` executors on this machine. Each figure is the whole
+//! `embedflow run` a user starts (wall time of the process, model loading included).
 //!
-//!     cargo bench --bench incremental [-- --rows N] [--changed-percent P]
+//!     cargo bench --bench incremental [-- --rows N] [--changed-percent P] [--executors 2]
 //!
 //! Input: the first `--rows` (100,000) sentences of ../shared/data/reuters_sentences.parquet,
 //! or, without ../shared, synthetic short rows. The full run is the pipeline's first run (every
 //! row new, so every row is embedded and recorded in the state); the incremental run follows it
-//! after `--changed-percent` (1) of the texts were edited.
+//! after `--changed-percent` (1) of the texts were edited. The cluster runs the same pipeline
+//! with its own output and state (`--executors 0` leaves the cluster out); each executor has one
+//! task slot and `cores / executors` ONNX Runtime threads, so both use the same cores.
 
-// Only the synthetic corpus and `arg` of the shared helpers are used here.
+// Only the synthetic corpus, `arg` and the loopback cluster of the shared helpers are used here.
 #[allow(dead_code)]
 mod support;
 
@@ -25,6 +28,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use support::arg;
+use support::cluster::Loopback;
 
 /// `(id, text)` rows: real sentences when ../shared is there, else synthetic ones.
 fn corpus(rows: usize, dir: &Path) -> Result<(Vec<String>, Vec<String>, &'static str)> {
@@ -88,8 +92,8 @@ fn write(path: &Path, ids: &[String], texts: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// One `embedflow run`: wall seconds and its summary.
-fn run(dir: &Path) -> Result<(f64, serde_json::Value)> {
+/// One `embedflow run` of `dir`'s `p.yaml` (with `extra` arguments): wall seconds and its summary.
+fn run(dir: &Path, extra: &[&str]) -> Result<(f64, serde_json::Value)> {
     let start = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_embedflow"))
         .args([
@@ -99,6 +103,7 @@ fn run(dir: &Path) -> Result<(f64, serde_json::Value)> {
             "--summary-json",
             "summary.json",
         ])
+        .args(extra)
         .current_dir(dir)
         .output()?;
     let secs = start.elapsed().as_secs_f64();
@@ -112,20 +117,62 @@ fn run(dir: &Path) -> Result<(f64, serde_json::Value)> {
     Ok((secs, summary))
 }
 
+fn arguments(extra: &[String]) -> Vec<&str> {
+    extra.iter().map(String::as_str).collect()
+}
+
+/// The full run, then the incremental run after the edit, in `dir`: `(seconds, summary)` of each.
+struct Runs {
+    full: (f64, serde_json::Value),
+    incremental: (f64, serde_json::Value),
+}
+
 fn main() -> Result<()> {
     let rows = arg("--rows", 100_000)?;
     let percent = arg("--changed-percent", 1)?;
+    let executors = arg("--executors", 2)?;
+    let cores = std::thread::available_parallelism()?.get();
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     let (ids, mut texts, what) = corpus(rows, dir)?;
-    write(&dir.join("docs.parquet"), &ids, &texts)?;
-    std::fs::write(
-        dir.join("p.yaml"),
-        "source:\n  tables:\n    docs: { path: docs.parquet }\nembed:\n  model: all-MiniLM-L6-v2\n  id: id\nsink:\n  parquet: { path: out }\nincremental:\n  state: state\n  deletes: true\n",
-    )?;
-    println!("input: {rows} rows of {what}; {percent}% of the texts edited between the runs");
+    let docs = dir.join("docs.parquet");
+    write(&docs, &ids, &texts)?;
+    let mut places = vec![("local", dir.join("local"), Vec::new())];
+    let cluster = if executors > 0 {
+        let cluster = Loopback::start(dir, executors, (cores / executors).max(1))?;
+        let args = vec!["--cluster".to_string(), cluster.url.clone()];
+        places.push(("cluster", dir.join("cluster"), args));
+        Some(cluster)
+    } else {
+        None
+    };
+    for (_, place, _) in &places {
+        std::fs::create_dir(place)?;
+        std::fs::write(
+            place.join("p.yaml"),
+            format!(
+                "source:\n  tables:\n    docs: {{ path: {} }}\nembed:\n  model: all-MiniLM-L6-v2\n  id: id\nsink:\n  parquet: {{ path: {} }}\nincremental:\n  state: {}\n  deletes: true\n",
+                docs.display(),
+                place.join("out").display(),
+                place.join("state").display()
+            ),
+        )?;
+    }
+    println!(
+        "input: {rows} rows of {what}; {percent}% of the texts edited between the runs; {cores} cores{}",
+        match executors {
+            0 => String::new(),
+            n => format!(
+                "; cluster: {n} executors x 1 task slot x {} ONNX Runtime threads",
+                (cores / n).max(1)
+            ),
+        }
+    );
 
-    let (full_secs, full) = run(dir)?;
+    let mut full = Vec::new();
+    for (_, place, extra) in &places {
+        full.push(run(place, &arguments(extra))?);
+    }
     let every = (100 / percent.max(1)).max(1);
     let mut changed = 0;
     for (i, t) in texts.iter_mut().enumerate() {
@@ -134,28 +181,42 @@ fn main() -> Result<()> {
             changed += 1;
         }
     }
-    write(&dir.join("docs.parquet"), &ids, &texts)?;
-    let (inc_secs, inc) = run(dir)?;
-    if inc["rows_embedded"].as_u64() != Some(changed) {
-        bail!(
-            "the incremental run embedded {} rows, not {changed}",
-            inc["rows_embedded"]
+    write(&docs, &ids, &texts)?;
+    let mut results = Vec::new();
+    for ((name, place, extra), full) in places.iter().zip(full) {
+        let incremental = run(place, &arguments(extra))?;
+        if incremental.1["rows_embedded"].as_u64() != Some(changed) {
+            bail!(
+                "the {name} incremental run embedded {} rows, not {changed}",
+                incremental.1["rows_embedded"]
+            );
+        }
+        results.push((name, Runs { full, incremental }));
+    }
+    drop(cluster);
+    println!();
+    println!("| where | run | rows embedded | rows written | wall s | share of the full run |");
+    println!("|---|---|---|---|---|---|");
+    for (name, runs) in &results {
+        let (full_secs, full) = &runs.full;
+        let (inc_secs, inc) = &runs.incremental;
+        println!(
+            "| {name} | full (first run) | {} | {} | {full_secs:.1} | 100% |",
+            full["rows_embedded"], full["rows_written"]
+        );
+        println!(
+            "| {name} | incremental, {percent}% changed | {} | {} | {inc_secs:.1} | {:.1}% |",
+            inc["rows_embedded"],
+            inc["rows_written"],
+            100.0 * inc_secs / full_secs
         );
     }
     println!();
-    println!("| run | rows embedded | rows written | wall s | share of the full run |");
-    println!("|---|---|---|---|---|");
-    println!(
-        "| full (first run) | {} | {} | {full_secs:.1} | 100% |",
-        full["rows_embedded"], full["rows_written"]
-    );
-    println!(
-        "| incremental, {percent}% changed | {} | {} | {inc_secs:.1} | {:.1}% |",
-        inc["rows_embedded"],
-        inc["rows_written"],
-        100.0 * inc_secs / full_secs
-    );
-    println!();
-    println!("incremental counts: {}", inc["incremental"]);
+    for (name, runs) in &results {
+        println!(
+            "{name} incremental counts: {}",
+            runs.incremental.1["incremental"]
+        );
+    }
     Ok(())
 }

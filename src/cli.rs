@@ -11,9 +11,9 @@ use crate::config::Pipeline;
 use crate::driver::{self, RunOptions};
 use crate::embed::{EmbedSpec, Embedder};
 use crate::error::{PartialRun, config_error, one_line};
-use crate::plan::shard::Shard;
 use crate::plan::{self, source};
 use crate::query::{self, OutputFormat};
+use crate::shard::Shard;
 use crate::signals::Shutdown;
 use crate::sink::SinkKind;
 
@@ -31,6 +31,15 @@ pub struct Cli {
     /// and fields), the final summary and the error line included.
     #[arg(long, value_enum, global = true, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Memory that sorts, joins and aggregates may hold before they spill to disk (e.g. 2GB,
+    /// 512MiB); default: half of this process's memory (its cgroup's limit in a container).
+    #[arg(
+        long,
+        global = true,
+        env = "EMBEDFLOW_MEMORY_LIMIT",
+        value_name = "SIZE"
+    )]
+    pub memory_limit: Option<bytesize::ByteSize>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -125,6 +134,10 @@ pub enum Command {
     /// Upsert the vectors of a dead-letter file to the pipeline's Pinecone index, with the same
     /// batching, retries and exit codes as `run`.
     Replay(ReplayArgs),
+    /// A Pinecone bulk import a run started (`sink.pinecone.import`, `wait: false`): its status,
+    /// waiting for its end (exit 0 when it completed, 1 when it failed or was cancelled), or
+    /// cancelling it.
+    Import(ImportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -148,6 +161,28 @@ pub struct ExecutorArgs {
     /// Folder for shuffle files (default: a temporary folder).
     #[arg(long, value_name = "DIR")]
     work_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(subcommand)]
+    pub action: ImportAction,
+    /// The pipeline whose Pinecone index holds the import.
+    #[arg(long, global = true)]
+    pub pipeline: Option<PathBuf>,
+    /// Override a key, e.g. --set sink.pinecone.index=docs (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
+    pub set: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportAction {
+    /// Print the import's status as JSON (status, percentComplete, recordsImported, error).
+    Status { id: String },
+    /// Follow the import to its end, logging its progress.
+    Wait { id: String },
+    /// Cancel the import.
+    Cancel { id: String },
 }
 
 #[derive(Debug, Args)]
@@ -211,6 +246,7 @@ pub struct SqlArgs {
 
 /// Runs one command; each has its own function below.
 pub async fn execute(cli: Cli, shutdown: Shutdown) -> Result<()> {
+    crate::plan::memory::set_limit(cli.memory_limit);
     match cli.command {
         Command::Run {
             pipeline,
@@ -278,6 +314,7 @@ pub async fn execute(cli: Cli, shutdown: Shutdown) -> Result<()> {
         Command::Query(args) => shutdown.until(query_command(args)).await,
         Command::Sql(args) => shutdown.until(sql_command(args)).await,
         Command::Replay(args) => shutdown.until(replay_command(args)).await,
+        Command::Import(args) => shutdown.until(import_command(args)).await,
         Command::Setup => {
             tokio::task::spawn_blocking(crate::embed::setup::install_default_model)
                 .await
@@ -285,6 +322,38 @@ pub async fn execute(cli: Cli, shutdown: Shutdown) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `import status|wait|cancel ID`: against the pipeline's Pinecone index.
+async fn import_command(args: ImportArgs) -> Result<()> {
+    use crate::sink::pinecone::import;
+    let path = args
+        .pipeline
+        .context("--pipeline PIPELINE: the pipeline whose Pinecone index holds the import")?;
+    let p = Pipeline::load(&path, &args.set)?;
+    let SinkKind::Pinecone(spec) = p.sink.kind()? else {
+        return Err(config_error(format!(
+            "{}: the pipeline writes to Parquet, not to a Pinecone index",
+            path.display()
+        )));
+    };
+    let conn = crate::sink::pinecone::connect(spec, None).await?;
+    let mut out = std::io::stdout().lock();
+    match args.action {
+        ImportAction::Status { id } => {
+            let status = import::describe(&conn.client, &id).await?;
+            writeln!(out, "{}", serde_json::to_string(&status)?)?;
+        }
+        ImportAction::Wait { id } => {
+            let status = import::follow(&conn.client, &id).await?;
+            writeln!(out, "{}", serde_json::to_string(&status)?)?;
+        }
+        ImportAction::Cancel { id } => {
+            import::cancel(&conn.client, &id).await?;
+            writeln!(out, "import {id} cancelled")?;
+        }
+    }
+    Ok(())
 }
 
 /// `run`: the whole pipeline, the summary line on stdout, `--summary-json`, exit code 3 when
@@ -329,7 +398,7 @@ async fn check_insert_into_sink(
         ));
     }
     let rows = datafusion::prelude::DataFrame::new(ctx.state(), dml.input.as_ref().clone());
-    crate::plan::checks::check_ids(&rows, pipeline)
+    crate::plan::checks::check_ids(&rows, &pipeline.embed, pipeline.sink.max_id_bytes())
         .await
         .map_err(|e| e.context("INSERT INTO sink"))?;
     Ok(())
@@ -397,7 +466,13 @@ async fn validate_command(args: &PipelineArgs) -> Result<()> {
         embedder.model_name(),
         embedder.dim()
     )?;
-    let estimate = plan::estimate::estimate(&plan, &p, &embedder).await?;
+    let estimate = plan::estimate::estimate(
+        &plan,
+        &p.embed,
+        matches!(p.sink.kind()?, crate::sink::SinkKind::Pinecone(_)),
+        &embedder,
+    )
+    .await?;
     writeln!(out, "{estimate}")?;
     if p.incremental.is_some() {
         writeln!(
@@ -411,8 +486,8 @@ async fn validate_command(args: &PipelineArgs) -> Result<()> {
 /// A pipeline's plan: with its model, or reading vectors (`embed.vector`).
 async fn build_plan(p: &Pipeline, embedder: Option<&Arc<Embedder>>) -> Result<plan::PipelinePlan> {
     match embedder {
-        Some(e) => plan::build(p, Arc::clone(e)).await,
-        None => plan::build_vectors(p, None).await,
+        Some(e) => plan::build(p.plan_spec(), Arc::clone(e)).await,
+        None => plan::build_vectors(p.plan_spec(), None).await,
     }
 }
 
@@ -441,7 +516,7 @@ async fn explain_command(args: &PipelineArgs, physical: bool) -> Result<()> {
     let plan = build_plan(&p, embedder.as_ref()).await?;
     // The whole job as one plan: the output frame inserted into the sink table.
     let schema = Arc::new(plan.frame.schema().as_arrow().clone());
-    let sink = Arc::new(crate::sink::table::SinkTable::new(p.clone(), schema));
+    let sink = Arc::new(crate::driver::table::SinkTable::new(p.clone(), schema));
     let insert = datafusion::logical_expr::LogicalPlanBuilder::insert_into(
         plan.frame.logical_plan().clone(),
         "sink",
@@ -543,7 +618,7 @@ async fn sql_command(c: SqlArgs) -> Result<()> {
             })
             .collect();
         let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
-        let table = Arc::new(crate::sink::table::SinkTable::new(p.clone(), schema));
+        let table = Arc::new(crate::driver::table::SinkTable::new(p.clone(), schema));
         ctx.register_table("sink", Arc::clone(&table) as _)?;
         sink_table = Some(table);
     }

@@ -92,6 +92,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::from(exit::OK as u8),
         Err(e) if is_broken_pipe(&e) => ExitCode::from(exit::OK as u8),
         Err(e) => {
+            let e = embedflow::plan::memory::explain(e);
             let code = exit_code(&e);
             if report::json_logs() {
                 tracing::error!(exit_code = code, "{}", describe(&e));

@@ -119,7 +119,7 @@ pub async fn search_pinecone_vector(
     if q.k > 10_000 {
         bail!("k is at most 10000 for Pinecone");
     }
-    let conn = crate::sink::pinecone::connect(spec, vector.len()).await?;
+    let conn = crate::sink::pinecone::connect(spec, Some(vector.len())).await?;
     // Chunks of one source row can fill the top k: ask for more, keep each source's best, and
     // ask again without the sources already found until k sources are found or the index has
     // no more. Pinecone answers at most 1,000 matches with metadata.

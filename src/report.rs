@@ -43,6 +43,9 @@ pub struct RunSummary {
     /// Incremental runs: what the source held against the state.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub incremental: Option<IncrementalCounts>,
+    /// Files that sorts, joins and aggregates spilled to disk past the memory limit, in this
+    /// process (on a cluster, the client's; each executor logs its own limit).
+    pub spill_files: u64,
 }
 
 /// Source rows of an incremental run, by what happened to them.
@@ -114,6 +117,7 @@ impl RunSummary {
             metadata_only = inc.metadata_only,
             unchanged = inc.unchanged,
             deleted = inc.deleted,
+            spill_files = self.spill_files,
             "summary"
         );
     }
@@ -175,6 +179,13 @@ impl fmt::Display for RunSummary {
                 f,
                 "; incremental: {} new, {} changed, {} metadata-only, {} unchanged, {} deleted",
                 i.new, i.changed, i.metadata_only, i.unchanged, i.deleted
+            )?;
+        }
+        if self.spill_files > 0 {
+            write!(
+                f,
+                "; {} files spilled to disk past the memory limit (--memory-limit)",
+                self.spill_files
             )?;
         }
         if let (Some(req), Some(ret)) = (self.requests, self.retries) {

@@ -270,6 +270,63 @@ fn a_parquet_run_embeds_only_what_changed_and_carries_the_rest_bit_for_bit() {
     }
 }
 
+/// A memory limit the day-2 run's sorts (the carry-over sorts the previous output, vectors
+/// included: about 19 MB here) do not fit in: two partitions of 64 MiB each, whatever the
+/// machine's cores, so they spill to disk, and the run gives the output an unlimited run gives.
+const SPILLING_LIMIT: &str = "128MiB";
+
+#[test]
+fn a_memory_limited_run_spills_and_a_limit_too_small_fails_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let day1 = rows(12000);
+    write_rows(&d.join("docs.parquet"), &day1);
+    write_file(d, "p.yaml", &parquet_yaml("  deletes: true\n"));
+    let o = run(d, "p.yaml", &[]);
+    assert_ok(&o);
+    let before = read_output(&d.join("out/part-0.parquet"));
+
+    // Day 2 under the limit: the sorts over 12,000 rows spill, and the result is exact.
+    let next = day2(&day1);
+    write_rows(&d.join("docs.parquet"), &next.rows);
+    let o = run(d, "p.yaml", &["--memory-limit", SPILLING_LIMIT]);
+    assert_ok(&o);
+    let s = summary(d);
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+        assert!(
+            s["spill_files"].as_u64().unwrap_or(0) > 0,
+            "under {SPILLING_LIMIT} the sorts spill: {s}"
+        );
+        assert!(stdout(&o).contains("spilled to disk"), "{}", stdout(&o));
+    } else {
+        eprintln!("one core: one partition holds the sorts in {SPILLING_LIMIT}, nothing spills");
+    }
+    assert_counts(&s, 5, 3, 4, 11991, 2);
+    assert_eq!(s["rows_embedded"], 8, "{s}");
+    let after = read_output(&d.join("out/part-0.parquet"));
+    assert_eq!(after.len(), 12003);
+    for (id, (vector, _)) in &before {
+        match after.get(id) {
+            None => assert!(next.deleted.contains(id), "{id} is missing"),
+            Some((now, _)) if next.edited.contains(id) => {
+                assert_ne!(bits(vector), bits(now), "{id} was edited")
+            }
+            Some((now, _)) => assert_eq!(bits(vector), bits(now), "{id}: carried bit for bit"),
+        }
+    }
+
+    // A limit nothing fits in: a clear error naming the setting, exit 1, the output untouched.
+    let o = run(d, "p.yaml", &["--memory-limit", "1KiB", "--full"]);
+    assert_fails_with(&o, 1, "--memory-limit");
+    assert!(stderr(&o).contains("memory limit 1.0 kB"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    let untouched = read_output(&d.join("out/part-0.parquet"));
+    assert_eq!(untouched.len(), 12003);
+    for (id, (v, _)) in &after {
+        assert_eq!(bits(v), bits(&untouched[id].0), "{id}");
+    }
+}
+
 #[test]
 fn without_deletes_rows_missing_from_the_source_stay_in_the_output() {
     let dir = tempfile::tempdir().unwrap();

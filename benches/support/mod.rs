@@ -1,6 +1,10 @@
-//! Helpers shared by the benchmarks: a synthetic table of short rows, peak-RSS measurement, and
-//! (`corpus`) the real corpora and the Python tools compared against.
+//! Helpers shared by the benchmarks: a synthetic table of short rows, peak-RSS measurement,
+//! (`corpus`) the real corpora and the Python tools compared against, and (`cluster`) a loopback
+//! Ballista cluster.
 
+// Not every benchmark starts a cluster.
+#[allow(dead_code)]
+pub mod cluster;
 pub mod corpus;
 
 use std::path::Path;

@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use crate::filter;
+use crate::imports::{Imports, StartImport};
 use crate::limits::{self, ApiError};
 use crate::store::{Index, Metric, Record, score};
 
@@ -23,9 +24,10 @@ const READ_LIMIT: usize = 64 * 1024 * 1024;
 #[derive(Clone)]
 struct Plane {
     index: Arc<Index>,
+    imports: Arc<Imports>,
 }
 
-pub fn router(index: Arc<Index>, key: Arc<String>) -> Router {
+pub fn router(index: Arc<Index>, imports: Arc<Imports>, key: Arc<String>) -> Router {
     Router::new()
         .route("/vectors/upsert", post(upsert))
         .route("/query", post(query))
@@ -34,8 +36,13 @@ pub fn router(index: Arc<Index>, key: Arc<String>) -> Router {
         .route("/vectors/update", post(update))
         .route("/vectors/delete", post(delete))
         .route("/describe_index_stats", post(stats).get(stats))
+        .route("/bulk/imports", post(start_import).get(list_imports))
+        .route(
+            "/bulk/imports/{id}",
+            get(describe_import).delete(cancel_import),
+        )
         .fallback(|| async { ApiError::not_found("Not Found") })
-        .with_state(Plane { index })
+        .with_state(Plane { index, imports })
         .layer(DefaultBodyLimit::max(READ_LIMIT))
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             let key = Arc::clone(&key);
@@ -77,6 +84,30 @@ struct UpsertVector {
     sparse_values: Option<Value>,
     #[serde(default)]
     metadata: Option<Map<String, Value>>,
+}
+
+async fn start_import(State(p): State<Plane>, body: Bytes) -> Result<Response, ApiError> {
+    let req: StartImport = parse(&body)?;
+    let started = p.imports.start(Arc::clone(&p.index), req)?;
+    Ok(axum::Json(started).into_response())
+}
+
+async fn list_imports(State(p): State<Plane>) -> Response {
+    axum::Json(p.imports.list()).into_response()
+}
+
+async fn describe_import(
+    State(p): State<Plane>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(axum::Json(p.imports.describe(&id)?).into_response())
+}
+
+async fn cancel_import(
+    State(p): State<Plane>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(axum::Json(p.imports.cancel(&id)?).into_response())
 }
 
 async fn upsert(State(p): State<Plane>, body: Bytes) -> Result<Response, ApiError> {

@@ -7,7 +7,8 @@
 //! - control plane on its own port: `GET /indexes/{name}`, whose `host` (no scheme) points at
 //! - one data-plane port per index, as Pinecone Local does: `POST /vectors/upsert`, `POST /query`,
 //!   `GET /vectors/fetch`, `GET /vectors/list`, `POST /vectors/update`, `POST /vectors/delete`,
-//!   `POST /describe_index_stats`.
+//!   `POST /describe_index_stats`, and bulk import (`/bulk/imports`: start, describe, list,
+//!   cancel), which reads Parquet files from an S3-compatible store ([`ImportStorage`]).
 //!
 //! Every request needs the `Api-Key` header. Data-plane requests can be hit by injected faults
 //! ([`Faults`]): added latency, 429 with `Retry-After`, 500, 503 and dropped connections (before
@@ -16,6 +17,7 @@
 mod data_plane;
 mod faults;
 mod filter;
+mod imports;
 mod limits;
 mod store;
 
@@ -33,6 +35,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 pub use faults::{FaultCounts, Faults};
+pub use imports::ImportStorage;
 pub use store::{Metric, Record};
 
 use store::Index;
@@ -65,6 +68,8 @@ pub struct ServerConfig {
     pub faults: Faults,
     /// Address to bind the control plane to; index ports are chosen by the OS.
     pub bind: SocketAddr,
+    /// Where bulk imports read their files (none: `/bulk/imports` answers that it is not set up).
+    pub import_storage: Option<ImportStorage>,
 }
 
 impl ServerConfig {
@@ -74,6 +79,7 @@ impl ServerConfig {
             indexes,
             faults: Faults::default(),
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            import_storage: None,
         }
     }
 }
@@ -82,6 +88,7 @@ impl ServerConfig {
 pub struct PineconeServer {
     controller: SocketAddr,
     indexes: BTreeMap<String, (SocketAddr, Arc<Index>)>,
+    imports: BTreeMap<String, Arc<imports::Imports>>,
     faults: Arc<faults::FaultInjector>,
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -106,11 +113,14 @@ impl PineconeServer {
         let controller_listener = TcpListener::bind(config.bind).await?;
         let controller = controller_listener.local_addr()?;
         let mut indexes = BTreeMap::new();
+        let mut all_imports = BTreeMap::new();
         for ic in &config.indexes {
             let listener = TcpListener::bind(SocketAddr::new(controller.ip(), 0)).await?;
             let addr = listener.local_addr()?;
             let index = Arc::new(Index::new(ic.clone(), format!("{addr}")));
-            let router = data_plane::router(Arc::clone(&index), Arc::clone(&key));
+            let imports = Arc::new(imports::Imports::new(config.import_storage.clone()));
+            all_imports.insert(ic.name.clone(), Arc::clone(&imports));
+            let router = data_plane::router(Arc::clone(&index), imports, Arc::clone(&key));
             tokio::spawn(faults::serve(listener, router, Some(Arc::clone(&faults))));
             indexes.insert(ic.name.clone(), (addr, index));
         }
@@ -127,6 +137,7 @@ impl PineconeServer {
         Ok(PineconeServer {
             controller,
             indexes,
+            imports: all_imports,
             faults,
             runtime: None,
         })
@@ -165,6 +176,14 @@ impl PineconeServer {
             .get(index)
             .map(|(_, i)| i.vectors_upserted())
             .unwrap_or(0)
+    }
+
+    /// An index's bulk imports as `GET /bulk/imports/{id}` describes them, oldest first.
+    pub fn imports(&self, index: &str) -> Vec<serde_json::Value> {
+        self.imports
+            .get(index)
+            .and_then(|i| i.list()["data"].as_array().cloned())
+            .unwrap_or_default()
     }
 
     /// Faults injected so far.

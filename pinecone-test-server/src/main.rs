@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use pinecone_test_server::{Faults, IndexConfig, Metric, PineconeServer, ServerConfig};
+use pinecone_test_server::{
+    Faults, ImportStorage, IndexConfig, Metric, PineconeServer, ServerConfig,
+};
 
 #[derive(Parser)]
 #[command(
@@ -51,6 +53,10 @@ struct Args {
     /// Inject faults only on this path (e.g. /vectors/upsert); repeatable. Default: all.
     #[arg(long = "fault-path")]
     fault_paths: Vec<String>,
+    /// S3-compatible endpoint bulk imports read from, with $AWS_ACCESS_KEY_ID and
+    /// $AWS_SECRET_ACCESS_KEY (e.g. http://127.0.0.1:9000).
+    #[arg(long)]
+    import_s3_endpoint: Option<String>,
 }
 
 fn parse_index(s: &str) -> Result<IndexConfig, String> {
@@ -89,6 +95,14 @@ async fn main() {
             paths: args.fault_paths,
         },
         bind: SocketAddr::new(args.host, args.port),
+        import_storage: args.import_s3_endpoint.map(|endpoint| {
+            let var = |name: &str| std::env::var(name).unwrap_or_default();
+            ImportStorage::new(
+                &endpoint,
+                &var("AWS_ACCESS_KEY_ID"),
+                &var("AWS_SECRET_ACCESS_KEY"),
+            )
+        }),
     };
     let names: Vec<String> = config.indexes.iter().map(|i| i.name.clone()).collect();
     let server = match PineconeServer::bind(config).await {

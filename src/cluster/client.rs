@@ -62,6 +62,16 @@ pub async fn run_on_cluster(
             "--shard and --cluster are two ways to split a job: use one",
         ));
     }
+    if pipeline
+        .sink
+        .pinecone
+        .as_ref()
+        .is_some_and(|p| p.import.is_some())
+    {
+        return Err(config_error(
+            "sink.pinecone.import on a cluster is not supported yet (the executors' tasks would each need to write their files before one import starts); run the import locally, where it streams the rows to S3 with bounded memory",
+        ));
+    }
     let partitions = partitions.unwrap_or(DEFAULT_PARTITIONS).max(1);
     let (jobs, api) = shutdown
         .until(connect(pipeline, &url, cluster, wait_for_executors))

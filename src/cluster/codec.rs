@@ -26,12 +26,12 @@ use serde::{Deserialize, Serialize};
 
 use ballista_core::serde::{BallistaLogicalExtensionCodec, BallistaPhysicalExtensionCodec};
 
+use crate::driver::partitioned::{PartTarget, PartitionedSinkExec};
+use crate::driver::table::SinkTable;
 use crate::embed::EmbedSpec;
 use crate::embed::chunk::{ChunkingSpec, ChunksUdf};
 use crate::embed::udf::EmbedUdf;
-use crate::incremental::fingerprint::FingerprintUdf;
-use crate::sink::partitioned::{PartTarget, PartitionedSinkExec};
-use crate::sink::table::SinkTable;
+use crate::plan::fingerprint::FingerprintUdf;
 
 /// The first bytes of every payload embedflow encodes.
 pub const TAG: &[u8] = b"embedflow/1\n";

@@ -101,11 +101,15 @@ pub async fn serve(opts: ExecutorOptions, shutdown: &Shutdown) -> Result<()> {
         }
     };
     let spill_dir = work_dir.clone();
+    // One memory pool for the executor's tasks (--memory-limit), spilling into the work folder.
+    let limit = crate::plan::memory::limit();
+    tracing::info!("executor: memory limit for sorts, joins and aggregates {limit}");
+    let pool = crate::plan::memory::pool(limit);
     // Each task's runtime gets the S3 clients its job's settings name (`embedflow.stores`).
     let runtime_producer: ballista_core::RuntimeProducer = Arc::new(move |config| {
-        let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
-            .with_temp_file_path(spill_dir.clone())
-            .build()?;
+        let runtime =
+            crate::plan::memory::runtime_builder(Arc::clone(&pool), Some(spill_dir.clone()))?
+                .build()?;
         super::stores::register_job_stores(config, &runtime)?;
         Ok(Arc::new(runtime))
     });

@@ -21,17 +21,20 @@ use super::codec::{LogicalCodec, PhysicalCodec};
 use super::scheduler_api::SchedulerApi;
 use super::stores::TravellingStores;
 use crate::config::Pipeline;
+use crate::driver::partitioned::{PartTarget, PartitionedSinkExec};
 use crate::plan;
 use crate::sink::SinkKind;
-use crate::sink::partitioned::{PartTarget, PartitionedSinkExec};
 
 /// The session settings a job runs with on the cluster.
 pub fn session_config(job_name: &str) -> SessionConfig {
-    SessionConfig::new_with_ballista()
+    let mut config = SessionConfig::new_with_ballista()
         .with_batch_size(plan::PLAN_BATCH_ROWS)
         .with_ballista_job_name(job_name)
         .with_ballista_logical_extension_codec(Arc::new(LogicalCodec::default()))
-        .with_ballista_physical_extension_codec(Arc::new(PhysicalCodec::default()))
+        .with_ballista_physical_extension_codec(Arc::new(PhysicalCodec::default()));
+    // As locally: sort-merge joins, which spill past each executor's memory limit.
+    config.options_mut().optimizer.prefer_hash_join = false;
+    config
 }
 
 /// The plan with its rows spread over `partitions` by a hash of the text, just below the

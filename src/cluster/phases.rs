@@ -18,12 +18,12 @@ use super::jobs::{Jobs, job_plan, physical_plan_for_cluster, spread};
 use super::publish::Staging;
 use super::scheduler_api::SchedulerApi;
 use crate::driver::executor::{Collector, Executor, Opening};
+use crate::driver::partitioned::{IncrementalPart, PartTarget, add_partition_rows};
 use crate::driver::writer::Phase;
 use crate::error::Interrupted;
 use crate::report::RunSummary;
 use crate::signals::Shutdown;
 use crate::sink::SinkKind;
-use crate::sink::partitioned::{IncrementalPart, PartTarget, add_partition_rows};
 
 pub struct ClusterPhases {
     jobs: Jobs,
@@ -86,7 +86,7 @@ impl Executor for ClusterPhases {
             }
             SinkKind::Pinecone(spec) => {
                 // The same preflight a local run makes, before any executor starts.
-                crate::sink::pinecone::connect(spec, dim).await?;
+                crate::sink::pinecone::connect(spec, Some(dim)).await?;
                 self.output = format!("pinecone index {}", spec.index);
             }
         }

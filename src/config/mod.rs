@@ -13,7 +13,6 @@
 
 mod diagnose;
 mod overrides;
-mod secret;
 mod vars;
 
 use std::path::Path;
@@ -22,7 +21,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use serde_yaml_ng::Value;
 
-pub use secret::Secret;
+pub use crate::secret::Secret;
 pub use vars::substitute_text;
 
 use crate::embed::spec::EmbedSpec;
@@ -74,6 +73,15 @@ impl Origins {
 }
 
 impl Pipeline {
+    /// What the plan stage reads: the source, the embedding's columns and the storage settings.
+    pub fn plan_spec(&self) -> crate::plan::PlanSpec<'_> {
+        crate::plan::PlanSpec {
+            source: &self.source,
+            embed: &self.embed,
+            storage: &self.storage,
+        }
+    }
+
     /// Reads, parses and validates a pipeline file with `--set` overrides.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Pipeline> {
         let raw = std::fs::read_to_string(path).map_err(|e| {

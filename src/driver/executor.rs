@@ -18,8 +18,8 @@ use crate::config::Pipeline;
 use crate::driver;
 use crate::embed::Embedder;
 use crate::incremental::state::CheckpointTarget;
-use crate::plan::shard::Shard;
 use crate::report::{Progress, RunSummary};
+use crate::shard::Shard;
 use crate::signals::Shutdown;
 
 /// Runs a query and returns its (small) result: the id checks, the counts.

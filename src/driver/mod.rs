@@ -1,7 +1,7 @@
 //! The one job driver: every run of a pipeline (local, `--shard`, incremental, `--cluster`) is
 //! [`run`] on an [`executor::Executor`]. It loads the model, builds the plan (`embed()` over the
 //! source, filtered by shard), checks the ids with a query on the executor, lets an incremental
-//! run classify the source against its state ([`crate::incremental::prepare`]), then hands the
+//! run classify the source against its state ([`incremental::prepare`]), then hands the
 //! executor the job's phases, each a plan whose rows go through a [`writer::Writer`] into the
 //! sink, and adds up the summary. Where the plans run is the executor's business:
 //! [`executor::Local`] here, `crate::cluster::phases::ClusterPhases` on a Ballista cluster.
@@ -11,6 +11,9 @@
 //! computes at most [`IN_FLIGHT_BATCHES`] batches ahead of what the sink has accepted.
 
 pub mod executor;
+pub mod incremental;
+pub mod partitioned;
+pub mod table;
 pub mod writer;
 
 use std::sync::Arc;
@@ -32,7 +35,7 @@ use crate::signals::Shutdown;
 use crate::sink::parquet::ParquetSink;
 use crate::sink::parquet::overlap::refuse_output_over_sources;
 use crate::sink::pinecone::PineconeSink;
-use crate::sink::{Sink, SinkKind};
+use crate::sink::{Sink, SinkKind, SinkReport};
 
 /// Batches computed ahead of the sink.
 pub const IN_FLIGHT_BATCHES: usize = 2;
@@ -44,7 +47,7 @@ pub struct RunOptions {
     /// Incremental pipelines: ignore the state, embed every row and write the state again.
     pub full: bool,
     /// Process only the rows of this shard.
-    pub shard: Option<crate::plan::shard::Shard>,
+    pub shard: Option<crate::shard::Shard>,
 }
 
 /// What an executor runs: the phases in order, each a plan whose rows go through the writers.
@@ -90,6 +93,14 @@ pub async fn run(
     executor: &mut dyn executor::Executor,
 ) -> Result<RunSummary> {
     let start = Instant::now();
+    if let Some(report) = shutdown.until(resume_import(pipeline, opts)).await? {
+        let mut summary = RunSummary {
+            seconds: start.elapsed().as_secs_f64(),
+            ..RunSummary::default()
+        };
+        summary.record_sink(report);
+        return Ok(summary);
+    }
     // A pipeline that reads vectors (embed.vector) loads no model.
     let embedder = match pipeline.embed.vector {
         Some(_) => None,
@@ -100,8 +111,10 @@ pub async fn run(
     let plan = shutdown
         .until(async {
             match &embedder {
-                Some(e) => plan::build_sharded(pipeline, Arc::clone(e), opts.shard).await,
-                None => plan::build_vectors(pipeline, opts.shard).await,
+                Some(e) => {
+                    plan::build_sharded(pipeline.plan_spec(), Arc::clone(e), opts.shard).await
+                }
+                None => plan::build_vectors(pipeline.plan_spec(), opts.shard).await,
             }
         })
         .await?;
@@ -132,7 +145,7 @@ pub async fn run(
             })?;
             let collect = executor.collector();
             let staged = executor.stages_checkpoints();
-            let prepared = crate::incremental::prepare(
+            let prepared = incremental::prepare(
                 pipeline, spec, opts, shutdown, &plan, embedder, &collect, staged,
             )
             .await;
@@ -171,6 +184,7 @@ pub async fn run(
     summary.duplicate_rows = ids.extra_rows;
     summary.seconds = start.elapsed().as_secs_f64();
     summary.model_seconds = model_seconds;
+    summary.spill_files = plan::memory::spill_files();
     if summary.stream_seconds == 0.0 {
         summary.stream_seconds = summary.seconds - model_seconds;
     }
@@ -205,7 +219,13 @@ async fn check_ids(
     let collect = executor.collector();
     shutdown
         .until(async {
-            let ids = checks::check_ids_on(&plan.ids, pipeline, &*collect).await?;
+            let ids = checks::check_ids_on(
+                &plan.ids,
+                &pipeline.embed,
+                pipeline.sink.max_id_bytes(),
+                &*collect,
+            )
+            .await?;
             let rows = if opts.progress && pipeline.incremental.is_none() {
                 plan::source::known_source_rows(&plan.ctx, &pipeline.source).await
             } else {
@@ -290,6 +310,28 @@ pub async fn load_embedder(spec: &EmbedSpec) -> Result<Arc<Embedder>> {
 
 /// Checks the destination before anything runs: an output that would overwrite a source is
 /// refused.
+/// A bulk import an earlier run started: followed to its end instead of embedding again
+/// (`Some`: the run's sink report). Refuses the runs an import cannot serve yet.
+async fn resume_import(pipeline: &Pipeline, opts: &RunOptions) -> Result<Option<SinkReport>> {
+    let SinkKind::Pinecone(spec) = pipeline.sink.kind()? else {
+        return Ok(None);
+    };
+    if spec.import.is_none() {
+        return Ok(None);
+    }
+    if pipeline.incremental.is_some() {
+        return Err(config_error(
+            "sink.pinecone.import with incremental: is not supported yet (a completed import does not record the state); load the backfill with a pipeline without incremental:, then run the incremental pipeline, which upserts",
+        ));
+    }
+    if let Some(shard) = opts.shard {
+        return Err(config_error(format!(
+            "--shard {shard} with sink.pinecone.import: each shard would start its own import of one namespace, and Pinecone imports only into a new namespace; run the import unsharded"
+        )));
+    }
+    crate::sink::pinecone::import::resume(spec, &pipeline.storage).await
+}
+
 pub fn check_destination(pipeline: &Pipeline) -> Result<()> {
     if let SinkKind::Parquet(spec) = pipeline.sink.kind()? {
         refuse_output_over_sources(spec, &pipeline.source)?;
@@ -306,13 +348,17 @@ pub async fn open_sink(pipeline: &Pipeline, frame: &DataFrame) -> Result<Box<dyn
 pub async fn open_sink_for(
     pipeline: &Pipeline,
     schema: datafusion::arrow::datatypes::SchemaRef,
-    shard: Option<crate::plan::shard::Shard>,
+    shard: Option<crate::shard::Shard>,
 ) -> Result<Box<dyn Sink>> {
     check_destination(pipeline)?;
     Ok(match pipeline.sink.kind()? {
         SinkKind::Parquet(spec) => {
             Box::new(ParquetSink::create(spec, &pipeline.storage, schema, shard).await?)
         }
+        SinkKind::Pinecone(spec) if spec.import.is_some() => Box::new(
+            crate::sink::pinecone::import::ImportSink::open(spec, &pipeline.storage, &schema)
+                .await?,
+        ),
         SinkKind::Pinecone(spec) => Box::new(PineconeSink::open(spec, &schema).await?),
     })
 }
@@ -383,7 +429,7 @@ pub(crate) async fn explain_scan_error(
     if !decoding {
         return err;
     }
-    match checks::locate_parquet_error(&plan.ctx, pipeline).await {
+    match checks::locate_parquet_error(&plan.ctx, &pipeline.source).await {
         Some((table, column)) => anyhow!(
             "table `{table}`, column `{column}`: {} (a text column must hold UTF-8; cast it in source.sql, or fix the file)",
             crate::error::describe(&err)

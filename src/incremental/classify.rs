@@ -12,8 +12,8 @@ use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::when;
 use datafusion::prelude::{DataFrame, Expr, SessionContext, cast, col, ident, lit};
 
-use super::fingerprint::fingerprint_expr;
-use crate::config::Pipeline;
+use crate::embed::spec::EmbedSpec;
+use crate::plan::fingerprint::fingerprint_expr;
 
 /// Hidden columns start with this.
 pub const HIDDEN: &str = "__ef_";
@@ -40,14 +40,14 @@ const PREVIOUS_KEY: &str = "__ef_p_key";
 /// or, when the sink names its metadata columns, those of them that come from the source.
 pub fn metadata_columns(
     source: &Schema,
-    pipeline: &Pipeline,
+    embed: &EmbedSpec,
     only: Option<&[String]>,
 ) -> Vec<String> {
     source
         .fields()
         .iter()
         .map(|f| f.name().clone())
-        .filter(|n| Some(n) != pipeline.embed.id.as_ref() && *n != pipeline.embed.text)
+        .filter(|n| Some(n) != embed.id.as_ref() && *n != embed.text)
         .filter(|n| only.is_none_or(|o| o.contains(n)))
         .collect()
 }
@@ -78,7 +78,7 @@ pub struct Against<'a> {
 /// Classifies the source rows.
 pub fn classify(
     ctx: &SessionContext,
-    pipeline: &Pipeline,
+    embed: &EmbedSpec,
     source: DataFrame,
     against: Against<'_>,
 ) -> Result<Classified> {
@@ -93,10 +93,10 @@ pub fn classify(
     let fp = ctx
         .udf("fingerprint")
         .context("fingerprint() is not registered")?;
-    let id = crate::plan::id_expr(&schema, pipeline)?;
+    let id = crate::plan::id_expr(&schema, embed)?;
     let mut exprs = vec![
         cast(id, DataType::Utf8).alias(SOURCE_ID),
-        fingerprint_expr(&fp, std::slice::from_ref(&pipeline.embed.text)).alias(TEXT_FP),
+        fingerprint_expr(&fp, std::slice::from_ref(&embed.text)).alias(TEXT_FP),
         fingerprint_expr(&fp, metadata).alias(META_FP),
     ];
     exprs.extend(schema.fields().iter().map(|f| ident(f.name().as_str())));

@@ -31,7 +31,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 
 use super::config::IncrementalSpec;
-use super::fingerprint::EmbeddingSettings;
+use crate::plan::fingerprint::EmbeddingSettings;
 use crate::storage::lock::OutputLock;
 use crate::storage::{self, RemoteUrl, StorageSpec};
 

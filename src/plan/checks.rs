@@ -10,8 +10,9 @@ use datafusion::functions_aggregate::expr_fn::{count, first_value, max, sum};
 use datafusion::prelude::{DataFrame, cast, col, lit};
 use futures::future::BoxFuture;
 
-use crate::config::Pipeline;
 use crate::embed::DuplicateIds;
+use crate::embed::spec::EmbedSpec;
+use crate::plan::source::SourceSpec;
 
 /// What the id scan found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -23,17 +24,14 @@ pub struct IdReport {
 }
 
 /// What the id is, for messages.
-fn describe_id(pipeline: &Pipeline) -> String {
-    match &pipeline.embed.id {
+fn describe_id(embed: &EmbedSpec) -> String {
+    match &embed.id {
         Some(c) => format!("embed.id: column `{c}`"),
-        None if pipeline.embed.key.is_empty() => format!(
+        None if embed.key.is_empty() => format!(
             "the id (MD5 of the text column `{}`; set embed.id or embed.key to choose it)",
-            pipeline.embed.text
+            embed.text
         ),
-        None => format!(
-            "the id (MD5 of embed.key columns {})",
-            pipeline.embed.key.join(", ")
-        ),
+        None => format!("the id (MD5 of embed.key columns {})", embed.key.join(", ")),
     }
 }
 
@@ -56,20 +54,26 @@ fn first_int(batches: &[RecordBatch], column: usize) -> Result<u64> {
     Ok(if a.is_null(0) { 0 } else { a.value(0) as u64 })
 }
 
-/// Fails on null or empty ids and, unless `embed.duplicate_ids: keep_last`, on ids shared by
-/// several rows, naming an example and the counts.
-pub async fn check_ids(ids: &DataFrame, pipeline: &Pipeline) -> Result<IdReport> {
-    check_ids_on(ids, pipeline, &collect_here).await
+/// Fails on null or empty ids, on ids longer than the sink's `max_id_bytes` and, unless
+/// `embed.duplicate_ids: keep_last`, on ids shared by several rows, naming an example and the
+/// counts.
+pub async fn check_ids(
+    ids: &DataFrame,
+    embed: &EmbedSpec,
+    max_id_bytes: Option<usize>,
+) -> Result<IdReport> {
+    check_ids_on(ids, embed, max_id_bytes, &collect_here).await
 }
 
 /// [`check_ids`], its aggregates run by `collect` (a cluster runs them as jobs, so the ids are
 /// not read by one machine).
 pub async fn check_ids_on(
     ids: &DataFrame,
-    pipeline: &Pipeline,
+    embed: &EmbedSpec,
+    max_id_bytes: Option<usize>,
     collect: Collect<'_>,
 ) -> Result<IdReport> {
-    let what = describe_id(pipeline);
+    let what = describe_id(embed);
     let id = cast(col("id"), DataType::Utf8);
     let ids = ids.clone().select(vec![id.alias("id")])?;
 
@@ -84,8 +88,8 @@ pub async fn check_ids_on(
         );
     }
 
-    if let Some(limit) = pipeline.sink.max_id_bytes() {
-        check_id_lengths(&ids, pipeline, &what, limit, collect).await?;
+    if let Some(limit) = max_id_bytes {
+        check_id_lengths(&ids, embed, &what, limit, collect).await?;
     }
 
     let per_id = ids
@@ -120,7 +124,7 @@ pub async fn check_ids_on(
         duplicate_ids: dup_ids,
         extra_rows: dup_rows - dup_ids,
     };
-    match pipeline.embed.duplicate_ids {
+    match embed.duplicate_ids {
         DuplicateIds::Error => bail!(
             "{what}: {dup_ids} ids appear on more than one row ({dup_rows} rows in all), e.g. `{example}` on {most} rows; a sink keeps one vector per id, so the later rows would overwrite the earlier. Make the ids unique, or set embed.duplicate_ids: keep_last to keep one vector per id"
         ),
@@ -138,12 +142,12 @@ pub async fn check_ids_on(
 /// embedded (a chunked row's vectors are `<id>#<n>`: the room for `#0` is counted).
 async fn check_id_lengths(
     ids: &DataFrame,
-    pipeline: &Pipeline,
+    embed: &EmbedSpec,
     what: &str,
     limit: usize,
     collect: Collect<'_>,
 ) -> Result<()> {
-    let room = if pipeline.embed.chunking.is_some() {
+    let room = if embed.chunking.is_some() {
         limit.saturating_sub(2)
     } else {
         limit
@@ -186,9 +190,9 @@ async fn check_id_lengths(
 /// with bytes that are not UTF-8 is the usual cause; the error itself names neither.
 pub async fn locate_parquet_error(
     ctx: &datafusion::prelude::SessionContext,
-    pipeline: &Pipeline,
+    source: &SourceSpec,
 ) -> Option<(String, String)> {
-    for name in pipeline.source.tables.keys() {
+    for name in source.tables.keys() {
         let Ok(table) = ctx.table(name.as_str()).await else {
             continue;
         };

@@ -11,10 +11,9 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::prelude::ident;
 
 use super::PipelinePlan;
-use crate::config::Pipeline;
 use crate::embed::Embedder;
 use crate::embed::chunk::Chunker;
-use crate::sink::SinkKind;
+use crate::embed::spec::EmbedSpec;
 
 /// Texts tokenised for the estimate.
 const SAMPLE_ROWS: usize = 512;
@@ -59,14 +58,16 @@ impl fmt::Display for Estimate {
     }
 }
 
-/// Counts the rows and embeds a sample to estimate the whole run.
+/// Counts the rows and embeds a sample to estimate the whole run (`to_pinecone`: the size of the
+/// upserts the vectors become, else of a Parquet output).
 pub async fn estimate(
     plan: &PipelinePlan,
-    pipeline: &Pipeline,
+    spec: &EmbedSpec,
+    to_pinecone: bool,
     embedder: &Embedder,
 ) -> Result<Estimate> {
     let rows = plan.ids.clone().count().await? as u64;
-    let text = &pipeline.embed.text;
+    let text = &spec.text;
     let batches = plan
         .source
         .clone()
@@ -84,7 +85,7 @@ pub async fn estimate(
                 .map(|i| a.value(i).to_string()),
         );
     }
-    let chunker = match &pipeline.embed.chunking {
+    let chunker = match &spec.chunking {
         Some(spec) => Some(Chunker::new(
             spec,
             embedder.tokenizer(),
@@ -118,9 +119,8 @@ pub async fn estimate(
     let start = Instant::now();
     let vectors = embedder.embed(&timed)?;
     let tokens_per_second = timed_tokens as f64 / start.elapsed().as_secs_f64().max(1e-9);
-    let pinecone = matches!(pipeline.sink.kind()?, SinkKind::Pinecone(_));
     let dim = embedder.dim().max(1);
-    let per_vector = if pinecone {
+    let per_vector = if to_pinecone {
         // The JSON of the sampled vectors as they would be sent, plus the id and envelope.
         let sent: usize = vectors
             .chunks(dim)
@@ -141,6 +141,6 @@ pub async fn estimate(
         bytes: (per_vector * vectors as f64) as u64,
         tokens_per_second,
         seconds: tokens as f64 / tokens_per_second.max(1e-9),
-        pinecone,
+        pinecone: to_pinecone,
     })
 }

@@ -4,6 +4,8 @@
 
 pub mod checks;
 pub mod estimate;
+pub mod fingerprint;
+pub mod memory;
 pub mod shard;
 pub mod source;
 
@@ -17,11 +19,13 @@ use datafusion::execution::context::{SQLOptions, SessionConfig};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{DataFrame, Expr, SessionContext, cast, ident, lit};
 
-use crate::config::Pipeline;
 use crate::embed::Embedder;
+use crate::embed::spec::EmbedSpec;
 use crate::embed::udf::EmbedUdf;
 use crate::error::{config_error, one_line};
 use crate::similarity::CosineSimilarity;
+use crate::storage::StorageSpec;
+use source::SourceSpec;
 
 /// A hidden column an incremental run adds to its source ([`crate::incremental::classify`]):
 /// the source row's id as text. When present, chunked frames also count each row's chunks.
@@ -42,9 +46,10 @@ pub fn session_context(embedder: Option<Arc<Embedder>>) -> SessionContext {
         .with_batch_size(PLAN_BATCH_ROWS)
         .with_target_partitions(cores)
         .with_information_schema(true);
-    let ctx = SessionContext::new_with_config(config);
+    let config = memory::fit_session(config, memory::limit());
+    let ctx = SessionContext::new_with_config_rt(config, memory::runtime());
     ctx.register_udf(CosineSimilarity::udf());
-    ctx.register_udf(crate::incremental::fingerprint::FingerprintUdf::udf());
+    ctx.register_udf(fingerprint::FingerprintUdf::udf());
     if let Some(e) = embedder {
         ctx.register_udf(EmbedUdf::udf(e));
     }
@@ -84,17 +89,17 @@ fn is_text(t: &DataType) -> bool {
 
 /// The id of each source row: the `embed.id` column, or the MD5 of the key columns (default:
 /// the text).
-pub(crate) fn id_expr(schema: &DFSchema, pipeline: &Pipeline) -> Result<Expr> {
-    Ok(match &pipeline.embed.id {
+pub(crate) fn id_expr(schema: &DFSchema, embed: &EmbedSpec) -> Result<Expr> {
+    Ok(match &embed.id {
         Some(id) => {
             field_type(schema, id, "embed.id")?;
             ident(id.as_str())
         }
         None => {
-            let key: Vec<String> = if pipeline.embed.key.is_empty() {
-                vec![pipeline.embed.text.clone()]
+            let key: Vec<String> = if embed.key.is_empty() {
+                vec![embed.text.clone()]
             } else {
-                pipeline.embed.key.clone()
+                embed.key.clone()
             };
             for k in &key {
                 field_type(schema, k, "embed.key")?;
@@ -106,13 +111,13 @@ pub(crate) fn id_expr(schema: &DFSchema, pipeline: &Pipeline) -> Result<Expr> {
 
 /// The source's other columns, which ride along as metadata; a name the output uses itself is
 /// an error that says how to rename it.
-fn metadata_columns(schema: &DFSchema, pipeline: &Pipeline, taken: &[&str]) -> Result<Vec<Expr>> {
+fn metadata_columns(schema: &DFSchema, embed: &EmbedSpec, taken: &[&str]) -> Result<Vec<Expr>> {
     let mut exprs = Vec::new();
     for f in schema.fields() {
         let name = f.name();
-        if Some(name) == pipeline.embed.id.as_ref()
-            || Some(name) == pipeline.embed.vector.as_ref()
-            || (pipeline.embed.chunking.is_some() && *name == pipeline.embed.text)
+        if Some(name) == embed.id.as_ref()
+            || Some(name) == embed.vector.as_ref()
+            || (embed.chunking.is_some() && *name == embed.text)
         {
             continue;
         }
@@ -131,11 +136,11 @@ fn metadata_columns(schema: &DFSchema, pipeline: &Pipeline, taken: &[&str]) -> R
 /// chunk's `text` and `source_id`.
 pub fn output_frame(
     source: DataFrame,
-    pipeline: &Pipeline,
+    spec: &EmbedSpec,
     ctx: &SessionContext,
 ) -> Result<DataFrame> {
     let schema = source.schema().clone();
-    let text = &pipeline.embed.text;
+    let text = &spec.text;
     let text_type = field_type(&schema, text, "embed.text")?;
     if !is_text(text_type) {
         bail!(
@@ -145,13 +150,13 @@ pub fn output_frame(
     let embed = ctx
         .udf("embed")
         .context("embed() is not registered: no model loaded")?;
-    let id = id_expr(&schema, pipeline)?;
-    if pipeline.embed.chunking.is_none() {
+    let id = id_expr(&schema, spec)?;
+    if spec.chunking.is_none() {
         let mut exprs = vec![
             id.alias("id"),
             embed.call(vec![ident(text.as_str())]).alias("vector"),
         ];
-        exprs.extend(metadata_columns(&schema, pipeline, &["id", "vector"])?);
+        exprs.extend(metadata_columns(&schema, spec, &["id", "vector"])?);
         return Ok(source.select(exprs)?);
     }
     use datafusion::common::UnnestOptions;
@@ -162,7 +167,7 @@ pub fn output_frame(
         .context("chunks() is not registered: embed.chunking without a chunker")?;
     let metadata = metadata_columns(
         &schema,
-        pipeline,
+        spec,
         &["id", "vector", "chunk", "text", "source_id", CHUNKS],
     )?;
     let mut exprs = vec![
@@ -223,6 +228,15 @@ fn key_hash(key: &[String]) -> Expr {
     md5(concat_ws(lit("\u{1f}"), parts))
 }
 
+/// What the plan stage reads of a pipeline: its source (tables, SQL), how rows become texts, ids
+/// and metadata (`embed`), and where its files live (`storage`).
+#[derive(Clone, Copy)]
+pub struct PlanSpec<'a> {
+    pub source: &'a SourceSpec,
+    pub embed: &'a EmbedSpec,
+    pub storage: &'a StorageSpec,
+}
+
 /// Everything `run`, `validate` and `explain` need.
 pub struct PipelinePlan {
     pub ctx: SessionContext,
@@ -233,30 +247,30 @@ pub struct PipelinePlan {
     pub ids: DataFrame,
 }
 
-pub async fn build(pipeline: &Pipeline, embedder: Arc<Embedder>) -> Result<PipelinePlan> {
-    build_sharded(pipeline, embedder, None).await
+pub async fn build(spec: PlanSpec<'_>, embedder: Arc<Embedder>) -> Result<PipelinePlan> {
+    build_sharded(spec, embedder, None).await
 }
 
 /// [`build`] over the rows of one shard only (`run --shard I/N`).
 pub async fn build_sharded(
-    pipeline: &Pipeline,
+    spec: PlanSpec<'_>,
     embedder: Arc<Embedder>,
-    shard: Option<shard::Shard>,
+    shard: Option<crate::shard::Shard>,
 ) -> Result<PipelinePlan> {
     let ctx = session_context(Some(Arc::clone(&embedder)));
-    source::register_tables(&ctx, &pipeline.source, &pipeline.storage).await?;
-    if let Some(spec) = &pipeline.embed.chunking {
+    source::register_tables(&ctx, spec.source, spec.storage).await?;
+    if let Some(spec) = &spec.embed.chunking {
         ctx.register_udf(crate::embed::chunk::ChunksUdf::udf(spec, &embedder)?);
     }
-    let mut source = source::source_frame(&ctx, &pipeline.source).await?;
+    let mut source = source::source_frame(&ctx, spec.source).await?;
     if let Some(shard) = shard {
-        let id = cast(id_expr(source.schema(), pipeline)?, DataType::Utf8);
+        let id = cast(id_expr(source.schema(), spec.embed)?, DataType::Utf8);
         source = source.filter(shard.filter(id))?;
     }
     let ids = source
         .clone()
-        .select(vec![id_expr(source.schema(), pipeline)?.alias("id")])?;
-    let frame = output_frame(source.clone(), pipeline, &ctx)?;
+        .select(vec![id_expr(source.schema(), spec.embed)?.alias("id")])?;
+    let frame = output_frame(source.clone(), spec.embed, &ctx)?;
     Ok(PipelinePlan {
         ctx,
         source,
@@ -268,23 +282,23 @@ pub async fn build_sharded(
 /// The plan of a pipeline that reads vectors (`embed.vector`): `id`, the column's vectors as
 /// `vector` (`FixedSizeList<Float32, n>`), and the other columns; no model, no embedding.
 pub async fn build_vectors(
-    pipeline: &Pipeline,
-    shard: Option<shard::Shard>,
+    spec: PlanSpec<'_>,
+    shard: Option<crate::shard::Shard>,
 ) -> Result<PipelinePlan> {
-    let column = pipeline
+    let column = spec
         .embed
         .vector
         .as_deref()
         .context("embed.vector is not set")?;
     let ctx = session_context(None);
-    source::register_tables(&ctx, &pipeline.source, &pipeline.storage).await?;
-    let mut source = source::source_frame(&ctx, &pipeline.source).await?;
+    source::register_tables(&ctx, spec.source, spec.storage).await?;
+    let mut source = source::source_frame(&ctx, spec.source).await?;
     if let Some(shard) = shard {
-        let id = cast(id_expr(source.schema(), pipeline)?, DataType::Utf8);
+        let id = cast(id_expr(source.schema(), spec.embed)?, DataType::Utf8);
         source = source.filter(shard.filter(id))?;
     }
     let schema = source.schema().clone();
-    let id = id_expr(&schema, pipeline)?;
+    let id = id_expr(&schema, spec.embed)?;
     let ids = source.clone().select(vec![id.clone().alias("id")])?;
     let vector = match field_type(&schema, column, "embed.vector")? {
         DataType::FixedSizeList(item, n)
@@ -300,7 +314,7 @@ pub async fn build_vectors(
         ),
     };
     let mut exprs = vec![id.alias("id"), vector.alias("vector")];
-    exprs.extend(metadata_columns(&schema, pipeline, &["id", "vector"])?);
+    exprs.extend(metadata_columns(&schema, spec.embed, &["id", "vector"])?);
     let frame = source.clone().select(exprs)?;
     Ok(PipelinePlan {
         ctx,

@@ -5,8 +5,6 @@
 //! SHA-256 of the id's UTF-8 text, read as a big-endian integer, modulo N. In Python:
 //! `int.from_bytes(hashlib.sha256(id.encode()).digest()[:8], "big") % n`.
 
-use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, UInt32Builder};
@@ -19,33 +17,7 @@ use datafusion::logical_expr::{
 use datafusion::prelude::{Expr, lit};
 use sha2::{Digest, Sha256};
 
-/// Shard `index` of `count` (0-based).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shard {
-    pub index: u32,
-    pub count: u32,
-}
-
-impl FromStr for Shard {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Shard, String> {
-        let bad = || format!("`{s}`: expected I/N with 0 <= I < N, e.g. 0/3");
-        let (i, n) = s.split_once('/').ok_or_else(bad)?;
-        let index: u32 = i.trim().parse().map_err(|_| bad())?;
-        let count: u32 = n.trim().parse().map_err(|_| bad())?;
-        if count == 0 || index >= count {
-            return Err(bad());
-        }
-        Ok(Shard { index, count })
-    }
-}
-
-impl fmt::Display for Shard {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.index, self.count)
-    }
-}
+use crate::shard::Shard;
 
 /// The shard (of `count`) an id belongs to.
 pub fn shard_of(id: &str, count: u32) -> u32 {

@@ -1,13 +1,11 @@
 //! Where vectors go. One trait, one implementation per destination.
 //!
-//! The driver ([`crate::run`]) hands a sink only rows that have a vector; it pulls the next batch
+//! The driver ([`crate::driver`]) hands a sink only rows that have a vector; it pulls the next batch
 //! from the plan only after `write` returns, so a slow sink slows the scan instead of filling
 //! memory.
 
 pub mod parquet;
-pub mod partitioned;
 pub mod pinecone;
-pub mod table;
 
 use anyhow::Context;
 use async_trait::async_trait;

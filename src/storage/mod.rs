@@ -258,7 +258,7 @@ impl OutputLocation {
     pub fn for_parquet_part(
         path: &str,
         storage: &StorageSpec,
-        shard: Option<crate::plan::shard::Shard>,
+        shard: Option<crate::shard::Shard>,
     ) -> Result<OutputLocation> {
         let part = |file: String| match shard {
             None => file,

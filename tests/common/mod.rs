@@ -33,6 +33,7 @@ pub fn embedflow_command(cwd: &Path, args: &[&str], env: &[(&str, Option<&str>)]
     cmd.args(args).current_dir(cwd);
     for var in [
         "EMBEDFLOW_LOG",
+        "EMBEDFLOW_MEMORY_LIMIT",
         "PINECONE_CONTROLLER_HOST",
         "AWS_PROFILE",
         "AWS_SESSION_TOKEN",

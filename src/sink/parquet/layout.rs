@@ -16,7 +16,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::error::config_error;
-use crate::plan::shard::Shard;
+use crate::shard::Shard;
 use crate::storage::names_parquet_file;
 
 /// The footer key that holds a part's layout.

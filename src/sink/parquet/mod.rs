@@ -46,7 +46,7 @@ impl ParquetSink {
         spec: &ParquetSinkSpec,
         storage: &StorageSpec,
         schema: SchemaRef,
-        shard: Option<crate::plan::shard::Shard>,
+        shard: Option<crate::shard::Shard>,
     ) -> Result<ParquetSink> {
         let location = OutputLocation::for_parquet_part(&spec.path, storage, shard)?;
         location.check_writable().await?;

@@ -15,8 +15,8 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::config::PineconeSinkSpec;
-use crate::config::Secret;
 use crate::error::config_error;
+use crate::secret::Secret;
 
 /// The API version whose shapes this client speaks (describe_index has top-level `dimension`).
 pub const API_VERSION: &str = "2025-10";
@@ -115,6 +115,15 @@ fn unknown_state() -> String {
 pub struct IndexStats {
     #[serde(default)]
     pub dimension: Option<usize>,
+    #[serde(default)]
+    pub namespaces: std::collections::BTreeMap<String, NamespaceStats>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceStats {
+    #[serde(default)]
+    pub vector_count: u64,
 }
 
 /// `POST /vectors/upsert`.
@@ -336,14 +345,41 @@ impl PineconeClient {
         body: Bytes,
     ) -> std::result::Result<T, CallError> {
         let url = format!("{}{path}", self.data_plane);
-        let resp = self
+        let request = self
             .http
             .post(&url)
             .header("content-type", "application/json")
-            .body(body)
-            .send()
+            .body(body);
+        Self::answer(request).await
+    }
+
+    /// GETs a data-plane path, with retries of what may be retried.
+    pub async fn get_retrying<T: DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> std::result::Result<T, CallError> {
+        let url = format!("{}{path}", self.data_plane);
+        (|| Self::answer(self.http.get(&url)))
+            .retry(preflight_backoff())
+            .when(CallError::retryable)
+            .adjust(CallError::honour_retry_after)
             .await
-            .map_err(|e| classify_transport(&e))?;
+    }
+
+    /// DELETEs a data-plane path.
+    pub async fn delete<T: DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> std::result::Result<T, CallError> {
+        let url = format!("{}{path}", self.data_plane);
+        Self::answer(self.http.delete(&url)).await
+    }
+
+    /// Sends a request and parses its JSON answer, classifying failures.
+    async fn answer<T: DeserializeOwned>(
+        request: reqwest::RequestBuilder,
+    ) -> std::result::Result<T, CallError> {
+        let resp = request.send().await.map_err(|e| classify_transport(&e))?;
         let status = resp.status();
         let headers = resp.headers().clone();
         // A connection dropped mid-body is a transport error, as retryable as one before it.

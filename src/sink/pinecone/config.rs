@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Secret;
 use crate::error::{ConfigError, invalid};
+use crate::secret::Secret;
 
 /// Pinecone's documented limits.
 pub mod limits {
@@ -82,6 +82,45 @@ pub struct PineconeSinkSpec {
     /// `embedflow-dead-letter-<index>-<unix time>.jsonl` in the working directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter: Option<PathBuf>,
+    /// Load through Pinecone's bulk import instead of upserts (backfills of 10M+ rows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import: Option<ImportSpec>,
+}
+
+/// `sink.pinecone.import:` the files' place and how the import runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportSpec {
+    /// `s3://bucket/prefix/`: the files go to `<prefix>/<namespace>/part-NNNNN.parquet`.
+    pub uri: String,
+    /// Pinecone's storage integration for a private bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integration_id: Option<String>,
+    /// `abort` (default): a bad record fails the import; `continue`: it is skipped.
+    #[serde(default)]
+    pub error_mode: ImportErrorMode,
+    /// Follow the import to its end (default); `false`: start it and exit, for a later
+    /// `embedflow import wait ID`.
+    #[serde(default = "default_true")]
+    pub wait: bool,
+    /// Rows per file (Pinecone takes files up to 10 GB: 1M rows of 1,536 floats is about 6 GB).
+    #[serde(default = "default_file_rows")]
+    pub file_rows: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ImportErrorMode {
+    #[default]
+    Abort,
+    Continue,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_file_rows() -> usize {
+    1_000_000
 }
 
 fn default_batch_size() -> usize {
@@ -158,6 +197,20 @@ impl PineconeSinkSpec {
                         ns.len()
                     ),
                 ));
+            }
+        }
+        if let Some(import) = &self.import {
+            if !import.uri.starts_with("s3://") {
+                return Err(invalid(
+                    &key("import.uri"),
+                    format!(
+                        "`{}`: Pinecone imports from object storage: give s3://bucket/prefix/",
+                        import.uri
+                    ),
+                ));
+            }
+            if import.file_rows == 0 {
+                return Err(invalid(&key("import.file_rows"), "must be at least 1"));
             }
         }
         match (self.oversized_metadata, &self.truncate_field) {

@@ -14,6 +14,7 @@ mod concurrency;
 pub mod config;
 mod dead_letter;
 mod delivery;
+pub mod import;
 mod records;
 pub mod replay;
 
@@ -45,8 +46,9 @@ pub struct Connection {
     pub display: String,
 }
 
-/// Finds the index's data plane and checks key and dimension; sends no vectors.
-pub async fn connect(spec: &PineconeSinkSpec, model_dim: usize) -> Result<Connection> {
+/// Finds the index's data plane and checks the key and (given the model's) the dimension;
+/// sends no vectors.
+pub async fn connect(spec: &PineconeSinkSpec, model_dim: Option<usize>) -> Result<Connection> {
     let key = client::api_key(spec)?;
     let timeout = Duration::from_secs(spec.request_timeout_secs);
     let controller = client::controller_url(spec);
@@ -74,7 +76,7 @@ pub async fn connect(spec: &PineconeSinkSpec, model_dim: usize) -> Result<Connec
     let client = PineconeClient::new(&key, data_plane, timeout)?;
     let stats = client::index_stats(&client).await?;
     let dim = described_dim.or(stats.dimension);
-    if let Some(d) = dim
+    if let (Some(d), Some(model_dim)) = (dim, model_dim)
         && d != model_dim
     {
         return Err(config_error(format!(
@@ -178,7 +180,7 @@ impl PineconeSink {
         encoder: RecordEncoder,
         dim: usize,
     ) -> Result<PineconeSink> {
-        let conn = connect(spec, dim).await?;
+        let conn = connect(spec, Some(dim)).await?;
         tracing::info!("writing to {}", conn.display);
         Ok(PineconeSink {
             encoder,

@@ -26,8 +26,8 @@ use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
 
 use crate::config::Pipeline;
+use crate::driver::partitioned::{PartTarget, PartitionedSinkExec};
 use crate::report::RunSummary;
-use crate::sink::partitioned::{PartTarget, PartitionedSinkExec};
 
 /// The table `sink`: its schema is the pipeline's output (`id`, `vector`, metadata columns).
 #[derive(Debug)]
@@ -149,10 +149,10 @@ pub struct SinkWriter {
 }
 
 /// How the sink shows in a plan, the same for `sql` and `explain`.
-fn describe(sink: &super::SinkSpec, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+fn describe(sink: &crate::sink::SinkSpec, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     match sink.kind() {
-        Ok(super::SinkKind::Parquet(p)) => write!(f, "EmbedflowSink: parquet {}", p.path),
-        Ok(super::SinkKind::Pinecone(p)) => {
+        Ok(crate::sink::SinkKind::Parquet(p)) => write!(f, "EmbedflowSink: parquet {}", p.path),
+        Ok(crate::sink::SinkKind::Pinecone(p)) => {
             write!(f, "EmbedflowSink: pinecone index {}", p.index)
         }
         Err(_) => write!(f, "EmbedflowSink"),
@@ -189,7 +189,7 @@ impl DataSink for SinkWriter {
             let step = async {
                 let batch = batch?;
                 let rows = batch.num_rows() as u64;
-                let (batch, skipped) = super::keep_embedded(&batch).map_err(external)?;
+                let (batch, skipped) = crate::sink::keep_embedded(&batch).map_err(external)?;
                 summary.rows_read += rows;
                 summary.rows_skipped += skipped;
                 summary.rows_embedded += rows - skipped;

@@ -29,12 +29,12 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::parquet::ParquetSink;
-use super::pinecone::PineconeSink;
-use super::{Sink, SinkKind, SinkSpec};
 use crate::driver::writer::{Phase, Writer, without_hidden};
 use crate::incremental::state::CheckpointTarget;
 use crate::report::RunSummary;
+use crate::sink::parquet::ParquetSink;
+use crate::sink::pinecone::PineconeSink;
+use crate::sink::{Sink, SinkKind, SinkSpec};
 use crate::storage::{OutputLocation, StorageSpec};
 
 /// Where the partitions write: what travels to executors in the plan.
@@ -130,7 +130,7 @@ impl PartTarget {
                 let base = spec
                     .dead_letter
                     .clone()
-                    .unwrap_or_else(|| super::pinecone::default_dead_letter(&spec.index));
+                    .unwrap_or_else(|| crate::sink::pinecone::default_dead_letter(&spec.index));
                 let stem = base.to_string_lossy();
                 let stem = stem.strip_suffix(".jsonl").unwrap_or(&stem);
                 spec.dead_letter = Some(format!("{stem}-{task}.jsonl").into());

@@ -1,0 +1,405 @@
+//! An incremental run's job: opens and locks the state, classifies the source against it with
+//! DataFusion joins ([`crate::incremental::classify`]), counts the classes and lays out the
+//! phases the executor runs (delete, update metadata, embed, carry over); after the output,
+//! [`IncrementalRun::complete`] publishes what the partitions checkpointed and compacts the state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::functions_aggregate::expr_fn::count;
+use datafusion::prelude::{DataFrame, ParquetReadOptions, ident, lit};
+
+use crate::config::Pipeline;
+use crate::driver::executor::Collector;
+use crate::driver::writer::{Phase, without_hidden};
+use crate::driver::{Job, RunOptions};
+use crate::embed::Embedder;
+use crate::incremental::IncrementalSpec;
+use crate::incremental::classify::{
+    self, CHANGED, METADATA, NEW, OLD_CHUNKS, SOURCE_ID, STATUS, UNCHANGED,
+};
+use crate::incremental::state::{CheckpointTarget, StateStore};
+use crate::plan;
+use crate::plan::fingerprint::EmbeddingSettings;
+use crate::report::IncrementalCounts;
+use crate::shard::Shard;
+use crate::signals::Shutdown;
+use crate::sink::SinkKind;
+use crate::storage::OutputLocation;
+use object_store::ObjectStoreExt;
+
+/// Which sink a state describes: a state moved to another sink starts again.
+fn sink_identity(pipeline: &Pipeline, shard: Option<Shard>) -> Result<String> {
+    let shard_note = shard.map(|s| format!(" shard {s}")).unwrap_or_default();
+    Ok(match pipeline.sink.kind()? {
+        SinkKind::Parquet(p) => {
+            let location = OutputLocation::for_parquet_part(&p.path, &pipeline.storage, shard)?;
+            format!("parquet {}", location.display)
+        }
+        SinkKind::Pinecone(p) => format!(
+            "pinecone index {} namespace {}{shard_note}",
+            p.index,
+            p.namespace.as_deref().unwrap_or("")
+        ),
+    })
+}
+
+/// An incremental run's own part of the job: its state, opened and locked for the run, and what
+/// the classification counted. The driver runs the phases [`prepare`] returns, then
+/// [`IncrementalRun::complete`] folds what the writers checkpointed into the state.
+pub struct IncrementalRun {
+    state: StateStore,
+    settings: EmbeddingSettings,
+    counts: IncrementalCounts,
+    checkpoints: CheckpointTarget,
+}
+
+/// Opens and locks the pipeline's state, classifies the source against it with DataFusion joins
+/// (new / changed / metadata-only / unchanged / deleted), and returns the phases that bring the
+/// output up to date: delete, metadata update, embed, carry. `staged`: the writers stage a
+/// Parquet output's checkpoints for [`IncrementalRun::complete`] to publish after the output.
+#[allow(clippy::too_many_arguments)]
+pub async fn prepare(
+    pipeline: &Pipeline,
+    spec: &IncrementalSpec,
+    opts: &RunOptions,
+    shutdown: &Shutdown,
+    plan: &plan::PipelinePlan,
+    embedder: &Arc<Embedder>,
+    collect: &Collector,
+    staged: bool,
+) -> Result<(IncrementalRun, Job)> {
+    let chunking = match &pipeline.embed.chunking {
+        Some(c) => Some((c.max_tokens_for(embedder.max_seq_length())?, c.overlap)),
+        None => None,
+    };
+    let settings = {
+        let e = Arc::clone(embedder);
+        tokio::task::spawn_blocking(move || EmbeddingSettings::of(&e, chunking))
+            .await
+            .context("fingerprinting the model panicked")??
+    };
+    let sink_id = sink_identity(pipeline, opts.shard)?;
+    // Each shard keeps its own state (and lock) beside the others'.
+    let spec = &match opts.shard {
+        Some(s) => IncrementalSpec {
+            state: format!(
+                "{}/shard-{}-of-{}",
+                spec.state.trim_end_matches('/'),
+                s.index,
+                s.count
+            ),
+            ..spec.clone()
+        },
+        None => spec.clone(),
+    };
+    let mut state = shutdown
+        .until(StateStore::open(
+            spec,
+            &pipeline.storage,
+            &sink_id,
+            opts.full,
+        ))
+        .await?;
+    match plan_phases(
+        pipeline, spec, opts, shutdown, plan, &settings, &mut state, collect, staged,
+    )
+    .await
+    {
+        Ok((job, counts, checkpoints)) => Ok((
+            IncrementalRun {
+                state,
+                settings,
+                counts,
+                checkpoints,
+            },
+            job,
+        )),
+        Err(e) => {
+            state.release().await;
+            Err(e)
+        }
+    }
+}
+
+impl IncrementalRun {
+    /// After the output is published: records the writers' staged checkpoints, folds the
+    /// checkpoints into the state's next generation, and returns the run's counts.
+    pub async fn complete(
+        &mut self,
+        ctx: &datafusion::prelude::SessionContext,
+    ) -> Result<IncrementalCounts> {
+        // A Parquet output's checkpoints (staged by a cluster's tasks) join the state once the
+        // output they describe is published.
+        self.state.publish_pending(&self.checkpoints).await?;
+        self.state.compact(ctx, &self.settings).await?;
+        Ok(self.counts.clone())
+    }
+
+    /// Releases the state's lock, whatever became of the run.
+    pub async fn release(mut self) {
+        self.state.release().await;
+    }
+}
+
+/// The Parquet sink's previous output, when there is one to carry rows over from: the file of
+/// a whole run or a shard, or every part in the output folder (a cluster job's).
+async fn previous_output(
+    pipeline: &Pipeline,
+    ctx: &datafusion::prelude::SessionContext,
+    shard: Option<Shard>,
+) -> Result<Option<DataFrame>> {
+    let SinkKind::Parquet(p) = pipeline.sink.kind()? else {
+        return Ok(None);
+    };
+    let location = OutputLocation::for_parquet_part(&p.path, &pipeline.storage, shard)?;
+    let folder_parts = shard.is_none() && !crate::storage::names_parquet_file(&p.path);
+    let files: Vec<object_store::path::Path> = if folder_parts {
+        let folder: object_store::path::Path = location
+            .path
+            .parts()
+            .take(location.path.parts().count().saturating_sub(1))
+            .collect();
+        let listed = location
+            .store
+            .list_with_delimiter(Some(&folder))
+            .await
+            .with_context(|| format!("cannot list the previous output {}", p.path))?;
+        let mut parts: Vec<_> = listed
+            .objects
+            .into_iter()
+            .map(|o| o.location)
+            .filter(|l| {
+                l.filename()
+                    .is_some_and(crate::sink::parquet::layout::is_part)
+            })
+            .collect();
+        parts.sort();
+        parts
+    } else {
+        match location.store.head(&location.path).await {
+            Ok(_) => vec![location.path.clone()],
+            Err(object_store::Error::NotFound { .. }) => Vec::new(),
+            Err(e) => {
+                return Err(anyhow::anyhow!(
+                    "cannot read the previous output {}: {e}",
+                    location.display
+                ));
+            }
+        }
+    };
+    if files.is_empty() {
+        tracing::warn!(
+            "the previous output {} is gone: every row is embedded again",
+            location.display
+        );
+        return Ok(None);
+    }
+    // Each file by its absolute URL (a cluster's tasks read them too).
+    let urls: Vec<String> = if location.is_remote() {
+        let remote = crate::storage::RemoteUrl::parse("sink.parquet.path", &p.path)?;
+        ctx.register_object_store(&remote.store_url, Arc::clone(&location.store));
+        files
+            .iter()
+            .map(|f| format!("s3://{}/{f}", remote.bucket))
+            .collect()
+    } else {
+        files.iter().map(|f| format!("file:///{f}")).collect()
+    };
+    let df = ctx
+        .read_parquet(urls, ParquetReadOptions::default().file_extension(""))
+        .await
+        .with_context(|| format!("cannot read the previous output {}", p.path))?;
+    Ok(Some(df))
+}
+
+/// Counts rows per status.
+async fn count_statuses(rows: &DataFrame, collect: &Collector) -> Result<IncrementalCounts> {
+    let batches = collect(
+        rows.clone()
+            .aggregate(vec![ident(STATUS)], vec![count(lit(1)).alias("n")])?,
+    )
+    .await?;
+    let mut c = IncrementalCounts::default();
+    for b in batches {
+        let status = cast(b.column(0), &DataType::Utf8)?;
+        let status = status.as_string::<i32>();
+        let n = cast(b.column(1), &DataType::UInt64)?;
+        let n = n.as_primitive::<datafusion::arrow::datatypes::UInt64Type>();
+        for i in 0..b.num_rows() {
+            let v = n.value(i);
+            match status.value(i) {
+                NEW => c.new += v,
+                CHANGED => c.changed += v,
+                METADATA => c.metadata_only += v,
+                UNCHANGED => c.unchanged += v,
+                _ => {}
+            }
+        }
+    }
+    Ok(c)
+}
+
+/// The number of rows of `frame`.
+async fn count_rows(frame: &DataFrame, collect: &Collector) -> Result<u64> {
+    let batches = collect(
+        frame
+            .clone()
+            .aggregate(vec![], vec![count(lit(1)).alias("n")])?,
+    )
+    .await?;
+    let mut total = 0;
+    for b in batches {
+        let n = cast(b.column(0), &DataType::UInt64)?;
+        total += n
+            .as_primitive::<datafusion::arrow::datatypes::UInt64Type>()
+            .values()
+            .iter()
+            .sum::<u64>();
+    }
+    Ok(total)
+}
+
+/// Classifies the source against the state and lays out the phases.
+#[allow(clippy::too_many_arguments)]
+async fn plan_phases(
+    pipeline: &Pipeline,
+    spec: &IncrementalSpec,
+    opts: &RunOptions,
+    shutdown: &Shutdown,
+    plan: &plan::PipelinePlan,
+    settings: &EmbeddingSettings,
+    state: &mut StateStore,
+    collect: &Collector,
+    staged: bool,
+) -> Result<(Job, IncrementalCounts, CheckpointTarget)> {
+    let embed_fp = settings.fingerprint();
+    let before = state.previous.as_ref().and_then(|m| m.settings.clone());
+    let same_settings = before.as_ref().is_none_or(|b| b.fingerprint() == embed_fp);
+    if let Some(b) = &before
+        && !same_settings
+    {
+        tracing::warn!(
+            "the embedding settings changed since the last run ({}): every row is embedded again",
+            settings.changes_since(b)
+        );
+    }
+    let mut state_frame = state.frame(&plan.ctx).await?;
+    let parquet = matches!(pipeline.sink.kind()?, SinkKind::Parquet(_));
+    let chunked = pipeline.embed.chunking.is_some();
+    let key = if chunked { "source_id" } else { "id" };
+    let previous = if parquet && state_frame.is_some() && same_settings {
+        let found = previous_output(pipeline, &plan.ctx, opts.shard).await?;
+        if found.is_none() {
+            state_frame = None;
+        }
+        found
+    } else {
+        None
+    };
+    if parquet && state_frame.is_some() && !same_settings && !spec.deletes {
+        tracing::warn!(
+            "rows of the previous output that are no longer in the source are not kept: they were embedded with other settings"
+        );
+    }
+    let only = match pipeline.sink.kind()? {
+        SinkKind::Pinecone(p) => Some(p.metadata.clone()),
+        SinkKind::Parquet(_) => None,
+    };
+    let metadata = classify::metadata_columns(
+        plan.source.schema().as_arrow(),
+        &pipeline.embed,
+        only.as_deref(),
+    );
+    let previous_keys = match &previous {
+        Some(p) => Some(p.clone().select(vec![ident(key).alias("key")])?),
+        None => None,
+    };
+    let classified = classify::classify(
+        &plan.ctx,
+        &pipeline.embed,
+        plan.source.clone(),
+        classify::Against {
+            state: state_frame,
+            previous_keys,
+            embed_fp: &embed_fp,
+            metadata: &metadata,
+            deletes: spec.deletes,
+        },
+    )?;
+    let mut counts = shutdown
+        .until(count_statuses(&classified.rows, collect))
+        .await?;
+    counts.deleted = match &classified.vanished {
+        Some(v) => shutdown.until(count_rows(v, collect)).await?,
+        None => 0,
+    };
+    counts.state = state.display.clone();
+    tracing::info!(
+        "state {}: {} new, {} changed, {} metadata-only, {} unchanged, {} to delete",
+        state.display,
+        counts.new,
+        counts.changed,
+        counts.metadata_only,
+        counts.unchanged,
+        counts.deleted
+    );
+
+    let to_embed = plan::output_frame(
+        classify::with_status(&classified.rows, &[NEW, CHANGED])?,
+        &pipeline.embed,
+        &plan.ctx,
+    )?;
+    let output = without_hidden(to_embed.schema().as_arrow());
+
+    let mut phases: Vec<(Phase, DataFrame)> = Vec::new();
+    if let Some(v) = classified.vanished.clone() {
+        phases.push((Phase::Delete, v));
+    }
+    if !parquet {
+        let mut cols = vec![ident(SOURCE_ID).alias("id")];
+        cols.extend(metadata.iter().map(|m| ident(m.as_str())));
+        for h in [classify::TEXT_FP, classify::META_FP, STATUS, OLD_CHUNKS] {
+            cols.push(ident(h));
+        }
+        cols.push(ident(OLD_CHUNKS).alias(classify::CHUNKS));
+        cols.push(ident(SOURCE_ID));
+        let updates = classify::with_status(&classified.rows, &[METADATA])?.select(cols)?;
+        phases.push((Phase::UpdateMetadata, updates));
+    }
+    phases.push((Phase::Embed, to_embed));
+    if let Some(prev) = &previous {
+        let from_previous: &[&str] = if chunked {
+            &["id", "vector", "chunk", "text", "source_id"]
+        } else {
+            &["id", "vector"]
+        };
+        let carried = classify::carried_rows(
+            classify::with_status(&classified.rows, &[METADATA, UNCHANGED])?,
+            prev.clone(),
+            &output,
+            key,
+            from_previous,
+        )?;
+        phases.push((Phase::Carry, carried));
+        if !spec.deletes {
+            let ids = classified.rows.clone().select(vec![ident(SOURCE_ID)])?;
+            let orphans = classify::orphan_rows(prev.clone(), ids, &output, key)?;
+            phases.push((Phase::Carry, orphans));
+        }
+    }
+
+    let checkpoints = state.checkpoints(&embed_fp, parquet && staged);
+    let job = Job {
+        phases,
+        output,
+        checkpoints: Some(checkpoints.clone()),
+        checkpoint_every: Duration::from_secs(spec.checkpoint_secs),
+        to_embed: (!chunked && opts.progress).then_some(counts.new + counts.changed),
+    };
+    Ok((job, counts, checkpoints))
+}

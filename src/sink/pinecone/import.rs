@@ -1,0 +1,545 @@
+//! Bulk import (`sink.pinecone.import`), Pinecone's way to load 10M+ records: instead of
+//! upserting, the run writes Pinecone's import layout, `<uri>/<namespace>/part-NNNNN.parquet`
+//! (exactly `id`, `values` and `metadata` as a JSON string), starts the import
+//! (`POST /bulk/imports`) and follows it to its end with progress (percent, records imported).
+//!
+//! Resumable: a marker object beside the prefix (`<uri>.embedflow-import.json`) records what
+//! the run did. A re-run whose marker names a running import re-attaches to it instead of
+//! embedding again and starting a second one; a marker left while files were being written means
+//! those files are ours to replace. An import writes only into a namespace that does not exist
+//! yet (Pinecone's rule), so it is for backfills; later changes go through upserts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use async_trait::async_trait;
+use bytes::Bytes;
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::parquet::arrow::AsyncArrowWriter;
+use datafusion::parquet::basic::Compression;
+use datafusion::parquet::file::properties::WriterProperties;
+use futures::TryStreamExt;
+use object_store::buffered::BufWriter;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use super::client::{CallError, PineconeClient};
+use super::config::{ImportErrorMode, ImportSpec, PineconeSinkSpec};
+use super::records::RecordEncoder;
+use super::{Connection, connect};
+use crate::error::config_error;
+use crate::sink::{Sink, SinkReport};
+use crate::storage::{self, RemoteUrl, StorageSpec};
+
+/// How often a followed import is described.
+const POLL: Duration = Duration::from_secs(2);
+
+/// Where an import's files go and what the run did there.
+struct Place {
+    store: Arc<dyn ObjectStore>,
+    /// `s3://bucket/prefix` as written, for messages and the import request.
+    uri: String,
+    /// The namespace's folder: `prefix/<namespace>` (`__default__` for the default one).
+    folder: ObjectPath,
+    marker: ObjectPath,
+}
+
+/// The marker's contents.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Marker {
+    /// `writing`, then `written` (every file closed), then `started` with the import's id.
+    state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    import_id: Option<String>,
+    #[serde(default)]
+    files: Vec<String>,
+    #[serde(default)]
+    rows: u64,
+}
+
+impl Place {
+    fn of(spec: &PineconeSinkSpec, import: &ImportSpec, storage: &StorageSpec) -> Result<Place> {
+        let url = RemoteUrl::parse("sink.pinecone.import.uri", &import.uri)?;
+        let store = storage::s3_store(&import.uri, &url.bucket, storage.s3.as_ref())?;
+        let prefix = url.key.trim_end_matches('/').to_string();
+        let namespace = match spec.namespace.as_deref() {
+            None | Some("") => "__default__",
+            Some(ns) => ns,
+        };
+        Ok(Place {
+            store,
+            uri: format!("s3://{}/{prefix}", url.bucket),
+            folder: ObjectPath::from(format!("{prefix}/{namespace}")),
+            marker: ObjectPath::from(format!("{prefix}.embedflow-import.json")),
+        })
+    }
+
+    async fn marker(&self) -> Result<Option<Marker>> {
+        match self.store.get(&self.marker).await {
+            Ok(got) => {
+                let bytes = got.bytes().await?;
+                let marker = serde_json::from_slice(&bytes).with_context(|| {
+                    format!(
+                        "{}.embedflow-import.json is not an embedflow import marker (delete it to start over)",
+                        self.uri
+                    )
+                })?;
+                Ok(Some(marker))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => {
+                Err(anyhow!(e).context(format!("cannot read {}.embedflow-import.json", self.uri)))
+            }
+        }
+    }
+
+    async fn set_marker(&self, marker: &Marker) -> Result<()> {
+        let body = serde_json::to_vec_pretty(marker)?;
+        self.store
+            .put(&self.marker, PutPayload::from(body))
+            .await
+            .with_context(|| format!("cannot write {}.embedflow-import.json", self.uri))?;
+        Ok(())
+    }
+
+    async fn remove_marker(&self) -> Result<()> {
+        match self.store.delete(&self.marker).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(anyhow!(e).context("cannot remove the import marker")),
+        }
+    }
+
+    /// The objects in the namespace's folder.
+    async fn files(&self) -> Result<Vec<ObjectPath>> {
+        let listed: Vec<_> = self
+            .store
+            .list(Some(&self.folder))
+            .try_collect()
+            .await
+            .with_context(|| format!("cannot list {}/", self.uri))?;
+        Ok(listed.into_iter().map(|m| m.location).collect())
+    }
+
+    async fn remove_files(&self) -> Result<()> {
+        for f in self.files().await? {
+            self.store
+                .delete(&f)
+                .await
+                .with_context(|| format!("cannot remove {f}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// `GET /bulk/imports/{id}`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportStatus {
+    pub id: String,
+    #[serde(default)]
+    pub uri: String,
+    pub status: String,
+    #[serde(default)]
+    pub percent_complete: f64,
+    #[serde(default)]
+    pub records_imported: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl ImportStatus {
+    fn finished(&self) -> bool {
+        matches!(self.status.as_str(), "Completed" | "Failed" | "Cancelled")
+    }
+}
+
+#[derive(Deserialize)]
+struct Started {
+    id: String,
+}
+
+fn call_error(what: &str, e: CallError) -> anyhow::Error {
+    match e {
+        CallError::Final { status, message } if status.is_client_error() => {
+            anyhow!("{what}: Pinecone answered {status}: {message}")
+        }
+        other => anyhow!("{what}: {other}"),
+    }
+}
+
+/// Describes an import.
+pub async fn describe(client: &PineconeClient, id: &str) -> Result<ImportStatus> {
+    client
+        .get_retrying(&format!("/bulk/imports/{id}"))
+        .await
+        .map_err(|e| call_error(&format!("import {id}"), e))
+}
+
+/// Cancels an import.
+pub async fn cancel(client: &PineconeClient, id: &str) -> Result<()> {
+    client
+        .delete::<serde_json::Value>(&format!("/bulk/imports/{id}"))
+        .await
+        .map_err(|e| call_error(&format!("cancelling import {id}"), e))?;
+    Ok(())
+}
+
+/// Follows an import until it ends, logging its progress; a failed or cancelled import is an
+/// error that names Pinecone's reason.
+pub async fn follow(client: &PineconeClient, id: &str) -> Result<ImportStatus> {
+    let mut last = String::new();
+    loop {
+        let status = describe(client, id).await?;
+        let line = format!(
+            "import {id}: {} ({:.0}%, {} records imported)",
+            status.status, status.percent_complete, status.records_imported
+        );
+        if line != last {
+            tracing::info!("{line}");
+            last = line;
+        }
+        match status.status.as_str() {
+            "Completed" => return Ok(status),
+            "Failed" => bail!(
+                "Pinecone import {id} failed: {}",
+                status.error.as_deref().unwrap_or("no reason given")
+            ),
+            "Cancelled" => bail!("Pinecone import {id} was cancelled"),
+            _ => tokio::time::sleep(POLL).await,
+        }
+    }
+}
+
+fn import_file_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new(
+            "values",
+            DataType::List(Arc::new(Field::new("item", DataType::Float32, true))),
+            false,
+        ),
+        Field::new("metadata", DataType::Utf8, true),
+    ]))
+}
+
+/// What an earlier run left: `Some(summary)` when it started an import that this run followed
+/// to its end (or, with `wait: false`, found), so nothing is embedded again.
+pub async fn resume(spec: &PineconeSinkSpec, storage: &StorageSpec) -> Result<Option<SinkReport>> {
+    let Some(import) = &spec.import else {
+        return Ok(None);
+    };
+    let place = Place::of(spec, import, storage)?;
+    let Some(marker) = place.marker().await? else {
+        return Ok(None);
+    };
+    let Some(id) = marker.import_id.clone() else {
+        // Killed while writing files: this run writes them again.
+        return Ok(None);
+    };
+    let conn = connect(spec, None).await?;
+    let status = describe(&conn.client, &id).await?;
+    if matches!(status.status.as_str(), "Failed" | "Cancelled") {
+        tracing::warn!(
+            "the import {id} an earlier run started is {}{}: writing the files again and starting a new import",
+            status.status,
+            status
+                .error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        );
+        place.remove_files().await?;
+        place.remove_marker().await?;
+        return Ok(None);
+    }
+    tracing::info!(
+        "an earlier run wrote {} rows to {} and started import {id} ({}): following it instead of embedding again",
+        marker.rows,
+        place.uri,
+        status.status
+    );
+    let done = if import.wait && !status.finished() {
+        follow(&conn.client, &id).await?
+    } else {
+        status
+    };
+    Ok(Some(
+        report(&conn, &place, &marker, &done, import.wait).await?,
+    ))
+}
+
+/// The summary's sink part for an import that ended (or was left running, `wait: false`).
+async fn report(
+    conn: &Connection,
+    place: &Place,
+    marker: &Marker,
+    status: &ImportStatus,
+    wait: bool,
+) -> Result<SinkReport> {
+    if status.status == "Completed" {
+        // The index holds the rows: the marker has done its work (the files may stay, as
+        // Pinecone's own guidance allows, or be removed by a lifecycle rule).
+        place.remove_marker().await?;
+    }
+    let rows_written = if status.status == "Completed" {
+        status.records_imported
+    } else {
+        marker.rows
+    };
+    let location = if wait || status.finished() {
+        format!(
+            "{} through import {} from {}",
+            conn.display, status.id, place.uri
+        )
+    } else {
+        format!(
+            "{} ({} rows in {} files; import {} {}: `embedflow import wait {} --pipeline PIPELINE`)",
+            place.uri,
+            marker.rows,
+            marker.files.len(),
+            status.id,
+            status.status,
+            status.id
+        )
+    };
+    Ok(SinkReport {
+        rows_written,
+        location,
+        ..SinkReport::default()
+    })
+}
+
+/// Writes the import layout, then starts (and follows) the import.
+pub struct ImportSink {
+    conn: Connection,
+    import: ImportSpec,
+    place: Place,
+    encoder: RecordEncoder,
+    writer: Option<AsyncArrowWriter<BufWriter>>,
+    rows_in_file: usize,
+    marker: Marker,
+}
+
+impl ImportSink {
+    /// Preflight: the index and its dimension, a namespace that does not exist yet, and a
+    /// prefix that holds nothing but an earlier run's files.
+    pub async fn open(
+        spec: &PineconeSinkSpec,
+        storage: &StorageSpec,
+        schema: &Schema,
+    ) -> Result<ImportSink> {
+        let import = spec
+            .import
+            .clone()
+            .context("sink.pinecone.import is not set")?;
+        let dim = super::vector_dim(schema)?;
+        let conn = connect(spec, Some(dim)).await?;
+        let namespace = spec.namespace.clone().unwrap_or_default();
+        let stats = super::client::index_stats(&conn.client).await?;
+        let held = stats
+            .namespaces
+            .get(&namespace)
+            .or_else(|| {
+                namespace
+                    .is_empty()
+                    .then(|| stats.namespaces.get("__default__"))
+                    .flatten()
+            })
+            .map(|n| n.vector_count)
+            .unwrap_or(0);
+        if held > 0 {
+            let shown = if namespace.is_empty() {
+                "the default namespace"
+            } else {
+                namespace.as_str()
+            };
+            return Err(config_error(format!(
+                "sink.pinecone.import: {shown} of index `{}` already holds {held} vectors, and a bulk import writes only into a new namespace; upsert into it (leave out sink.pinecone.import) or import into a new sink.pinecone.namespace",
+                spec.index
+            )));
+        }
+        let place = Place::of(spec, &import, storage)?;
+        let ours = place.marker().await?.is_some();
+        let existing = place.files().await?;
+        if !existing.is_empty() && !ours {
+            return Err(config_error(format!(
+                "sink.pinecone.import.uri: {}/ already holds {} files that no embedflow run wrote (e.g. {}); an import needs a prefix of its own",
+                place.uri,
+                existing.len(),
+                existing[0]
+            )));
+        }
+        if ours {
+            // A killed run's files: replaced whole.
+            place.remove_files().await?;
+        }
+        let marker = Marker {
+            state: "writing".into(),
+            ..Marker::default()
+        };
+        place.set_marker(&marker).await?;
+        Ok(ImportSink {
+            conn,
+            import,
+            place,
+            encoder: RecordEncoder::new(spec, schema)?,
+            writer: None,
+            rows_in_file: 0,
+            marker,
+        })
+    }
+
+    /// The import file's columns for a batch of `id`, `vector` and metadata columns.
+    fn import_batch(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let ids = cast(
+            batch.column_by_name("id").context("no id column")?,
+            &DataType::Utf8,
+        )?;
+        let schema = import_file_schema();
+        let values = cast(
+            batch.column_by_name("vector").context("no vector column")?,
+            schema.field(1).data_type(),
+        )?;
+        let metadata: Vec<Option<String>> = self
+            .encoder
+            .encode_metadata(batch)?
+            .into_iter()
+            .map(|(_, m)| {
+                (!m.is_empty())
+                    .then(|| serde_json::to_string(&m))
+                    .transpose()
+            })
+            .collect::<serde_json::Result<_>>()?;
+        let metadata: ArrayRef = Arc::new(StringArray::from(metadata));
+        Ok(RecordBatch::try_new(schema, vec![ids, values, metadata])?)
+    }
+
+    async fn close_file(&mut self) -> Result<()> {
+        if let Some(w) = self.writer.take() {
+            w.close().await.with_context(|| {
+                format!("cannot complete an import file in {}/", self.place.uri)
+            })?;
+        }
+        self.rows_in_file = 0;
+        Ok(())
+    }
+
+    fn new_file(&mut self) -> Result<&mut AsyncArrowWriter<BufWriter>> {
+        let name = format!("part-{:05}.parquet", self.marker.files.len());
+        let path = ObjectPath::from(format!("{}/{name}", self.place.folder));
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build();
+        // S3's smallest part, at most two uploads in flight: memory stays bounded per file.
+        let object = BufWriter::with_capacity(Arc::clone(&self.place.store), path.clone(), 5 << 20)
+            .with_max_concurrency(2);
+        let writer = AsyncArrowWriter::try_new(object, import_file_schema(), Some(props))?;
+        self.marker.files.push(path.to_string());
+        Ok(self.writer.insert(writer))
+    }
+}
+
+#[async_trait]
+impl Sink for ImportSink {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let rows = self.import_batch(&batch)?;
+        let mut start = 0;
+        while start < rows.num_rows() {
+            if self.rows_in_file >= self.import.file_rows {
+                self.close_file().await?;
+            }
+            let room = self.import.file_rows - self.rows_in_file;
+            let take = room.min(rows.num_rows() - start);
+            let part = rows.slice(start, take);
+            let writer = match self.writer.as_mut() {
+                Some(w) => w,
+                None => self.new_file()?,
+            };
+            writer
+                .write(&part)
+                .await
+                .with_context(|| format!("cannot write an import file in {}/", self.place.uri))?;
+            self.rows_in_file += take;
+            self.marker.rows += take as u64;
+            start += take;
+        }
+        Ok(())
+    }
+
+    fn keeps_one_row_per_id(&self) -> bool {
+        true
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<SinkReport> {
+        self.close_file().await?;
+        if self.marker.rows == 0 {
+            self.place.remove_marker().await?;
+            return Ok(SinkReport {
+                location: format!("{} (nothing to import)", self.place.uri),
+                ..SinkReport::default()
+            });
+        }
+        self.marker.state = "written".into();
+        self.place.set_marker(&self.marker).await?;
+        let mut body = serde_json::json!({ "uri": format!("{}/", self.place.uri) });
+        if let Some(i) = &self.import.integration_id {
+            body["integrationId"] = serde_json::json!(i);
+        }
+        body["errorMode"] = serde_json::json!({ "onError": match self.import.error_mode {
+            ImportErrorMode::Abort => "abort",
+            ImportErrorMode::Continue => "continue",
+        }});
+        let started: Started = self
+            .conn
+            .client
+            .post_retrying("/bulk/imports", Bytes::from(serde_json::to_vec(&body)?))
+            .await
+            .map_err(|e| call_error(&format!("starting the import of {}", self.place.uri), e))?;
+        self.marker.state = "started".into();
+        self.marker.import_id = Some(started.id.clone());
+        self.place.set_marker(&self.marker).await?;
+        tracing::info!(
+            "import {} started: {} rows in {} files under {}/",
+            started.id,
+            self.marker.rows,
+            self.marker.files.len(),
+            self.place.uri
+        );
+        let status = if self.import.wait {
+            follow(&self.conn.client, &started.id).await?
+        } else {
+            describe(&self.conn.client, &started.id).await?
+        };
+        report(
+            &self.conn,
+            &self.place,
+            &self.marker,
+            &status,
+            self.import.wait,
+        )
+        .await
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        self.writer = None;
+        if self.marker.import_id.is_none() {
+            let _ = self.place.remove_files().await;
+            let _ = self.place.remove_marker().await;
+        }
+    }
+
+    fn abort_outcome(&self) -> &'static str {
+        if self.marker.import_id.is_some() {
+            "the import keeps running on Pinecone; a re-run follows it instead of starting another"
+        } else {
+            "the import files written so far were removed and no import was started"
+        }
+    }
+}
