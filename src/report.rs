@@ -43,6 +43,9 @@ pub struct RunSummary {
     /// Incremental runs: what the source held against the state.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub incremental: Option<IncrementalCounts>,
+    /// The Pinecone bulk import that carried the rows (`sink.pinecone.import`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub import_id: Option<String>,
     /// Files that sorts, joins and aggregates spilled to disk past the memory limit, in this
     /// process (on a cluster, the client's; each executor logs its own limit).
     pub spill_files: u64,
@@ -85,6 +88,7 @@ impl RunSummary {
         self.dead_letter = report.dead_letter;
         self.requests = report.requests;
         self.retries = report.retries;
+        self.import_id = report.import_id;
     }
 
     /// With JSON logs, the summary as a log line of its own, one field per count.
@@ -144,6 +148,8 @@ pub struct SinkReport {
     /// HTTP requests made and retried (network sinks).
     pub requests: Option<u64>,
     pub retries: Option<u64>,
+    /// The Pinecone bulk import that carries the rows.
+    pub import_id: Option<String>,
     /// Vector ids confirmed since the last [`crate::sink::Sink::take_confirmed`] (sinks that confirm as they
     /// go, when tracking).
     pub confirmed: Vec<String>,

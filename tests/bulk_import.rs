@@ -229,6 +229,7 @@ fn an_import_left_running_is_awaited_later_and_a_failed_one_names_pinecones_erro
             .contains("embedflow import wait 1"),
         "{s}"
     );
+    assert_eq!(s["import_id"], "1", "{s}");
     let o = embedflow_s3(&s3, d, &["import", "wait", "1", "--pipeline", "p.yaml"]);
     assert_ok(&o);
     let status: Value = serde_json::from_str(stdout(&o).trim()).unwrap();

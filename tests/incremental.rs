@@ -780,3 +780,72 @@ fn an_insert_into_an_incremental_pipelines_sink_is_refused() {
         "the output its state describes is as it was"
     );
 }
+
+/// `id`, `vector` (4 floats) and `lang` rows.
+fn write_vector_rows(path: &Path, rows: &[(String, [f32; 4], &str)]) {
+    use datafusion::arrow::array::FixedSizeListArray;
+    use datafusion::arrow::datatypes::Float32Type;
+    let vectors = FixedSizeListArray::from_iter_primitive::<Float32Type, _, _>(
+        rows.iter()
+            .map(|(_, v, _)| Some(v.iter().map(|x| Some(*x)))),
+        4,
+    );
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("vector", datafusion::arrow::array::Array::data_type(&vectors).clone(), true),
+        Field::new("lang", DataType::Utf8, false),
+    ]));
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.0.as_str()),
+        )),
+        Arc::new(vectors),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2))),
+    ];
+    write_batch(path, RecordBatch::try_new(schema, cols).unwrap());
+}
+
+#[test]
+fn a_pipeline_of_given_vectors_runs_incrementally_without_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let day1: Vec<(String, [f32; 4], &str)> = (0..200)
+        .map(|i| (format!("v-{i:03}"), [i as f32, 1.0, 2.0, 3.0], "en"))
+        .collect();
+    write_vector_rows(&d.join("vectors.parquet"), &day1);
+    write_file(
+        d,
+        "p.yaml",
+        "source:\n  tables:\n    v: { path: vectors.parquet }\nembed:\n  vector: vector\n  id: id\nsink:\n  parquet: { path: out }\nincremental:\n  state: state\n  deletes: true\n",
+    );
+    let o = run(d, "p.yaml", &[]);
+    assert_ok(&o);
+    assert_counts(&summary(d), 200, 0, 0, 0, 0);
+    assert!(
+        !stderr(&o).contains("loaded from"),
+        "no model is loaded: {}",
+        stderr(&o)
+    );
+
+    // Day 2: two vectors changed, one row's metadata changed, one row gone, one new.
+    let mut day2 = day1.clone();
+    day2[5].1[1] = 9.0;
+    day2[6].1[2] = 9.0;
+    day2[7].2 = "de";
+    day2.remove(8);
+    day2.push(("v-new".into(), [7.0, 7.0, 7.0, 7.0], "fr"));
+    write_vector_rows(&d.join("vectors.parquet"), &day2);
+    let o = run(d, "p.yaml", &[]);
+    assert_ok(&o);
+    let s = summary(d);
+    assert_counts(&s, 1, 2, 1, 196, 1);
+    assert_eq!(s["rows_embedded"], 3, "the new and changed vectors: {s}");
+    let out = read_vectors(&d.join("out/part-0.parquet"));
+    assert_eq!(out.len(), 200);
+    let got: BTreeMap<String, Vec<f32>> = out.into_iter().collect();
+    for (id, v, _) in &day2 {
+        assert_eq!(&got[id], &v.to_vec(), "{id}");
+    }
+    let langs = read_text_column(&d.join("out/part-0.parquet"), "lang");
+    assert!(langs.iter().any(|l| l == "de") && langs.iter().any(|l| l == "fr"));
+}

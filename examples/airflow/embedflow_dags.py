@@ -17,6 +17,12 @@ Settings, from the environment of the scheduler and workers:
                       repository holding this file)
   EMBEDFLOW_SHARDS    how many shards the mapped DAG splits the table into (default 3)
   EMBEDFLOW_RETRIES, EMBEDFLOW_RETRY_DELAY_SECS   Airflow's retries of a failed run (2, 300)
+  EMBEDFLOW_BACKFILL_PIPELINE  the backfill DAG's pipeline, one with `sink.pinecone.import`
+                      (default: backfill.yaml beside this file)
+
+The backfill DAG loads a table through Pinecone's bulk import without holding a worker while
+Pinecone imports: one task writes the files and starts the import (`wait: false`), the next
+waits for it (`embedflow import wait ID`), which Airflow can retry on its own.
 """
 
 from __future__ import annotations
@@ -36,12 +42,15 @@ HERE = Path(__file__).resolve().parent
 PIPELINE = os.environ.get("EMBEDFLOW_PIPELINE", str(HERE / "daily.yaml"))
 WORKDIR = os.environ.get("EMBEDFLOW_WORKDIR", str(HERE.parent.parent))
 SHARDS = int(os.environ.get("EMBEDFLOW_SHARDS", "3"))
+BACKFILL = os.environ.get("EMBEDFLOW_BACKFILL_PIPELINE", str(HERE / "backfill.yaml"))
 
 PARTIAL = 3
 INVALID = 2
 
 
-def embedflow_run(pipeline: str, day: str, shard: str | None = None, env: dict | None = None) -> dict:
+def embedflow_run(
+    pipeline: str, day: str, shard: str | None = None, env: dict | None = None, extra: list[str] | None = None
+) -> dict:
     """Runs `embedflow run` for `day` (and `shard`), streaming its log into the task's log;
     returns the summary for XCom, or raises with embedflow's error line."""
     exe = shutil.which("embedflow")
@@ -52,6 +61,7 @@ def embedflow_run(pipeline: str, day: str, shard: str | None = None, env: dict |
         cmd = [exe, "run", pipeline, "--no-progress", "--summary-json", str(summary_path)]
         if shard is not None:
             cmd += ["--shard", shard]
+        cmd += extra or []
         run_env = dict(os.environ, DS=day, **(env or {}))
         print("running:", " ".join(cmd), f"(DS={day})", flush=True)
         proc = subprocess.run(cmd, cwd=WORKDIR, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -118,5 +128,38 @@ def embedflow_sharded():
     total(embed_shard.expand(shard=[f"{i}/{SHARDS}" for i in range(SHARDS)]))
 
 
+@dag(dag_id="embedflow_backfill", **{**SCHEDULE, "schedule": None})
+def embedflow_backfill():
+    """A first load through Pinecone's bulk import: write the files and start the import, then
+    wait for it in a task of its own."""
+
+    @task(task_id="start_import")
+    def start_import() -> dict:
+        summary = embedflow_run(
+            BACKFILL, get_current_context()["ds"], extra=["--set", "sink.pinecone.import.wait=false"]
+        )
+        if not summary.get("import_id"):
+            raise AirflowFailException(f"the run started no import: {summary.get('output')}")
+        return summary
+
+    @task(task_id="wait_import")
+    def wait_import(summary: dict) -> dict:
+        exe = shutil.which("embedflow")
+        if exe is None:
+            raise AirflowFailException("embedflow is not on the PATH: pip install the embedflow wheel")
+        cmd = [exe, "import", "wait", summary["import_id"], "--pipeline", BACKFILL]
+        print("running:", " ".join(cmd), flush=True)
+        proc = subprocess.run(cmd, cwd=WORKDIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        print(proc.stderr, flush=True)
+        if proc.returncode == 0:
+            return json.loads(proc.stdout)
+        error = next((l for l in proc.stderr.splitlines() if l.startswith("error:")), f"exit code {proc.returncode}")
+        # A failed or cancelled import is final: re-run the DAG to write and import again.
+        raise AirflowFailException(f"the Pinecone import did not complete: {error}")
+
+    wait_import(start_import())
+
+
 embedflow_daily()
 embedflow_sharded()
+embedflow_backfill()

@@ -119,6 +119,10 @@ pub async fn physical_plan_for_cluster(
     optimizer.enable_join_dynamic_filter_pushdown = false;
     optimizer.enable_topk_dynamic_filter_pushdown = false;
     optimizer.enable_aggregate_dynamic_filter_pushdown = false;
+    // Hash joins, not the sort-merge joins a local session prefers (they spill): the scheduler
+    // splits the plan into stages, and a sort-merge join's input ordering does not survive that
+    // (rows of the carry-over went missing).
+    optimizer.prefer_hash_join = true;
     Ok(state.create_physical_plan(&logical).await?)
 }
 

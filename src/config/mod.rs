@@ -126,12 +126,6 @@ impl Pipeline {
         self.sink.validate()?;
         if let Some(inc) = &self.incremental {
             inc.validate()?;
-            if self.embed.vector.is_some() {
-                return Err(invalid(
-                    "incremental",
-                    "incremental runs fingerprint the text they embed; with embed.vector there is none (re-run the pipeline that embeds, or send the vectors in full)",
-                ));
-            }
             if self.embed.duplicate_ids == crate::embed::DuplicateIds::KeepLast {
                 return Err(invalid(
                     "embed.duplicate_ids",

@@ -69,19 +69,23 @@ pub async fn prepare(
     opts: &RunOptions,
     shutdown: &Shutdown,
     plan: &plan::PipelinePlan,
-    embedder: &Arc<Embedder>,
+    embedder: Option<&Arc<Embedder>>,
     collect: &Collector,
     staged: bool,
 ) -> Result<(IncrementalRun, Job)> {
-    let chunking = match &pipeline.embed.chunking {
-        Some(c) => Some((c.max_tokens_for(embedder.max_seq_length())?, c.overlap)),
-        None => None,
-    };
-    let settings = {
-        let e = Arc::clone(embedder);
-        tokio::task::spawn_blocking(move || EmbeddingSettings::of(&e, chunking))
-            .await
-            .context("fingerprinting the model panicked")??
+    let settings = match (embedder, &pipeline.embed.vector) {
+        (_, Some(column)) => EmbeddingSettings::of_vectors(column),
+        (None, None) => anyhow::bail!("an incremental pipeline that embeds needs its model"),
+        (Some(embedder), None) => {
+            let chunking = match &pipeline.embed.chunking {
+                Some(c) => Some((c.max_tokens_for(embedder.max_seq_length())?, c.overlap)),
+                None => None,
+            };
+            let e = Arc::clone(embedder);
+            tokio::task::spawn_blocking(move || EmbeddingSettings::of(&e, chunking))
+                .await
+                .context("fingerprinting the model panicked")??
+        }
     };
     let sink_id = sink_identity(pipeline, opts.shard)?;
     // Each shard keeps its own state (and lock) beside the others'.
@@ -349,11 +353,11 @@ async fn plan_phases(
         counts.deleted
     );
 
-    let to_embed = plan::output_frame(
-        classify::with_status(&classified.rows, &[NEW, CHANGED])?,
-        &pipeline.embed,
-        &plan.ctx,
-    )?;
+    let fresh = classify::with_status(&classified.rows, &[NEW, CHANGED])?;
+    let to_embed = match pipeline.embed.vector {
+        Some(_) => plan::vector_frame(fresh, &pipeline.embed)?,
+        None => plan::output_frame(fresh, &pipeline.embed, &plan.ctx)?,
+    };
     let output = without_hidden(to_embed.schema().as_arrow());
 
     let mut phases: Vec<(Phase, DataFrame)> = Vec::new();

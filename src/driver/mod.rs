@@ -140,13 +140,17 @@ pub async fn run(
             .await?
         }
         Some(spec) => {
-            let embedder = embedder.as_ref().ok_or_else(|| {
-                config_error("an incremental pipeline embeds its text: it cannot read embed.vector")
-            })?;
             let collect = executor.collector();
             let staged = executor.stages_checkpoints();
             let prepared = incremental::prepare(
-                pipeline, spec, opts, shutdown, &plan, embedder, &collect, staged,
+                pipeline,
+                spec,
+                opts,
+                shutdown,
+                &plan,
+                embedder.as_ref(),
+                &collect,
+                staged,
             )
             .await;
             let (mut incremental, job) = match prepared {
@@ -162,7 +166,7 @@ pub async fn run(
                 shutdown,
                 executor,
                 &plan,
-                Some(embedder),
+                embedder.as_ref(),
                 job,
             )
             .await

@@ -36,6 +36,11 @@ pub const UNCHANGED: &str = "unchanged";
 const S: &str = "__ef_s_";
 const PREVIOUS_KEY: &str = "__ef_p_key";
 
+/// The column a row's vector comes from: its text, or (`embed.vector`) the vector itself.
+pub fn content(embed: &EmbedSpec) -> &String {
+    embed.vector.as_ref().unwrap_or(&embed.text)
+}
+
 /// The source columns whose values a sink keeps as metadata: all but the id and text columns,
 /// or, when the sink names its metadata columns, those of them that come from the source.
 pub fn metadata_columns(
@@ -47,7 +52,7 @@ pub fn metadata_columns(
         .fields()
         .iter()
         .map(|f| f.name().clone())
-        .filter(|n| Some(n) != embed.id.as_ref() && *n != embed.text)
+        .filter(|n| Some(n) != embed.id.as_ref() && n != content(embed))
         .filter(|n| only.is_none_or(|o| o.contains(n)))
         .collect()
 }
@@ -96,7 +101,7 @@ pub fn classify(
     let id = crate::plan::id_expr(&schema, embed)?;
     let mut exprs = vec![
         cast(id, DataType::Utf8).alias(SOURCE_ID),
-        fingerprint_expr(&fp, std::slice::from_ref(&embed.text)).alias(TEXT_FP),
+        fingerprint_expr(&fp, std::slice::from_ref(content(embed))).alias(TEXT_FP),
         fingerprint_expr(&fp, metadata).alias(META_FP),
     ];
     exprs.extend(schema.fields().iter().map(|f| ident(f.name().as_str())));

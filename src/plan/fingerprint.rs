@@ -150,6 +150,21 @@ impl EmbeddingSettings {
         })
     }
 
+    /// The settings of a pipeline that reads its vectors from `column` (`embed.vector`): no
+    /// model shapes them, so a vector changes exactly when the column's value does.
+    pub fn of_vectors(column: &str) -> Self {
+        EmbeddingSettings {
+            model: format!("embed.vector: {column}"),
+            graph_sha256: String::new(),
+            tokenizer_sha256: String::new(),
+            precision: "given".into(),
+            max_seq_length: 0,
+            pooling: "none".into(),
+            normalize: false,
+            chunking: "none".into(),
+        }
+    }
+
     /// The fingerprint stored with each row: 128 bits of SHA-256 over everything but the name.
     pub fn fingerprint(&self) -> String {
         let mut h = Sha256::new();

@@ -285,11 +285,6 @@ pub async fn build_vectors(
     spec: PlanSpec<'_>,
     shard: Option<crate::shard::Shard>,
 ) -> Result<PipelinePlan> {
-    let column = spec
-        .embed
-        .vector
-        .as_deref()
-        .context("embed.vector is not set")?;
     let ctx = session_context(None);
     source::register_tables(&ctx, spec.source, spec.storage).await?;
     let mut source = source::source_frame(&ctx, spec.source).await?;
@@ -297,9 +292,24 @@ pub async fn build_vectors(
         let id = cast(id_expr(source.schema(), spec.embed)?, DataType::Utf8);
         source = source.filter(shard.filter(id))?;
     }
+    let ids = source
+        .clone()
+        .select(vec![id_expr(source.schema(), spec.embed)?.alias("id")])?;
+    let frame = vector_frame(source.clone(), spec.embed)?;
+    Ok(PipelinePlan {
+        ctx,
+        source,
+        frame,
+        ids,
+    })
+}
+
+/// The output of a pipeline that reads vectors (`embed.vector`): `id`, the column's vectors as
+/// `vector` (`FixedSizeList<Float32, n>`) and the other source columns.
+pub fn vector_frame(source: DataFrame, embed: &EmbedSpec) -> Result<DataFrame> {
+    let column = embed.vector.as_deref().context("embed.vector is not set")?;
     let schema = source.schema().clone();
-    let id = id_expr(&schema, spec.embed)?;
-    let ids = source.clone().select(vec![id.clone().alias("id")])?;
+    let id = id_expr(&schema, embed)?;
     let vector = match field_type(&schema, column, "embed.vector")? {
         DataType::FixedSizeList(item, n)
             if matches!(
@@ -314,14 +324,8 @@ pub async fn build_vectors(
         ),
     };
     let mut exprs = vec![id.alias("id"), vector.alias("vector")];
-    exprs.extend(metadata_columns(&schema, spec.embed, &["id", "vector"])?);
-    let frame = source.clone().select(exprs)?;
-    Ok(PipelinePlan {
-        ctx,
-        source,
-        frame,
-        ids,
-    })
+    exprs.extend(metadata_columns(&schema, embed, &["id", "vector"])?);
+    Ok(source.select(exprs)?)
 }
 
 /// Plans `sql` as a query that only reads: DDL, DML, COPY and other statements are refused

@@ -309,6 +309,7 @@ async fn report(
     Ok(SinkReport {
         rows_written,
         location,
+        import_id: Some(status.id.clone()),
         ..SinkReport::default()
     })
 }

@@ -379,6 +379,7 @@ impl Sink for PineconeSink {
             dead_letter: (failed > 0).then(|| self.dead_letter.path().display().to_string()),
             requests: Some(requests),
             retries: Some(retries),
+            import_id: None,
         })
     }
 
