@@ -792,7 +792,11 @@ fn write_vector_rows(path: &Path, rows: &[(String, [f32; 4], &str)]) {
     );
     let schema = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Utf8, false),
-        Field::new("vector", datafusion::arrow::array::Array::data_type(&vectors).clone(), true),
+        Field::new(
+            "vector",
+            datafusion::arrow::array::Array::data_type(&vectors).clone(),
+            true,
+        ),
         Field::new("lang", DataType::Utf8, false),
     ]));
     let cols: Vec<ArrayRef> = vec![
