@@ -14,7 +14,8 @@ start=$(date +%s)
 
 WHEEL=$(bash scripts/build-wheel.sh | tail -n 1)
 say "wheel $WHEEL ($(du -m "$WHEEL" | cut -f1) MB)"
-cargo build --release --locked -p pinecone-test-server
+# With the whole workspace, so the features are those of the release build (no rebuild).
+cargo build --release --locked --workspace --bins
 SERVER="${CARGO_TARGET_DIR:-target}/release/pinecone-test-server"
 
 if ! "$VENV/bin/python" -c "import airflow, sys; sys.exit(airflow.__version__ != '$AIRFLOW_VERSION')" 2>/dev/null; then
