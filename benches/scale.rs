@@ -129,14 +129,38 @@ fn main() -> Result<()> {
         d.join("p.yaml"),
         "source:\n  tables:\n    v: { path: vectors.parquet }\nembed:\n  vector: vector\n  id: id\nsink:\n  parquet: { path: out }\nincremental:\n  state: state\n  deletes: true\n",
     )?;
-    let mut results: Vec<(String, Measured)> = Vec::new();
-    results.push(("first run (every row new)".into(), run(d, &[])?));
+    println!();
+    println!(
+        "| run | rows written | wall s | before streaming s | streaming s | peak RSS MiB | spill files |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let show = |name: &str, m: Result<Measured>| match m {
+        Ok(m) => {
+            let s = &m.summary;
+            let seconds = s["seconds"].as_f64().unwrap_or(0.0);
+            let stream = s["stream_seconds"].as_f64().unwrap_or(0.0);
+            println!(
+                "| {name} | {} | {:.1} | {:.1} | {:.1} | {:.0} | {} |",
+                s["rows_written"],
+                m.wall,
+                seconds - stream,
+                stream,
+                m.peak_mib,
+                s["spill_files"]
+            );
+        }
+        Err(e) => println!(
+            "| {name} | failed: {} |",
+            e.to_string().lines().next().unwrap_or("")
+        ),
+    };
+    show("first run (every row new)", run(d, &[]));
     copy_dir(&d.join("state"), &d.join("state.first"))?;
     copy_dir(&d.join("out"), &d.join("out.first"))?;
-    results.push((
-        format!("first run again (--full), limit {limit}"),
-        run(d, &["--full", "--memory-limit", &limit])?,
-    ));
+    show(
+        &format!("first run again (--full), limit {limit}"),
+        run(d, &["--full", "--memory-limit", &limit]),
+    );
     write_table(&d.join("vectors.parquet"), rows, dim, true)?;
     for (name, extra) in [
         ("incremental, 0.1% changed".to_string(), vec![]),
@@ -147,34 +171,14 @@ fn main() -> Result<()> {
     ] {
         copy_dir(&d.join("state.first"), &d.join("state"))?;
         copy_dir(&d.join("out.first"), &d.join("out"))?;
-        let m = run(d, &extra)?;
-        let changed = m.summary["incremental"]["changed"].as_u64().unwrap_or(0);
-        if changed != rows.div_ceil(1000) as u64 {
-            bail!(
-                "{name}: {changed} rows changed, not {}",
-                rows.div_ceil(1000)
-            );
-        }
-        results.push((name, m));
-    }
-    println!();
-    println!(
-        "| run | rows written | wall s | before streaming s | streaming s | peak RSS MiB | spill files |"
-    );
-    println!("|---|---|---|---|---|---|---|");
-    for (name, m) in &results {
-        let s = &m.summary;
-        let seconds = s["seconds"].as_f64().unwrap_or(0.0);
-        let stream = s["stream_seconds"].as_f64().unwrap_or(0.0);
-        println!(
-            "| {name} | {} | {:.1} | {:.1} | {:.1} | {:.0} | {} |",
-            s["rows_written"],
-            m.wall,
-            seconds - stream,
-            stream,
-            m.peak_mib,
-            s["spill_files"]
-        );
+        let m = run(d, &extra).and_then(|m| {
+            let changed = m.summary["incremental"]["changed"].as_u64().unwrap_or(0);
+            if changed != rows.div_ceil(1000) as u64 {
+                bail!("{changed} rows changed, not {}", rows.div_ceil(1000));
+            }
+            Ok(m)
+        });
+        show(&name, m);
     }
     Ok(())
 }

@@ -112,6 +112,9 @@ pub fn fit_session(mut config: SessionConfig, limit: MemoryLimit) -> SessionConf
     config
 }
 
+/// Spill files a sort merges in one pass.
+const MERGE_FAN_IN: usize = 16;
+
 /// A pool of `limit`'s size: spilling operators share it fairly; the error of one that finds no
 /// room names the largest consumers.
 pub fn pool(limit: MemoryLimit) -> Arc<dyn MemoryPool> {
@@ -134,9 +137,15 @@ pub fn runtime_builder(
     };
     let disk = Arc::new(DiskManagerBuilder::default().with_mode(mode).build()?);
     let counting = DiskManagerMode::Custom(Arc::new(CountedSpills { disk }));
+    // A sort merges at most this many spill files at once (more take several passes): each
+    // open file holds a batch in memory, so an unbounded merge of a large sort's many files
+    // outgrew a 256 MiB limit at 10M rows.
+    let disk = DiskManagerBuilder::default()
+        .with_mode(counting)
+        .with_max_spill_merge_fan_in(MERGE_FAN_IN);
     Ok(RuntimeEnvBuilder::new()
         .with_memory_pool(pool)
-        .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(counting)))
+        .with_disk_manager_builder(disk))
 }
 
 /// This process's runtime: every session of a command shares its pool.
