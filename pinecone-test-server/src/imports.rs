@@ -129,7 +129,9 @@ fn now() -> String {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct StartImport {
     uri: String,
+    /// Accepted as Pinecone accepts it; this server reads with its own credentials.
     #[serde(default)]
+    #[allow(dead_code)]
     integration_id: Option<String>,
     #[serde(default)]
     error_mode: Option<ErrorMode>,
@@ -161,7 +163,6 @@ impl Imports {
                 "Bulk import is not configured on this server (no storage integration)",
             ));
         };
-        let _ = req.integration_id;
         let continue_on_error = match req.error_mode.as_ref().map(|m| m.on_error.as_str()) {
             None | Some("abort") => false,
             Some("continue") => true,
@@ -408,9 +409,8 @@ fn read_records(
         for row in 0..batch.num_rows() {
             match record(&batch, row, dimension) {
                 Ok(r) => out.push(r),
-                Err(e) if continue_on_error => {
-                    let _ = e;
-                }
+                // errorMode.onError: continue skips the record.
+                Err(_) if continue_on_error => {}
                 Err(e) => return Err(e),
             }
         }
