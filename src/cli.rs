@@ -629,6 +629,7 @@ async fn sql_command(c: SqlArgs) -> Result<()> {
         let spec = source::TableSpec {
             path: path.to_string(),
             format: None,
+            version: None,
         };
         source::register_table(&ctx, name, &spec, &storage).await?;
     }

@@ -49,6 +49,21 @@ pub async fn search(
 /// sharded run) as `table` in `ctx`.
 pub async fn register_output(ctx: &SessionContext, pipeline: &Pipeline, table: &str) -> Result<()> {
     let spec = pipeline.sink.parquet()?;
+    if spec.is_delta() {
+        let delta =
+            crate::storage::delta::for_write("sink.parquet.path", &spec.path, &pipeline.storage)
+                .await?;
+        if delta.version().is_none() {
+            bail!(
+                "no output at {}: run `embedflow run` on this pipeline first",
+                spec.path
+            );
+        }
+        let provider =
+            crate::storage::delta::provider("sink.parquet.path", &spec.path, &delta, ctx).await?;
+        ctx.register_table(table, provider)?;
+        return Ok(());
+    }
     let location = OutputLocation::for_parquet_sink(&spec.path, &pipeline.storage)?;
     let file = location.display.clone();
     if location.is_remote() {

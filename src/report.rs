@@ -66,6 +66,19 @@ pub struct IncrementalCounts {
     pub deleted: u64,
     /// Where the state is.
     pub state: String,
+    /// When the run read a Delta table's change data feed instead of the whole table: the
+    /// versions it covered. `unchanged` then counts only rows the feed named.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change_feed: Option<FeedVersions>,
+}
+
+/// The versions of a Delta table's change feed a run read: the changes after `since`, up to
+/// and including `to`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct FeedVersions {
+    pub table: String,
+    pub since: u64,
+    pub to: u64,
 }
 
 static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -186,6 +199,15 @@ impl fmt::Display for RunSummary {
                 "; incremental: {} new, {} changed, {} metadata-only, {} unchanged, {} deleted",
                 i.new, i.changed, i.metadata_only, i.unchanged, i.deleted
             )?;
+            if let Some(feed) = &i.change_feed {
+                write!(
+                    f,
+                    " (the change feed of table `{}`, versions {} to {})",
+                    feed.table,
+                    feed.since + 1,
+                    feed.to
+                )?;
+            }
         }
         if self.spill_files > 0 {
             write!(

@@ -29,6 +29,11 @@ fn pinecone(s3: &S3Server, file_delay: Duration, max_file_bytes: u64) -> Pinecon
 }
 
 fn corpus(path: &Path, n: usize) {
+    corpus_edited(path, n, &[]);
+}
+
+/// The corpus of `n` rows, the texts of rows `edited` changed.
+fn corpus_edited(path: &Path, n: usize, edited: &[usize]) {
     let schema = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Utf8, false),
         Field::new("text", DataType::Utf8, false),
@@ -41,9 +46,10 @@ fn corpus(path: &Path, n: usize) {
         )),
         Arc::new(StringArray::from_iter_values((0..n).map(|i| {
             format!(
-                "note {i}: the {} near the {}",
+                "note {i}: the {} near the {}{}",
                 WORDS[i % 12],
-                WORDS[(i / 12) % 12]
+                WORDS[(i / 12) % 12],
+                if edited.contains(&i) { ", edited" } else { "" }
             )
         }))),
         Arc::new(StringArray::from_iter_values(
@@ -170,8 +176,26 @@ fn a_killed_run_re_attaches_to_the_import_it_started() {
     let d = dir.path();
     corpus(&d.join("docs.parquet"), 250);
     write_file(d, "p.yaml", &yaml(&srv, ""));
+    kill_during_import(&s3, &srv, d);
 
-    let e = env(&s3);
+    // The re-run follows the import the killed run started: no embedding, no second import.
+    let o = run(&s3, d);
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains("started import 1") && stderr(&o).contains("following it"),
+        "{}",
+        stderr(&o)
+    );
+    let s = summary(d);
+    assert_eq!(s["rows_embedded"], 0, "{s}");
+    assert_eq!(s["rows_written"], 250, "{s}");
+    assert_eq!(srv.imports("docs").len(), 1, "{:?}", srv.imports("docs"));
+    assert_eq!(srv.records("docs", "backfill").len(), 250);
+}
+
+/// Kills the run in `d` while the import it started runs.
+fn kill_during_import(s3: &S3Server, srv: &PineconeServer, d: &Path) {
+    let e = env(s3);
     let pairs: Vec<(&str, Option<&str>)> = e.iter().map(|(k, v)| (*k, Some(v.as_str()))).collect();
     let mut child = embedflow_command(d, &["run", "p.yaml", "--no-progress"], &pairs)
         .stdout(std::process::Stdio::null())
@@ -192,20 +216,63 @@ fn a_killed_run_re_attaches_to_the_import_it_started() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert_ne!(srv.imports("docs")[0]["status"], "Completed");
+}
 
-    // The re-run follows the import the killed run started: no embedding, no second import.
+#[test]
+fn an_incremental_backfill_is_imported_then_later_runs_upsert_only_what_changed() {
+    let s3 = S3Server::start();
+    s3.bucket("imports");
+    let srv = pinecone(&s3, Duration::from_millis(1500), 10_000_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    corpus(&d.join("docs.parquet"), 250);
+    write_file(
+        d,
+        "p.yaml",
+        &format!(
+            "{}incremental:\n  state: state\n  deletes: true\n",
+            yaml(&srv, "")
+        ),
+    );
+    // Killed while the import runs; the re-run follows it and records the rows in the state.
+    kill_during_import(&s3, &srv, d);
     let o = run(&s3, d);
     assert_ok(&o);
     assert!(
-        stderr(&o).contains("started import 1") && stderr(&o).contains("following it"),
+        stderr(&o).contains("records the imported rows"),
         "{}",
         stderr(&o)
     );
-    let s = summary(d);
-    assert_eq!(s["rows_embedded"], 0, "{s}");
-    assert_eq!(s["rows_written"], 250, "{s}");
-    assert_eq!(srv.imports("docs").len(), 1, "{:?}", srv.imports("docs"));
+    assert_eq!(summary(d)["rows_embedded"], 0);
     assert_eq!(srv.records("docs", "backfill").len(), 250);
+    let before = srv.records("docs", "backfill");
+
+    // The next night: two texts changed. Upserted, not imported; the rest untouched.
+    corpus_edited(&d.join("docs.parquet"), 250, &[1, 2]);
+    let upserts = srv.vectors_upserted("docs");
+    let o = run(&s3, d);
+    assert_ok(&o);
+    let s = summary(d);
+    assert_eq!(s["rows_embedded"], 2, "{s}");
+    assert_eq!(s["incremental"]["changed"], 2, "{s}");
+    assert_eq!(s["incremental"]["unchanged"], 248, "{s}");
+    assert_eq!(srv.vectors_upserted("docs") - upserts, 2);
+    assert_eq!(srv.imports("docs").len(), 1, "no second import");
+    let after = srv.records("docs", "backfill");
+    assert_eq!(after.len(), 250);
+    assert_ne!(before["doc-0001"].values, after["doc-0001"].values);
+    assert_eq!(before["doc-0003"].values, after["doc-0003"].values);
+
+    // wait: false cannot record the state, and says so.
+    write_file(
+        d,
+        "p.yaml",
+        &format!(
+            "{}incremental:\n  state: state2\n",
+            yaml(&srv, "      wait: false\n")
+        ),
+    );
+    assert_fails_with(&run(&s3, d), 2, "wait: false with incremental");
 }
 
 #[test]

@@ -72,6 +72,20 @@ pub async fn run_on_cluster(
             "sink.pinecone.import on a cluster is not supported yet (the executors' tasks would each need to write their files before one import starts); run the import locally, where it streams the rows to S3 with bounded memory",
         ));
     }
+    if pipeline.sink.parquet.as_ref().is_some_and(|p| p.is_delta()) {
+        return Err(config_error(
+            "sink.parquet.format: delta on a cluster is not supported yet (the executors' tasks would each write data files for one commit the client makes); write the Delta output from a local run, or write Parquet parts on the cluster",
+        ));
+    }
+    for (name, table) in &pipeline.source.tables {
+        let delta = table.format == Some(crate::plan::source::TableFormat::Delta)
+            || crate::storage::delta::is_delta_table(&table.path, &pipeline.storage).await;
+        if delta {
+            return Err(config_error(format!(
+                "table `{name}` is a Delta table, which a cluster run cannot read yet (the executors' tasks cannot receive the Delta scan); run the pipeline locally, or split it with --shard"
+            )));
+        }
+    }
     let partitions = partitions.unwrap_or(DEFAULT_PARTITIONS).max(1);
     let (jobs, api) = shutdown
         .until(connect(pipeline, &url, cluster, wait_for_executors))

@@ -132,6 +132,15 @@ impl Pipeline {
                     "keep_last cannot be used with incremental: the state keeps one row per id, so the ids must be unique",
                 ));
             }
+            if let Some(p) = &self.sink.parquet
+                && p.is_delta()
+                && p.delta_mode() == crate::sink::parquet::config::DeltaMode::Append
+            {
+                return Err(invalid(
+                    "sink.parquet.mode",
+                    "append cannot be used with incremental: each run would add another copy of the rows it carries over; use mode: overwrite (each run commits the whole, updated output as a new version)",
+                ));
+            }
         }
         Ok(())
     }

@@ -22,10 +22,11 @@ use crate::incremental::IncrementalSpec;
 use crate::incremental::classify::{
     self, CHANGED, METADATA, NEW, OLD_CHUNKS, SOURCE_ID, STATUS, UNCHANGED,
 };
-use crate::incremental::state::{CheckpointTarget, StateStore};
+use crate::incremental::state::{CheckpointTarget, SourceVersion, StateStore};
 use crate::plan;
+use crate::plan::change_feed::{self, ChangeFeed};
 use crate::plan::fingerprint::EmbeddingSettings;
-use crate::report::IncrementalCounts;
+use crate::report::{FeedVersions, IncrementalCounts};
 use crate::shard::Shard;
 use crate::signals::Shutdown;
 use crate::sink::SinkKind;
@@ -36,6 +37,7 @@ use object_store::ObjectStoreExt;
 fn sink_identity(pipeline: &Pipeline, shard: Option<Shard>) -> Result<String> {
     let shard_note = shard.map(|s| format!(" shard {s}")).unwrap_or_default();
     Ok(match pipeline.sink.kind()? {
+        SinkKind::Parquet(p) if p.is_delta() => format!("delta {}", p.path),
         SinkKind::Parquet(p) => {
             let location = OutputLocation::for_parquet_part(&p.path, &pipeline.storage, shard)?;
             format!("parquet {}", location.display)
@@ -56,19 +58,23 @@ pub struct IncrementalRun {
     settings: EmbeddingSettings,
     counts: IncrementalCounts,
     checkpoints: CheckpointTarget,
+    /// The Delta table version this run brings the state to.
+    source_version: Option<SourceVersion>,
 }
 
 /// Opens and locks the pipeline's state, classifies the source against it with DataFusion joins
 /// (new / changed / metadata-only / unchanged / deleted), and returns the phases that bring the
-/// output up to date: delete, metadata update, embed, carry. `staged`: the writers stage a
-/// Parquet output's checkpoints for [`IncrementalRun::complete`] to publish after the output.
+/// output up to date: delete, metadata update, embed, carry. A source that is one Delta table
+/// with its change data feed on is narrowed to the rows the feed names since the state's
+/// version (`plan`'s source, frame and ids change). `staged`: the writers stage a Parquet
+/// output's checkpoints for [`IncrementalRun::complete`] to publish after the output.
 #[allow(clippy::too_many_arguments)]
 pub async fn prepare(
     pipeline: &Pipeline,
     spec: &IncrementalSpec,
     opts: &RunOptions,
     shutdown: &Shutdown,
-    plan: &plan::PipelinePlan,
+    plan: &mut plan::PipelinePlan,
     embedder: Option<&Arc<Embedder>>,
     collect: &Collector,
     staged: bool,
@@ -120,6 +126,7 @@ pub async fn prepare(
                 settings,
                 counts,
                 checkpoints,
+                source_version: followed_version(pipeline, plan),
             },
             job,
         )),
@@ -140,7 +147,9 @@ impl IncrementalRun {
         // A Parquet output's checkpoints (staged by a cluster's tasks) join the state once the
         // output they describe is published.
         self.state.publish_pending(&self.checkpoints).await?;
-        self.state.compact(ctx, &self.settings).await?;
+        self.state
+            .compact(ctx, &self.settings, self.source_version.clone())
+            .await?;
         Ok(self.counts.clone())
     }
 
@@ -160,6 +169,9 @@ async fn previous_output(
     let SinkKind::Parquet(p) = pipeline.sink.kind()? else {
         return Ok(None);
     };
+    if p.is_delta() {
+        return previous_delta_output(p, &pipeline.storage, ctx).await;
+    }
     let location = OutputLocation::for_parquet_part(&p.path, &pipeline.storage, shard)?;
     let folder_parts = shard.is_none() && !crate::storage::names_parquet_file(&p.path);
     let files: Vec<object_store::path::Path> = if folder_parts {
@@ -221,6 +233,25 @@ async fn previous_output(
     Ok(Some(df))
 }
 
+/// A Delta output's current version, as a table.
+async fn previous_delta_output(
+    p: &crate::sink::parquet::config::ParquetSinkSpec,
+    storage: &crate::storage::StorageSpec,
+    ctx: &datafusion::prelude::SessionContext,
+) -> Result<Option<DataFrame>> {
+    let table = crate::storage::delta::for_write("sink.parquet.path", &p.path, storage).await?;
+    if table.version().is_none() {
+        tracing::warn!(
+            "the previous output {} is gone: every row is embedded again",
+            p.path
+        );
+        return Ok(None);
+    }
+    let provider =
+        crate::storage::delta::provider("the previous output", &p.path, &table, ctx).await?;
+    Ok(Some(ctx.read_table(provider)?))
+}
+
 /// Counts rows per status.
 async fn count_statuses(rows: &DataFrame, collect: &Collector) -> Result<IncrementalCounts> {
     let batches = collect(
@@ -275,7 +306,7 @@ async fn plan_phases(
     spec: &IncrementalSpec,
     opts: &RunOptions,
     shutdown: &Shutdown,
-    plan: &plan::PipelinePlan,
+    plan: &mut plan::PipelinePlan,
     settings: &EmbeddingSettings,
     state: &mut StateStore,
     collect: &Collector,
@@ -310,6 +341,18 @@ async fn plan_phases(
             "rows of the previous output that are no longer in the source are not kept: they were embedded with other settings"
         );
     }
+    let feed = follow_change_feed(
+        pipeline,
+        opts,
+        plan,
+        state,
+        state_frame.is_some() && same_settings,
+    )
+    .await?;
+    let state_ids = match (&feed, &state_frame) {
+        (Some(_), Some(f)) if spec.deletes => Some(f.clone()),
+        _ => None,
+    };
     let only = match pipeline.sink.kind()? {
         SinkKind::Pinecone(p) => Some(p.metadata.clone()),
         SinkKind::Parquet(_) => None,
@@ -323,7 +366,7 @@ async fn plan_phases(
         Some(p) => Some(p.clone().select(vec![ident(key).alias("key")])?),
         None => None,
     };
-    let classified = classify::classify(
+    let mut classified = classify::classify(
         &plan.ctx,
         &pipeline.embed,
         plan.source.clone(),
@@ -332,9 +375,13 @@ async fn plan_phases(
             previous_keys,
             embed_fp: &embed_fp,
             metadata: &metadata,
-            deletes: spec.deletes,
+            // With a change feed, the ids gone are the ones it says were deleted.
+            deletes: spec.deletes && feed.is_none(),
         },
     )?;
+    if let (Some(feed), Some(state_ids)) = (&feed, state_ids) {
+        classified.vanished = Some(deleted_in_state(state_ids, feed)?);
+    }
     let mut counts = shutdown
         .until(count_statuses(&classified.rows, collect))
         .await?;
@@ -343,6 +390,11 @@ async fn plan_phases(
         None => 0,
     };
     counts.state = state.display.clone();
+    counts.change_feed = feed.as_ref().map(|f| FeedVersions {
+        table: f.table.clone(),
+        since: f.since,
+        to: f.to,
+    });
     tracing::info!(
         "state {}: {} new, {} changed, {} metadata-only, {} unchanged, {} to delete",
         state.display,
@@ -390,14 +442,22 @@ async fn plan_phases(
             from_previous,
         )?;
         phases.push((Phase::Carry, carried));
-        if !spec.deletes {
-            let ids = classified.rows.clone().select(vec![ident(SOURCE_ID)])?;
+        // The previous output's rows the source no longer names: kept unless deleted. With a
+        // change feed, every row it does not name is kept as it was.
+        let others = match (&feed, spec.deletes) {
+            (_, false) => Some(classified.rows.clone().select(vec![ident(SOURCE_ID)])?),
+            (Some(feed), true) => Some(feed.named.clone()),
+            (None, true) => None,
+        };
+        if let Some(ids) = others {
             let orphans = classify::orphan_rows(prev.clone(), ids, &output, key)?;
             phases.push((Phase::Carry, orphans));
         }
     }
 
-    let checkpoints = state.checkpoints(&embed_fp, parquet && staged);
+    // A bulk import's checkpoints wait for the import, as a cluster's for its Parquet output.
+    let imports = matches!(pipeline.sink.kind()?, SinkKind::Pinecone(p) if p.import.is_some());
+    let checkpoints = state.checkpoints(&embed_fp, (parquet && staged) || imports);
     let job = Job {
         phases,
         output,
@@ -406,4 +466,165 @@ async fn plan_phases(
         to_embed: (!chunked && opts.progress).then_some(counts.new + counts.changed),
     };
     Ok((job, counts, checkpoints))
+}
+
+/// The Delta table version an incremental run records in its state: that of its one Delta
+/// source table, when its change feed can take the next run from there.
+fn followed_version(pipeline: &Pipeline, plan: &plan::PipelinePlan) -> Option<SourceVersion> {
+    change_feed::candidate(&pipeline.source, &plan.delta)
+        .ok()
+        .map(|read| SourceVersion {
+            table: read.path.clone(),
+            version: read.version,
+        })
+}
+
+/// Narrows `plan` to the rows a Delta table's change feed names since the version the state
+/// recorded, when the source is one such table and the state can be built on (`usable`: it
+/// holds rows embedded with this run's settings); says why the whole table is read otherwise.
+async fn follow_change_feed(
+    pipeline: &Pipeline,
+    opts: &RunOptions,
+    plan: &mut plan::PipelinePlan,
+    state: &StateStore,
+    usable: bool,
+) -> Result<Option<ChangeFeed>> {
+    let read = match change_feed::candidate(&pipeline.source, &plan.delta) {
+        Ok(read) => read.clone(),
+        Err(why) => {
+            if !why.is_empty() {
+                tracing::info!("every source row is fingerprinted: {why}");
+            }
+            return Ok(None);
+        }
+    };
+    if opts.full || !usable {
+        return Ok(None);
+    }
+    let name = &read.name;
+    let since = match state
+        .previous
+        .as_ref()
+        .and_then(|m| m.source_version.clone())
+    {
+        None => {
+            tracing::info!(
+                "table `{name}`: the state records no Delta version yet: every row is fingerprinted this time, the change feed is read from the next run on"
+            );
+            return Ok(None);
+        }
+        Some(v) if v.table != read.path => {
+            tracing::info!(
+                "table `{name}`: the state recorded another table ({}): every row is fingerprinted",
+                v.table
+            );
+            return Ok(None);
+        }
+        Some(v) if v.version > read.version => {
+            tracing::warn!(
+                "table `{name}`: reading version {} but the state is at version {}: every row is fingerprinted",
+                read.version,
+                v.version
+            );
+            return Ok(None);
+        }
+        Some(v) => v.version,
+    };
+    let feed = match change_feed::read(&plan.ctx, &read, since, &pipeline.embed, &pipeline.storage)
+        .await
+    {
+        // Planning the scan reads the log: a feed that cannot be read is found here.
+        Ok(feed) => match feed.named.clone().create_physical_plan().await {
+            Ok(_) => feed,
+            Err(e) => {
+                tracing::warn!(
+                    "table `{name}`: cannot read the change feed after version {since} ({}): every row is fingerprinted instead",
+                    crate::error::describe(&anyhow::Error::from(e))
+                );
+                return Ok(None);
+            }
+        },
+        Err(e) => {
+            tracing::warn!(
+                "table `{name}`: cannot read the change feed after version {since} ({}): every row is fingerprinted instead",
+                crate::error::describe(&e)
+            );
+            return Ok(None);
+        }
+    };
+    tracing::info!(
+        "table `{name}`: reading its change data feed, versions {} to {}, instead of the whole table",
+        since + 1,
+        read.version
+    );
+    plan.narrow(feed.rows.clone(), &pipeline.embed, opts.shard)?;
+    Ok(Some(feed))
+}
+
+/// State rows (`id`, `chunks`) of the ids a change feed says were deleted.
+fn deleted_in_state(state: DataFrame, feed: &ChangeFeed) -> Result<DataFrame> {
+    use datafusion::common::JoinType;
+    use datafusion::prelude::{cast, col};
+    let state = state.select(vec![
+        cast(col("id"), DataType::Utf8).alias("__ef_gone_id"),
+        col("chunks").alias("__ef_gone_chunks"),
+    ])?;
+    Ok(state
+        .join(
+            feed.deleted.clone(),
+            JoinType::LeftSemi,
+            &["__ef_gone_id"],
+            &[SOURCE_ID],
+            None,
+        )?
+        .select(vec![
+            ident("__ef_gone_id").alias("id"),
+            ident("__ef_gone_chunks").alias("chunks"),
+        ])?)
+}
+
+/// An incremental pipeline with `sink.pinecone.import`: the import loads the first run (the
+/// backfill, into a new namespace); once the state records rows, and with `--full`, runs upsert
+/// what changed. `Some`: the pipeline this run uses instead (without the import).
+pub async fn import_or_upsert(pipeline: &Pipeline, opts: &RunOptions) -> Result<Option<Pipeline>> {
+    let (Some(spec), Some(sink)) = (&pipeline.incremental, &pipeline.sink.pinecone) else {
+        return Ok(None);
+    };
+    let Some(import) = &sink.import else {
+        return Ok(None);
+    };
+    if !import.wait {
+        return Err(crate::error::config_error(
+            "sink.pinecone.import.wait: false with incremental: the state can record the rows only once the import has completed; set wait: true (an Airflow task can still run the import alone with `embedflow run`, then the incremental runs after it)",
+        ));
+    }
+    let state_has_rows = StateStore::holds_rows(spec, &pipeline.storage).await?;
+    if !opts.full && !state_has_rows {
+        return Ok(None);
+    }
+    tracing::info!(
+        "{}: this run upserts what changed; the bulk import is for the first run into a new namespace",
+        if opts.full {
+            "--full"
+        } else {
+            "the incremental state records rows"
+        }
+    );
+    let mut upserting = pipeline.clone();
+    if let Some(p) = upserting.sink.pinecone.as_mut() {
+        p.import = None;
+    }
+    Ok(Some(upserting))
+}
+
+/// Records in the state what the run that started a now completed bulk import embedded (its
+/// staged checkpoints).
+pub async fn adopt_imported(pipeline: &Pipeline, spec: &IncrementalSpec) -> Result<()> {
+    let sink_id = sink_identity(pipeline, None)?;
+    let adopted = StateStore::adopt_pending(spec, &pipeline.storage, &sink_id).await?;
+    tracing::info!(
+        "the state {} records the imported rows ({adopted} checkpoint files)",
+        spec.state
+    );
+    Ok(())
 }

@@ -93,6 +93,11 @@ pub async fn run(
     executor: &mut dyn executor::Executor,
 ) -> Result<RunSummary> {
     let start = Instant::now();
+    // An incremental pipeline's bulk import is its backfill: later runs upsert.
+    let upserting = shutdown
+        .until(incremental::import_or_upsert(pipeline, opts))
+        .await?;
+    let pipeline = upserting.as_ref().unwrap_or(pipeline);
     if let Some(report) = shutdown.until(resume_import(pipeline, opts)).await? {
         let mut summary = RunSummary {
             seconds: start.elapsed().as_secs_f64(),
@@ -108,7 +113,7 @@ pub async fn run(
     };
     let model_seconds = start.elapsed().as_secs_f64();
     check_destination(pipeline)?;
-    let plan = shutdown
+    let mut plan = shutdown
         .until(async {
             match &embedder {
                 Some(e) => {
@@ -118,17 +123,11 @@ pub async fn run(
             }
         })
         .await?;
-    let ids = match check_ids(pipeline, opts, shutdown, executor, &plan).await {
-        Ok(ids) => ids,
-        Err(e) => {
-            let e = executor.abort(e).await;
-            return Err(explain_scan_error(e, &plan, pipeline).await);
-        }
-    };
-    let mut summary = match &pipeline.incremental {
+    let (ids, mut summary) = match &pipeline.incremental {
         None => {
+            let ids = checked_ids(pipeline, opts, shutdown, executor, &plan).await?;
             let job = Job::whole(&plan.frame, ids.rows);
-            execute(
+            let summary = execute(
                 pipeline,
                 opts,
                 shutdown,
@@ -137,17 +136,19 @@ pub async fn run(
                 embedder.as_ref(),
                 job,
             )
-            .await?
+            .await?;
+            (ids, summary)
         }
         Some(spec) => {
             let collect = executor.collector();
             let staged = executor.stages_checkpoints();
+            // Before the id checks: a change feed narrows the rows they check.
             let prepared = incremental::prepare(
                 pipeline,
                 spec,
                 opts,
                 shutdown,
-                &plan,
+                &mut plan,
                 embedder.as_ref(),
                 &collect,
                 staged,
@@ -158,6 +159,13 @@ pub async fn run(
                 Err(e) => {
                     let e = executor.abort(e).await;
                     return Err(explain_scan_error(e, &plan, pipeline).await);
+                }
+            };
+            let ids = match checked_ids(pipeline, opts, shutdown, executor, &plan).await {
+                Ok(ids) => ids,
+                Err(e) => {
+                    incremental.release().await;
+                    return Err(e);
                 }
             };
             let done = match execute(
@@ -178,7 +186,7 @@ pub async fn run(
                 Err(e) => Err(e),
             };
             incremental.release().await;
-            done?
+            (ids, done?)
         }
     };
     if matches!(pipeline.sink.kind()?, SinkKind::Pinecone(_)) {
@@ -204,6 +212,23 @@ pub async fn run(
         );
     }
     Ok(summary)
+}
+
+/// [`check_ids`], a failure aborting the executor's work and naming the column a scan failed on.
+async fn checked_ids(
+    pipeline: &Pipeline,
+    opts: &RunOptions,
+    shutdown: &Shutdown,
+    executor: &mut dyn executor::Executor,
+    plan: &plan::PipelinePlan,
+) -> Result<CheckedIds> {
+    match check_ids(pipeline, opts, shutdown, executor, plan).await {
+        Ok(ids) => Ok(ids),
+        Err(e) => {
+            let e = executor.abort(e).await;
+            Err(explain_scan_error(e, plan, pipeline).await)
+        }
+    }
 }
 
 /// The id checks, as a query on the executor; and the source's row count for a progress bar,
@@ -323,17 +348,20 @@ async fn resume_import(pipeline: &Pipeline, opts: &RunOptions) -> Result<Option<
     if spec.import.is_none() {
         return Ok(None);
     }
-    if pipeline.incremental.is_some() {
-        return Err(config_error(
-            "sink.pinecone.import with incremental: is not supported yet (a completed import does not record the state); load the backfill with a pipeline without incremental:, then run the incremental pipeline, which upserts",
-        ));
-    }
     if let Some(shard) = opts.shard {
         return Err(config_error(format!(
             "--shard {shard} with sink.pinecone.import: each shard would start its own import of one namespace, and Pinecone imports only into a new namespace; run the import unsharded"
         )));
     }
-    crate::sink::pinecone::import::resume(spec, &pipeline.storage).await
+    let report = crate::sink::pinecone::import::resume(spec, &pipeline.storage).await?;
+    if report.is_some()
+        && let Some(inc) = &pipeline.incremental
+    {
+        // The import the killed run started has completed: what that run embedded joins the
+        // state, as if upserted.
+        incremental::adopt_imported(pipeline, inc).await?;
+    }
+    Ok(report)
 }
 
 pub fn check_destination(pipeline: &Pipeline) -> Result<()> {
@@ -356,6 +384,17 @@ pub async fn open_sink_for(
 ) -> Result<Box<dyn Sink>> {
     check_destination(pipeline)?;
     Ok(match pipeline.sink.kind()? {
+        SinkKind::Parquet(spec) if spec.is_delta() => {
+            if let Some(shard) = shard {
+                return Err(config_error(format!(
+                    "--shard {shard} with sink.parquet.format: delta: each shard would commit its own version of one table (an overwrite would replace the other shards' rows); run unsharded, or on a cluster"
+                )));
+            }
+            Box::new(
+                crate::sink::parquet::delta::DeltaSink::open(spec, &pipeline.storage, schema)
+                    .await?,
+            )
+        }
         SinkKind::Parquet(spec) => {
             Box::new(ParquetSink::create(spec, &pipeline.storage, schema, shard).await?)
         }

@@ -330,7 +330,15 @@ impl Writer {
         }
         self.checkpoint().await?;
         let unconfirmed = self.tracker.unconfirmed();
-        let delta = self.delta.take();
+        let mut delta = self.delta.take();
+        // Staged checkpoints join the state only when the output does: they are written before
+        // the sink finishes, so that a bulk import the sink starts and a later run follows to
+        // its end still finds what this run embedded.
+        if self.checkpoints.as_ref().is_some_and(|c| c.staged())
+            && let Some(d) = delta.take()
+        {
+            d.publish().await?;
+        }
         let report = self.sink.finish().await?;
         if let Some(d) = delta {
             d.publish().await?;

@@ -86,6 +86,17 @@ pub struct Manifest {
     /// The embedding settings of the base.
     #[serde(default)]
     pub settings: Option<EmbeddingSettings>,
+    /// The Delta table version the base reflects, when the pipeline reads one Delta table: the
+    /// next run reads that table's change feed from there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_version: Option<SourceVersion>,
+}
+
+/// A Delta source table (its path) at a version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceVersion {
+    pub table: String,
+    pub version: u64,
 }
 
 /// Where a state lives: its folder in an object store, and the forms its name takes.
@@ -175,6 +186,25 @@ fn is_not_found(e: &object_store::Error) -> bool {
 }
 
 impl StateStore {
+    /// True when the state at `spec` records rows (a run finished or checkpointed into it);
+    /// false for a state not made yet, or one whose only files are staged checkpoints.
+    pub async fn holds_rows(spec: &IncrementalSpec, storage: &StorageSpec) -> Result<bool> {
+        let dir = StateDir::locate(&spec.state, storage, false)?;
+        if dir.local_dir.as_ref().is_some_and(|d| !d.is_dir()) {
+            return Ok(false);
+        }
+        let listed = dir
+            .store
+            .list_with_delimiter(Some(&dir.dir))
+            .await
+            .with_context(|| format!("cannot list the state {}", dir.display))?;
+        Ok(listed.objects.iter().any(|o| {
+            o.location
+                .filename()
+                .is_some_and(|n| n.starts_with("base-") || n.starts_with("delta-"))
+        }))
+    }
+
     /// Opens (creating if need be) and locks the state folder. With `full`, or when the state
     /// belongs to another sink, a new, empty generation starts.
     pub async fn open(
@@ -182,6 +212,47 @@ impl StateStore {
         storage: &StorageSpec,
         sink: &str,
         full: bool,
+    ) -> Result<StateStore> {
+        Self::open_with(spec, storage, sink, full, false).await
+    }
+
+    /// Opens and locks the state to record the checkpoints an earlier run staged for a bulk
+    /// import that has now completed: every `pending-…` file of its generation joins the state.
+    /// Returns how many files did.
+    pub async fn adopt_pending(
+        spec: &IncrementalSpec,
+        storage: &StorageSpec,
+        sink: &str,
+    ) -> Result<usize> {
+        let mut state = Self::open_with(spec, storage, sink, false, true).await?;
+        let adopted = state.publish_all_pending().await;
+        state.release().await;
+        adopted
+    }
+
+    async fn publish_all_pending(&self) -> Result<usize> {
+        let prefix = format!("pending-{:08}-", self.manifest.generation);
+        let mut n = 0;
+        for name in self.names().await? {
+            let Some(rest) = name.strip_prefix(&prefix) else {
+                continue;
+            };
+            let target = format!("delta-{:08}-{rest}", self.manifest.generation);
+            self.store
+                .rename(&self.file(&name), &self.file(&target))
+                .await
+                .with_context(|| format!("cannot record the checkpoint {}/{name}", self.display))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    async fn open_with(
+        spec: &IncrementalSpec,
+        storage: &StorageSpec,
+        sink: &str,
+        full: bool,
+        keep_pending: bool,
     ) -> Result<StateStore> {
         let StateDir {
             store,
@@ -213,18 +284,19 @@ impl StateStore {
                 base: None,
                 sink: sink.to_string(),
                 settings: None,
+                source_version: None,
             },
             previous: None,
             next_seq: 0,
         };
-        if let Err(e) = state.read(sink, full).await {
+        if let Err(e) = state.read(sink, full, keep_pending).await {
             state.release().await;
             return Err(e);
         }
         Ok(state)
     }
 
-    async fn read(&mut self, sink: &str, full: bool) -> Result<()> {
+    async fn read(&mut self, sink: &str, full: bool, keep_pending: bool) -> Result<()> {
         let found = match self.store.get(&self.file(MANIFEST)).await {
             Ok(got) => {
                 let bytes = got.bytes().await?;
@@ -253,7 +325,7 @@ impl StateStore {
         if found.is_none() {
             self.remove_unnamed().await?;
         }
-        self.remove_leftovers(found.as_ref()).await;
+        self.remove_leftovers(found.as_ref(), keep_pending).await;
         let generation = found.as_ref().map(|m| m.generation + 1).unwrap_or(0);
         match found {
             Some(_) if full => {
@@ -294,6 +366,7 @@ impl StateStore {
             base: None,
             sink: sink.to_string(),
             settings: None,
+            source_version: None,
         };
         self.next_seq = 0;
         self.write_manifest().await
@@ -412,7 +485,7 @@ impl StateStore {
 
     /// Removes what a killed run or an earlier generation left: files of other generations and
     /// local staging files (`<name>#<n>`). Only the lock's holder calls this.
-    async fn remove_leftovers(&self, current: Option<&Manifest>) {
+    async fn remove_leftovers(&self, current: Option<&Manifest>, keep_pending: bool) {
         if let Some(dir) = &self.local_dir
             && let Ok(entries) = std::fs::read_dir(dir)
         {
@@ -428,9 +501,12 @@ impl StateStore {
         let Ok(names) = self.names().await else {
             return;
         };
-        // Checkpoints staged by the tasks of a job that never published its output.
-        for name in names.iter().filter(|n| n.starts_with("pending-")) {
-            let _ = self.store.delete(&self.file(name)).await;
+        // Checkpoints staged by the tasks of a job that never published its output (or for an
+        // import that failed).
+        if !keep_pending {
+            for name in names.iter().filter(|n| n.starts_with("pending-")) {
+                let _ = self.store.delete(&self.file(name)).await;
+            }
         }
         let Some(m) = current else { return };
         let keep_delta = format!("delta-{:08}-", m.generation);
@@ -536,9 +612,13 @@ impl StateStore {
         &mut self,
         ctx: &SessionContext,
         settings: &EmbeddingSettings,
+        source_version: Option<SourceVersion>,
     ) -> Result<()> {
         let deltas = self.deltas(self.manifest.generation).await?;
-        if deltas.is_empty() && self.manifest.settings.as_ref() == Some(settings) {
+        if deltas.is_empty()
+            && self.manifest.settings.as_ref() == Some(settings)
+            && self.manifest.source_version == source_version
+        {
             return Ok(());
         }
         let generation = self.manifest.generation + 1;
@@ -563,6 +643,7 @@ impl StateStore {
         let old_base = self.manifest.base.replace(name);
         self.manifest.generation = generation;
         self.manifest.settings = Some(settings.clone());
+        self.manifest.source_version = source_version;
         self.write_manifest().await?;
         self.next_seq = 0;
         let mut old: Vec<String> = deltas.into_iter().map(|(_, n)| n).collect();
@@ -661,6 +742,11 @@ impl Checkpoints {
 
     pub fn display(&self) -> &str {
         &self.dir.display
+    }
+
+    /// Its files are staged (`pending-…`), joining the state only once the output is.
+    pub fn staged(&self) -> bool {
+        self.target.staged
     }
 }
 

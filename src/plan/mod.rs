@@ -2,6 +2,7 @@
 //! DataFrame that produces `id`, `vector` and metadata columns, and the checks made on the source
 //! before anything is embedded ([`checks`]).
 
+pub mod change_feed;
 pub mod checks;
 pub mod estimate;
 pub mod fingerprint;
@@ -245,6 +246,11 @@ pub struct PipelinePlan {
     pub frame: DataFrame,
     /// One `id` per source row (before chunking), for the checks made before embedding.
     pub ids: DataFrame,
+    /// The Delta tables read, at which versions.
+    pub delta: Vec<source::DeltaRead>,
+    /// Set when an incremental run narrowed `source`, `frame` and `ids` to the rows a Delta
+    /// table's change data feed names ([`change_feed`]).
+    pub change_feed: Option<change_feed::ChangeFeed>,
 }
 
 pub async fn build(spec: PlanSpec<'_>, embedder: Arc<Embedder>) -> Result<PipelinePlan> {
@@ -258,15 +264,12 @@ pub async fn build_sharded(
     shard: Option<crate::shard::Shard>,
 ) -> Result<PipelinePlan> {
     let ctx = session_context(Some(Arc::clone(&embedder)));
-    source::register_tables(&ctx, spec.source, spec.storage).await?;
+    let delta = source::register_tables(&ctx, spec.source, spec.storage).await?;
     if let Some(spec) = &spec.embed.chunking {
         ctx.register_udf(crate::embed::chunk::ChunksUdf::udf(spec, &embedder)?);
     }
-    let mut source = source::source_frame(&ctx, spec.source).await?;
-    if let Some(shard) = shard {
-        let id = cast(id_expr(source.schema(), spec.embed)?, DataType::Utf8);
-        source = source.filter(shard.filter(id))?;
-    }
+    let source = source::source_frame(&ctx, spec.source).await?;
+    let source = shard_rows(source, spec.embed, shard)?;
     let ids = source
         .clone()
         .select(vec![id_expr(source.schema(), spec.embed)?.alias("id")])?;
@@ -276,6 +279,8 @@ pub async fn build_sharded(
         source,
         frame,
         ids,
+        delta,
+        change_feed: None,
     })
 }
 
@@ -286,12 +291,9 @@ pub async fn build_vectors(
     shard: Option<crate::shard::Shard>,
 ) -> Result<PipelinePlan> {
     let ctx = session_context(None);
-    source::register_tables(&ctx, spec.source, spec.storage).await?;
-    let mut source = source::source_frame(&ctx, spec.source).await?;
-    if let Some(shard) = shard {
-        let id = cast(id_expr(source.schema(), spec.embed)?, DataType::Utf8);
-        source = source.filter(shard.filter(id))?;
-    }
+    let delta = source::register_tables(&ctx, spec.source, spec.storage).await?;
+    let source = source::source_frame(&ctx, spec.source).await?;
+    let source = shard_rows(source, spec.embed, shard)?;
     let ids = source
         .clone()
         .select(vec![id_expr(source.schema(), spec.embed)?.alias("id")])?;
@@ -301,7 +303,46 @@ pub async fn build_vectors(
         source,
         frame,
         ids,
+        delta,
+        change_feed: None,
     })
+}
+
+/// The rows of one shard (`run --shard I/N`), or all of them.
+fn shard_rows(
+    source: DataFrame,
+    embed: &EmbedSpec,
+    shard: Option<crate::shard::Shard>,
+) -> Result<DataFrame> {
+    Ok(match shard {
+        Some(shard) => {
+            let id = cast(id_expr(source.schema(), embed)?, DataType::Utf8);
+            source.filter(shard.filter(id))?
+        }
+        None => source,
+    })
+}
+
+impl PipelinePlan {
+    /// Replaces the source rows by `source` (the same columns): the ids and the output frame
+    /// follow. For an incremental run that reads only what a change feed names.
+    pub fn narrow(
+        &mut self,
+        source: DataFrame,
+        embed: &EmbedSpec,
+        shard: Option<crate::shard::Shard>,
+    ) -> Result<()> {
+        let source = shard_rows(source, embed, shard)?;
+        self.ids = source
+            .clone()
+            .select(vec![id_expr(source.schema(), embed)?.alias("id")])?;
+        self.frame = match embed.vector {
+            Some(_) => vector_frame(source.clone(), embed)?,
+            None => output_frame(source.clone(), embed, &self.ctx)?,
+        };
+        self.source = source;
+        Ok(())
+    }
 }
 
 /// The output of a pipeline that reads vectors (`embed.vector`): `id`, the column's vectors as

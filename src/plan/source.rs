@@ -1,5 +1,5 @@
-//! `source:` in the pipeline: the tables (local or `s3://`; Parquet, CSV or JSON) and the
-//! optional SQL over them.
+//! `source:` in the pipeline: the tables (local or `s3://`; Parquet, CSV, JSON or Delta Lake)
+//! and the optional SQL over them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,9 +32,13 @@ pub struct SourceSpec {
 pub struct TableSpec {
     /// A file, a directory or a glob.
     pub path: String,
-    /// File format; guessed from the extension when absent (default Parquet).
+    /// File format; when absent, a folder with a `_delta_log` is a Delta table, and files are
+    /// guessed from their extension (default Parquet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<TableFormat>,
+    /// A Delta table's version to read (default: its latest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +47,18 @@ pub enum TableFormat {
     Parquet,
     Csv,
     Json,
+    Delta,
+}
+
+/// A Delta table the plan read, and at which version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaRead {
+    /// The table's name in the pipeline.
+    pub name: String,
+    pub path: String,
+    pub version: u64,
+    /// Its change data feed is on at that version.
+    pub change_feed: bool,
 }
 
 impl SourceSpec {
@@ -62,6 +78,12 @@ impl SourceSpec {
         for (name, t) in &self.tables {
             if t.path.trim().is_empty() {
                 return Err(invalid(&format!("source.tables.{name}.path"), "is empty"));
+            }
+            if t.version.is_some() && !matches!(t.format, None | Some(TableFormat::Delta)) {
+                return Err(invalid(
+                    &format!("source.tables.{name}.version"),
+                    "is a Delta table's version: set format: delta, or remove it",
+                ));
             }
         }
         Ok(())
@@ -102,7 +124,50 @@ fn listing_url(path: &str) -> datafusion::error::Result<ListingTableUrl> {
     ListingTableUrl::try_new(url, Some(glob))
 }
 
-/// Registers one table, naming the table and path in any error.
+/// The table's format: as configured, a Delta table when its folder holds a `_delta_log`, else
+/// by the file extension.
+async fn resolved_format(name: &str, spec: &TableSpec, storage: &StorageSpec) -> TableFormat {
+    if spec.format.is_none() && storage::delta::is_delta_table(&spec.path, storage).await {
+        tracing::info!(
+            "table `{name}` ({}) holds a _delta_log: read as a Delta table",
+            spec.path
+        );
+        return TableFormat::Delta;
+    }
+    table_format(spec)
+}
+
+/// Registers a Delta table at its latest or given version; returns what was read.
+async fn register_delta(
+    ctx: &SessionContext,
+    name: &str,
+    spec: &TableSpec,
+    storage: &StorageSpec,
+) -> Result<DeltaRead> {
+    let what = format!("table `{name}`");
+    let table = storage::delta::open(&what, &spec.path, storage, spec.version).await?;
+    let provider = storage::delta::provider(&what, &spec.path, &table, ctx).await?;
+    ctx.register_table(name, provider)?;
+    let read = DeltaRead {
+        name: name.to_string(),
+        path: spec.path.clone(),
+        version: storage::delta::version_of(&table),
+        change_feed: storage::delta::change_feed_enabled(&table),
+    };
+    tracing::info!(
+        "table `{name}`: Delta version {}{}",
+        read.version,
+        if read.change_feed {
+            ", change data feed on"
+        } else {
+            ""
+        }
+    );
+    Ok(read)
+}
+
+/// Registers one table, naming the table and path in any error; a Delta table says which
+/// version was read.
 ///
 /// Local paths and `s3://` URLs alike: a file, a folder (prefix) or a glob. Hive-style
 /// `key=value/` folders become partition columns (text).
@@ -111,15 +176,18 @@ pub async fn register_table(
     name: &str,
     spec: &TableSpec,
     storage: &StorageSpec,
-) -> Result<()> {
+) -> Result<Option<DeltaRead>> {
     storage::check_local_source(name, &spec.path)?;
     let store = storage::register_store(ctx, &format!("table `{name}`"), &spec.path, storage)?;
     let path = spec.path.as_str();
-    let format = table_format(spec);
+    let format = resolved_format(name, spec, storage).await;
+    if format == TableFormat::Delta {
+        return register_delta(ctx, name, spec, storage).await.map(Some);
+    }
     match listing_table(ctx, name, path, format).await {
         Ok(table) => {
             ctx.register_table(name, Arc::new(table))?;
-            Ok(())
+            Ok(None)
         }
         Err(e) if storage::is_remote(path) => {
             let problem = storage::errors::classify_with_probe(&e, store.as_deref()).await;
@@ -152,6 +220,11 @@ async fn listing_table(
         }
         TableFormat::Csv => CsvReadOptions::new().to_listing_options(&config, table_options),
         TableFormat::Json => JsonReadOptions::default().to_listing_options(&config, table_options),
+        TableFormat::Delta => {
+            return Err(datafusion::error::DataFusionError::Internal(
+                "a Delta table is not a listing table".into(),
+            ));
+        }
     };
     if single_file {
         options.file_extension = String::new();
@@ -178,15 +251,17 @@ async fn listing_table(
     ListingTable::try_new(table_config)
 }
 
+/// Registers every table; returns the Delta tables read and their versions.
 pub async fn register_tables(
     ctx: &SessionContext,
     source: &SourceSpec,
     storage: &StorageSpec,
-) -> Result<()> {
+) -> Result<Vec<DeltaRead>> {
+    let mut delta = Vec::new();
     for (name, spec) in &source.tables {
-        register_table(ctx, name, spec, storage).await?;
+        delta.extend(register_table(ctx, name, spec, storage).await?);
     }
-    Ok(())
+    Ok(delta)
 }
 
 /// The source rows: the pipeline's SQL, or its single table.

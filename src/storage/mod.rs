@@ -17,6 +17,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use url::Url;
 
 pub mod config;
+pub mod delta;
 pub mod errors;
 pub mod lock;
 

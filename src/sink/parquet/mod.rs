@@ -19,6 +19,7 @@ use object_store::buffered::BufWriter;
 
 use super::{Sink, SinkReport};
 pub mod config;
+pub mod delta;
 pub mod layout;
 pub mod overlap;
 mod staging;

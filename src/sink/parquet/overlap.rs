@@ -165,6 +165,8 @@ mod tests {
         let spec = ParquetSinkSpec {
             path: output.to_string(),
             row_group_rows: 8192,
+            format: Default::default(),
+            mode: None,
         };
         let mut tables = std::collections::BTreeMap::new();
         tables.insert(
@@ -172,6 +174,7 @@ mod tests {
             TableSpec {
                 path: source.to_string(),
                 format: None,
+                version: None,
             },
         );
         refuse_output_over_sources(&spec, &SourceSpec { tables, sql: None })

@@ -162,6 +162,48 @@ struct Started {
     id: String,
 }
 
+/// `GET /bulk/imports`: a page of imports.
+#[derive(Deserialize)]
+struct ImportPage {
+    #[serde(default)]
+    data: Vec<ImportStatus>,
+    #[serde(default)]
+    pagination: Option<Pagination>,
+}
+
+#[derive(Deserialize)]
+struct Pagination {
+    #[serde(default)]
+    next: Option<String>,
+}
+
+/// The latest import of `uri` that has not failed or been cancelled, from the index's list.
+async fn started_for(client: &PineconeClient, uri: &str) -> Result<Option<ImportStatus>> {
+    let mut token: Option<String> = None;
+    let mut found = None;
+    loop {
+        let path = match &token {
+            Some(t) => format!("/bulk/imports?limit=100&paginationToken={t}"),
+            None => "/bulk/imports?limit=100".to_string(),
+        };
+        let page: ImportPage = client
+            .get_retrying(&path)
+            .await
+            .map_err(|e| call_error("listing the index's imports", e))?;
+        for status in page.data {
+            if status.uri.trim_end_matches('/') == uri
+                && !matches!(status.status.as_str(), "Failed" | "Cancelled")
+            {
+                found = Some(status);
+            }
+        }
+        token = page.pagination.and_then(|p| p.next);
+        if token.is_none() {
+            return Ok(found);
+        }
+    }
+}
+
 fn call_error(what: &str, e: CallError) -> anyhow::Error {
     match e {
         CallError::Final { status, message } if status.is_client_error() => {
@@ -234,13 +276,28 @@ pub async fn resume(spec: &PineconeSinkSpec, storage: &StorageSpec) -> Result<Op
     };
     let place = Place::of(spec, import, storage)?;
     let Some(marker) = place.marker().await? else {
+        tracing::debug!("no import marker beside {}", place.uri);
         return Ok(None);
     };
-    let Some(id) = marker.import_id.clone() else {
-        // Killed while writing files: this run writes them again.
-        return Ok(None);
-    };
+    tracing::debug!("import marker beside {}: {marker:?}", place.uri);
     let conn = connect(spec, None).await?;
+    let id = match marker.import_id.clone() {
+        Some(id) => id,
+        // Every file written, the run killed around the request that starts the import: the
+        // index's list of imports says whether it started.
+        None if marker.state == "written" => match started_for(&conn.client, &place.uri).await? {
+            Some(status) => {
+                let mut marker = marker.clone();
+                marker.state = "started".into();
+                marker.import_id = Some(status.id.clone());
+                place.set_marker(&marker).await?;
+                status.id
+            }
+            None => return Ok(None),
+        },
+        // Killed while writing files: this run writes them again.
+        None => return Ok(None),
+    };
     let status = describe(&conn.client, &id).await?;
     if matches!(status.status.as_str(), "Failed" | "Cancelled") {
         tracing::warn!(
