@@ -488,3 +488,48 @@ fn a_cluster_run_refuses_delta_tables_and_says_why() {
     let o = embedflow(d, &["run", "src.yaml", "--cluster", "df://127.0.0.1:9"]);
     assert_fails_with(&o, 2, "table `docs` is a Delta table");
 }
+
+#[test]
+fn given_vectors_from_a_delta_table_are_read_as_fixed_size_vectors() {
+    use datafusion::arrow::array::ListArray;
+    use datafusion::arrow::datatypes::Float32Type;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let vectors = [[0.5f32, 1.0, -2.0], [3.0, 0.25, 4.0]];
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new(
+            "vector",
+            DataType::List(Arc::new(Field::new_list_field(DataType::Float32, true))),
+            true,
+        ),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(vec!["p", "q"])),
+            Arc::new(ListArray::from_iter_primitive::<Float32Type, _, _>(
+                vectors.iter().map(|v| Some(v.iter().map(|x| Some(*x)))),
+            )),
+        ],
+    )
+    .unwrap();
+    runtime().block_on(async {
+        open(&d.join("vecs"))
+            .await
+            .write(vec![batch])
+            .await
+            .unwrap();
+    });
+    write_file(
+        d,
+        "p.yaml",
+        "source:\n  tables:\n    v: { path: vecs }\nembed:\n  vector: vector\n  id: id\nsink:\n  parquet: { path: out }\n",
+    );
+    assert_ok(&run(d, "p.yaml", &[]));
+    let got: BTreeMap<String, Vec<f32>> = read_vectors(&d.join("out/part-0.parquet"))
+        .into_iter()
+        .collect();
+    assert_eq!(got["p"], vectors[0]);
+    assert_eq!(got["q"], vectors[1]);
+}

@@ -251,6 +251,9 @@ pub struct PipelinePlan {
     /// Set when an incremental run narrowed `source`, `frame` and `ids` to the rows a Delta
     /// table's change data feed names ([`change_feed`]).
     pub change_feed: Option<change_feed::ChangeFeed>,
+    /// `embed.vector` is a list column (a Delta table's `array<float>`): the length its vectors
+    /// are cast to.
+    pub vector_length: Option<i32>,
 }
 
 pub async fn build(spec: PlanSpec<'_>, embedder: Arc<Embedder>) -> Result<PipelinePlan> {
@@ -281,6 +284,7 @@ pub async fn build_sharded(
         ids,
         delta,
         change_feed: None,
+        vector_length: None,
     })
 }
 
@@ -293,6 +297,8 @@ pub async fn build_vectors(
     let ctx = session_context(None);
     let delta = source::register_tables(&ctx, spec.source, spec.storage).await?;
     let source = source::source_frame(&ctx, spec.source).await?;
+    let vector_length = list_vector_length(&source, spec.embed).await?;
+    let source = fixed_vectors(source, spec.embed, vector_length)?;
     let source = shard_rows(source, spec.embed, shard)?;
     let ids = source
         .clone()
@@ -305,7 +311,65 @@ pub async fn build_vectors(
         ids,
         delta,
         change_feed: None,
+        vector_length,
     })
+}
+
+/// When `embed.vector` is a list column of floats (a Delta table's `array<float>`: Delta has no
+/// fixed-size lists), the length of its first vector, which every row must share.
+async fn list_vector_length(source: &DataFrame, embed: &EmbedSpec) -> Result<Option<i32>> {
+    use datafusion::arrow::array::{Array, AsArray};
+    let Some(column) = embed.vector.as_deref() else {
+        return Ok(None);
+    };
+    let is_list = matches!(
+        field_type(source.schema(), column, "embed.vector")?,
+        DataType::List(_) | DataType::LargeList(_) | DataType::ListView(_)
+    );
+    if !is_list {
+        return Ok(None);
+    }
+    let first = source
+        .clone()
+        .select(vec![
+            cast(
+                ident(column),
+                DataType::List(Arc::new(
+                    datafusion::arrow::datatypes::Field::new_list_field(DataType::Float32, true),
+                )),
+            )
+            .alias("v"),
+        ])?
+        .filter(ident("v").is_not_null())?
+        .limit(0, Some(1))?
+        .collect()
+        .await?;
+    let Some(b) = first.iter().find(|b| b.num_rows() > 0) else {
+        bail!(
+            "embed.vector: column `{column}` holds lists, and the source has no row to tell their length"
+        );
+    };
+    let list = b.column(0).as_list::<i32>();
+    let n = list.value(0).len();
+    if list.is_null(0) || n == 0 {
+        bail!("embed.vector: column `{column}` holds an empty list");
+    }
+    Ok(Some(n as i32))
+}
+
+/// The source with its `embed.vector` list column cast to fixed-size vectors of `length`.
+fn fixed_vectors(source: DataFrame, embed: &EmbedSpec, length: Option<i32>) -> Result<DataFrame> {
+    let (Some(column), Some(n)) = (embed.vector.as_deref(), length) else {
+        return Ok(source);
+    };
+    let item = Arc::new(datafusion::arrow::datatypes::Field::new_list_field(
+        DataType::Float32,
+        true,
+    ));
+    Ok(source.with_column(
+        column,
+        cast(ident(column), DataType::FixedSizeList(item, n)),
+    )?)
 }
 
 /// The rows of one shard (`run --shard I/N`), or all of them.
@@ -332,6 +396,7 @@ impl PipelinePlan {
         embed: &EmbedSpec,
         shard: Option<crate::shard::Shard>,
     ) -> Result<()> {
+        let source = fixed_vectors(source, embed, self.vector_length)?;
         let source = shard_rows(source, embed, shard)?;
         self.ids = source
             .clone()
