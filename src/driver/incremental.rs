@@ -349,6 +349,25 @@ async fn plan_phases(
         state_frame.is_some() && same_settings,
     )
     .await?;
+    // A feed that names few ids: the state and the previous output are filtered by their list
+    // while streamed, rather than sorted whole for a join with them.
+    let named = match &feed {
+        Some(f) => shutdown.until(named_list(f, collect)).await?,
+        None => None,
+    };
+    let only_named = |frame: DataFrame, column: &str| -> Result<DataFrame> {
+        match &named {
+            Some(list) => Ok(frame.filter(
+                datafusion::prelude::cast(ident(column), DataType::Utf8)
+                    .in_list(list.clone(), false),
+            )?),
+            None => Ok(frame),
+        }
+    };
+    let state_frame = match state_frame {
+        Some(f) if named.is_some() => Some(only_named(f, "id")?),
+        other => other,
+    };
     let state_ids = match (&feed, &state_frame) {
         (Some(_), Some(f)) if spec.deletes => Some(f.clone()),
         _ => None,
@@ -363,7 +382,7 @@ async fn plan_phases(
         only.as_deref(),
     );
     let previous_keys = match &previous {
-        Some(p) => Some(p.clone().select(vec![ident(key).alias("key")])?),
+        Some(p) => Some(only_named(p.clone(), key)?.select(vec![ident(key).alias("key")])?),
         None => None,
     };
     let mut classified = classify::classify(
@@ -436,7 +455,7 @@ async fn plan_phases(
         };
         let carried = classify::carried_rows(
             classify::with_status(&classified.rows, &[METADATA, UNCHANGED])?,
-            prev.clone(),
+            only_named(prev.clone(), key)?,
             &output,
             key,
             from_previous,
@@ -449,9 +468,20 @@ async fn plan_phases(
             (Some(feed), true) => Some(feed.named.clone()),
             (None, true) => None,
         };
-        if let Some(ids) = others {
-            let orphans = classify::orphan_rows(prev.clone(), ids, &output, key)?;
-            phases.push((Phase::Carry, orphans));
+        match (&named, spec.deletes) {
+            (Some(list), true) => {
+                let kept = prev.clone().filter(
+                    datafusion::prelude::cast(ident(key), DataType::Utf8)
+                        .in_list(list.clone(), true),
+                )?;
+                phases.push((Phase::Carry, classify::previous_rows(kept, &output)?));
+            }
+            _ => {
+                if let Some(ids) = others {
+                    let orphans = classify::orphan_rows(prev.clone(), ids, &output, key)?;
+                    phases.push((Phase::Carry, orphans));
+                }
+            }
         }
     }
 
@@ -559,6 +589,27 @@ async fn follow_change_feed(
     );
     plan.narrow(feed.rows.clone(), &pipeline.embed, opts.shard)?;
     Ok(Some(feed))
+}
+
+/// Ids a feed may name for a run to filter by their list rather than join with them.
+const NAMED_LIST_MAX: usize = 100_000;
+
+/// The ids a change feed names, as literals, when there are at most [`NAMED_LIST_MAX`].
+async fn named_list(
+    feed: &ChangeFeed,
+    collect: &Collector,
+) -> Result<Option<Vec<datafusion::prelude::Expr>>> {
+    if count_rows(&feed.named, collect).await? > NAMED_LIST_MAX as u64 {
+        return Ok(None);
+    }
+    let batches = collect(feed.named.clone()).await?;
+    let mut ids = Vec::new();
+    for b in batches {
+        let column = cast(b.column(0), &DataType::Utf8)?;
+        let column = column.as_string::<i32>();
+        ids.extend((0..b.num_rows()).map(|i| lit(column.value(i).to_string())));
+    }
+    Ok(Some(ids))
 }
 
 /// State rows (`id`, `chunks`) of the ids a change feed says were deleted.

@@ -238,6 +238,21 @@ pub fn orphan_rows(
         &[SOURCE_ID],
         None,
     )?;
+    in_output_schema(orphans, &have, output)
+}
+
+/// The previous output's rows in the output schema (missing columns are null).
+pub fn previous_rows(previous: DataFrame, output: &Schema) -> Result<DataFrame> {
+    let have: Vec<String> = previous
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    in_output_schema(previous, &have, output)
+}
+
+fn in_output_schema(rows: DataFrame, have: &[String], output: &Schema) -> Result<DataFrame> {
     let exprs = output
         .fields()
         .iter()
@@ -251,5 +266,5 @@ pub fn orphan_rows(
             cast(value, f.data_type().clone()).alias(name)
         })
         .collect::<Vec<_>>();
-    Ok(orphans.select(exprs)?)
+    Ok(rows.select(exprs)?)
 }
