@@ -222,13 +222,12 @@ pub fn orphan_rows(
     output: &Schema,
     key: &str,
 ) -> Result<DataFrame> {
-    let have: Vec<String> = previous
+    let mut cols: Vec<Expr> = previous
         .schema()
         .fields()
         .iter()
-        .map(|f| f.name().clone())
+        .map(|f| ident(f.name().as_str()))
         .collect();
-    let mut cols: Vec<Expr> = have.iter().map(|n| ident(n.as_str())).collect();
     cols.push(cast(ident(key), DataType::Utf8).alias(PREVIOUS_KEY));
     let previous = previous.select(cols)?;
     let orphans = previous.join(
@@ -238,7 +237,7 @@ pub fn orphan_rows(
         &[SOURCE_ID],
         None,
     )?;
-    in_output_schema(orphans, &have, output)
+    previous_rows(orphans, output)
 }
 
 /// The previous output's rows in the output schema (missing columns are null).
@@ -249,10 +248,6 @@ pub fn previous_rows(previous: DataFrame, output: &Schema) -> Result<DataFrame> 
         .iter()
         .map(|f| f.name().clone())
         .collect();
-    in_output_schema(previous, &have, output)
-}
-
-fn in_output_schema(rows: DataFrame, have: &[String], output: &Schema) -> Result<DataFrame> {
     let exprs = output
         .fields()
         .iter()
@@ -266,5 +261,5 @@ fn in_output_schema(rows: DataFrame, have: &[String], output: &Schema) -> Result
             cast(value, f.data_type().clone()).alias(name)
         })
         .collect::<Vec<_>>();
-    Ok(rows.select(exprs)?)
+    Ok(previous.select(exprs)?)
 }
