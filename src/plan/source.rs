@@ -184,6 +184,11 @@ pub async fn register_table(
     if format == TableFormat::Delta {
         return register_delta(ctx, name, spec, storage).await.map(Some);
     }
+    if spec.version.is_some() {
+        return Err(config_error(format!(
+            "source.tables.{name}.version is a Delta table's version, but {path} holds no _delta_log: remove version, or point path at the Delta table's folder"
+        )));
+    }
     match listing_table(ctx, name, path, format).await {
         Ok(table) => {
             ctx.register_table(name, Arc::new(table))?;
