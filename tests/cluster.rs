@@ -1087,3 +1087,131 @@ fn an_incremental_index_survives_a_killed_executor_and_a_killed_client() {
     );
     assert_eq!(s["rows_embedded"], 0, "{s}");
 }
+
+#[test]
+fn a_bulk_import_on_the_cluster_has_each_task_write_its_files_then_one_import() {
+    use common::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
+    use pinecone_test_server::ImportStorage;
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let table = small_table(d);
+    let s3 = S3Server::start();
+    s3.bucket("imports");
+    let mut config = ServerConfig::new(KEY, vec![IndexConfig::new("docs", 384)]);
+    config.import_storage = Some(ImportStorage::new(&s3.endpoint, ACCESS_KEY, SECRET_KEY));
+    let srv = PineconeServer::start(config).unwrap();
+    // The executors have the keys; the endpoint travels with the pipeline.
+    let keys: Vec<(&str, String)> = s3
+        .env()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("AWS_") && *k != "AWS_ENDPOINT_URL")
+        .collect();
+    let mut env: Vec<(&str, Option<&str>)> =
+        keys.iter().map(|(k, v)| (*k, Some(v.as_str()))).collect();
+    env.push(("PINECONE_API_KEY", Some(KEY)));
+    let cluster = Cluster::start_with_env(d, 2, &env);
+    let yaml = |namespace: &str, prefix: &str, state: &str| {
+        format!(
+            "storage:\n  s3: {{ endpoint: \"{}\" }}\nsource:\n  tables:\n    docs: {{ path: {} }}\nembed:\n  model: all-MiniLM-L6-v2\n  id: id\nsink:\n  pinecone:\n    index: docs\n    controller: {}\n    namespace: {namespace}\n    metadata: [chapter]\n    import:\n      uri: s3://imports/{prefix}/\n      file_rows: 25\nincremental:\n  state: {state}\n  deletes: true\n",
+            s3.endpoint,
+            table.display(),
+            srv.controller_url()
+        )
+    };
+    // The reference: the same import from a local run.
+    write_file(d, "local.yaml", &yaml("local", "local", "state-local"));
+    assert_ok(&embedflow_env(
+        d,
+        &["run", "local.yaml", "--no-progress"],
+        &env,
+    ));
+    write_file(d, "c.yaml", &yaml("backfill", "docs", "state-cluster"));
+    let url = cluster.url();
+    let run = |json: &str| {
+        embedflow_env(
+            d,
+            &[
+                "run",
+                "c.yaml",
+                "--no-progress",
+                "--cluster",
+                &url,
+                "--partitions",
+                "3",
+                "--summary-json",
+                json,
+            ],
+            &env,
+        )
+    };
+    let o = run("first.json");
+    assert_ok(&o);
+    let s = summary(&d.join("first.json"));
+    assert_eq!(s["rows_written"], 160, "{s}");
+    assert!(
+        s["output"]
+            .as_str()
+            .unwrap_or("")
+            .contains("through import"),
+        "{s}"
+    );
+    assert_both_executors_wrote(&s, &cluster);
+    // Each partition's files, named by its rows; no staging and no marker left once the
+    // import completed.
+    let keys = s3.keys("imports");
+    let ours: Vec<&String> = keys.iter().filter(|k| !k.starts_with("local/")).collect();
+    assert!(
+        ours.iter().all(|k| k.starts_with("docs/backfill/part-")),
+        "{ours:?}"
+    );
+    let partitions: std::collections::BTreeSet<&str> = ours
+        .iter()
+        .map(|k| &k["docs/backfill/part-".len()..][..32])
+        .collect();
+    assert_eq!(partitions.len(), 3, "files of every partition: {ours:?}");
+    let imports = srv.imports("docs");
+    assert_eq!(
+        imports.len(),
+        2,
+        "one import each, local and cluster: {imports:?}"
+    );
+    let got = srv.records("docs", "backfill");
+    let want = srv.records("docs", "local");
+    assert_eq!(got.len(), 160);
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    for (id, r) in &got {
+        let w = &want[id];
+        let close = r
+            .values
+            .iter()
+            .zip(&w.values)
+            .all(|(a, b)| (a - b).abs() < 1e-5);
+        assert!(
+            close,
+            "{id}: the cluster's vector differs from the local run's"
+        );
+        assert_eq!(r.metadata, w.metadata, "{id}");
+    }
+
+    // The import was the backfill: the next run upserts only what changed.
+    change_small_table(&table);
+    let o = run("second.json");
+    assert_ok(&o);
+    let s = summary(&d.join("second.json"));
+    assert_eq!(incremental_counts(&s), [3, 3, 2, 153, 2], "{s}");
+    assert_eq!(srv.imports("docs").len(), 2, "no second import");
+    let got = srv.records("docs", "backfill");
+    assert_eq!(got.len(), 161);
+    assert!(got.contains_key("added-2"));
+    assert!(
+        got.values()
+            .any(|r| r.metadata.as_ref().is_some_and(|m| m["chapter"]
+                .as_str()
+                .is_some_and(|c| c.ends_with("(moved)")))),
+        "the metadata-only change reached the index"
+    );
+}

@@ -62,16 +62,6 @@ pub async fn run_on_cluster(
             "--shard and --cluster are two ways to split a job: use one",
         ));
     }
-    if pipeline
-        .sink
-        .pinecone
-        .as_ref()
-        .is_some_and(|p| p.import.is_some())
-    {
-        return Err(config_error(
-            "sink.pinecone.import on a cluster is not supported yet (the executors' tasks would each need to write their files before one import starts); run the import locally, where it streams the rows to S3 with bounded memory",
-        ));
-    }
     if pipeline.sink.parquet.as_ref().is_some_and(|p| p.is_delta()) {
         return Err(config_error(
             "sink.parquet.format: delta on a cluster is not supported yet (the executors' tasks would each write data files for one commit the client makes); write the Delta output from a local run, or write Parquet parts on the cluster",

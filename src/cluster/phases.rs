@@ -24,12 +24,15 @@ use crate::error::Interrupted;
 use crate::report::RunSummary;
 use crate::signals::Shutdown;
 use crate::sink::SinkKind;
+use crate::sink::pinecone::import::ImportTarget;
 
 pub struct ClusterPhases {
     jobs: Jobs,
     api: SchedulerApi,
     partitions: usize,
     staging: Option<Staging>,
+    /// A bulk import: the tasks write its files, this client starts and follows it.
+    import: Option<ImportTarget>,
     target: Option<PartTarget>,
     output: String,
     summary: RunSummary,
@@ -42,6 +45,7 @@ impl ClusterPhases {
             api,
             partitions,
             staging: None,
+            import: None,
             target: None,
             output: String::new(),
             summary: RunSummary::default(),
@@ -83,6 +87,12 @@ impl Executor for ClusterPhases {
                 let staging = Staging::prepare(spec, &pipeline.storage).await?;
                 self.output = spec.path.trim_end_matches('/').to_string();
                 self.staging = Some(staging);
+            }
+            SinkKind::Pinecone(spec) if spec.import.is_some() => {
+                // The import's preflight and marker, before any executor starts.
+                let import = ImportTarget::prepare(spec, &pipeline.storage, dim).await?;
+                self.output = import.uri().to_string();
+                self.import = Some(import);
             }
             SinkKind::Pinecone(spec) => {
                 // The same preflight a local run makes, before any executor starts.
@@ -130,6 +140,13 @@ impl Executor for ClusterPhases {
 
     async fn finish(&mut self) -> Result<RunSummary> {
         let mut summary = std::mem::take(&mut self.summary);
+        if let Some(import) = self.import.as_mut() {
+            // Every task wrote its files: one import of them all.
+            let files = import.written_files().await?;
+            let report = import.start(files, summary.rows_written).await?;
+            summary.record_sink(report);
+            return Ok(summary);
+        }
         summary.output = match self.staging.take() {
             Some(staging) => {
                 let parts = staging.publish().await?;
@@ -146,21 +163,26 @@ impl Executor for ClusterPhases {
             .target
             .as_ref()
             .is_some_and(|t| t.incremental.is_some());
-        let outcome = match self.staging.take() {
-            Some(staging) => {
-                staging.discard().await;
-                if incremental {
-                    "nothing was published; the previous output and its state are as they were"
-                } else {
-                    "nothing was published; the previous output is as it was"
+        let outcome = if let Some(import) = self.import.take() {
+            import.discard().await;
+            import.abort_outcome()
+        } else {
+            match self.staging.take() {
+                Some(staging) => {
+                    staging.discard().await;
+                    if incremental {
+                        "nothing was published; the previous output and its state are as they were"
+                    } else {
+                        "nothing was published; the previous output is as it was"
+                    }
                 }
-            }
-            None if self.target.is_none() => "nothing was written",
-            None if incremental => {
-                "the state records what the index confirmed at the tasks' last checkpoints; a re-run embeds only the rest"
-            }
-            None => {
-                "vectors upserted before the signal stay in the index; a re-run overwrites them"
+                None if self.target.is_none() => "nothing was written",
+                None if incremental => {
+                    "the state records what the index confirmed at the tasks' last checkpoints; a re-run embeds only the rest"
+                }
+                None => {
+                    "vectors upserted before the signal stay in the index; a re-run overwrites them"
+                }
             }
         };
         match e.downcast::<Interrupted>() {

@@ -78,8 +78,9 @@ impl PartTarget {
         }
     }
 
-    /// Opens the sink for one task: a Parquet part is written under a temporary name and named
-    /// by its rows once complete ([`PartName`]).
+    /// Opens the sink for one task: a Parquet part, or a bulk import's files, is written under
+    /// a temporary name and named by its rows once complete ([`PartName`]), so a task that
+    /// Ballista runs again replaces its own output.
     async fn open(
         &self,
         schema: SchemaRef,
@@ -123,6 +124,21 @@ impl PartTarget {
                     Box::new(ParquetSink::create_part(location, spec, schema)?),
                     Some(pending),
                 )
+            }
+            SinkKind::Pinecone(spec) if spec.import.is_some() => {
+                match phase {
+                    // The import is the first load of a new namespace: nothing to delete.
+                    Some(p) if !p.writes_rows() => (Box::new(StateOnly), None),
+                    _ => {
+                        let files = crate::sink::pinecone::import::ImportFiles::for_task(
+                            spec,
+                            &self.storage,
+                            &schema,
+                            task,
+                        )?;
+                        (Box::new(files), None)
+                    }
+                }
             }
             SinkKind::Pinecone(spec) => {
                 // Each task keeps its own dead-letter file.
@@ -207,7 +223,12 @@ impl PartName {
     }
 
     pub fn file_name(&self) -> String {
-        format!("part-{:032x}.parquet", self.0)
+        format!("{}.parquet", self.stem())
+    }
+
+    /// `part-<name>`.
+    pub fn stem(&self) -> String {
+        format!("part-{:032x}", self.0)
     }
 }
 
@@ -337,9 +358,14 @@ impl DisplayAs for PartitionedSinkExec {
                 "PartitionedSinkExec: parquet {} (one part per partition)",
                 p.path
             ),
-            Ok(SinkKind::Pinecone(p)) => {
-                write!(f, "PartitionedSinkExec: pinecone index {}", p.index)
-            }
+            Ok(SinkKind::Pinecone(p)) => match &p.import {
+                Some(i) => write!(
+                    f,
+                    "PartitionedSinkExec: import files under {} for pinecone index {}",
+                    i.uri, p.index
+                ),
+                None => write!(f, "PartitionedSinkExec: pinecone index {}", p.index),
+            },
             Err(_) => write!(f, "PartitionedSinkExec"),
         }
     }

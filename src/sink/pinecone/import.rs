@@ -31,6 +31,7 @@ use super::client::{CallError, PineconeClient};
 use super::config::{ImportErrorMode, ImportSpec, PineconeSinkSpec};
 use super::records::RecordEncoder;
 use super::{Connection, connect};
+use crate::driver::partitioned::PartName;
 use crate::error::config_error;
 use crate::sink::{Sink, SinkReport};
 use crate::storage::{self, RemoteUrl, StorageSpec};
@@ -46,6 +47,9 @@ struct Place {
     /// The namespace's folder: `prefix/<namespace>` (`__default__` for the default one).
     folder: ObjectPath,
     marker: ObjectPath,
+    /// A cluster's tasks write their files here first (`<prefix>.embedflow-staging/`, outside
+    /// the import's prefix), then move them into `folder` under the name their rows give.
+    staging: ObjectPath,
 }
 
 /// The marker's contents.
@@ -75,6 +79,7 @@ impl Place {
             uri: format!("s3://{}/{prefix}", url.bucket),
             folder: ObjectPath::from(format!("{prefix}/{namespace}")),
             marker: ObjectPath::from(format!("{prefix}.embedflow-import.json")),
+            staging: ObjectPath::from(format!("{prefix}.embedflow-staging")),
         })
     }
 
@@ -115,17 +120,34 @@ impl Place {
 
     /// The objects in the namespace's folder.
     async fn files(&self) -> Result<Vec<ObjectPath>> {
+        self.listed(&self.folder).await
+    }
+
+    async fn listed(&self, folder: &ObjectPath) -> Result<Vec<ObjectPath>> {
         let listed: Vec<_> = self
             .store
-            .list(Some(&self.folder))
+            .list(Some(folder))
             .try_collect()
             .await
-            .with_context(|| format!("cannot list {}/", self.uri))?;
+            .with_context(|| format!("cannot list {folder}/"))?;
         Ok(listed.into_iter().map(|m| m.location).collect())
     }
 
+    /// Removes the import's files and what tasks left in the staging folder.
     async fn remove_files(&self) -> Result<()> {
+        self.remove_staged().await?;
         for f in self.files().await? {
+            self.store
+                .delete(&f)
+                .await
+                .with_context(|| format!("cannot remove {f}"))?;
+        }
+        Ok(())
+    }
+
+    /// What failed or repeated tasks left in the staging folder.
+    async fn remove_staged(&self) -> Result<()> {
+        for f in self.listed(&self.staging).await? {
             self.store
                 .delete(&f)
                 .await
@@ -371,30 +393,28 @@ async fn report(
     })
 }
 
-/// Writes the import layout, then starts (and follows) the import.
-pub struct ImportSink {
+/// What a run prepares before an import's files are written (the preflight and the marker),
+/// and the import it then starts and follows: the files themselves are written by
+/// [`ImportFiles`], here or by a cluster's tasks.
+pub struct ImportTarget {
     conn: Connection,
     import: ImportSpec,
     place: Place,
-    encoder: RecordEncoder,
-    writer: Option<AsyncArrowWriter<BufWriter>>,
-    rows_in_file: usize,
     marker: Marker,
 }
 
-impl ImportSink {
-    /// Preflight: the index and its dimension, a namespace that does not exist yet, and a
-    /// prefix that holds nothing but an earlier run's files.
-    pub async fn open(
+impl ImportTarget {
+    /// Preflight: the index and its dimension `dim`, a namespace that does not exist yet, and
+    /// a prefix that holds nothing but an earlier run's files (which are removed).
+    pub async fn prepare(
         spec: &PineconeSinkSpec,
         storage: &StorageSpec,
-        schema: &Schema,
-    ) -> Result<ImportSink> {
+        dim: usize,
+    ) -> Result<ImportTarget> {
         let import = spec
             .import
             .clone()
             .context("sink.pinecone.import is not set")?;
-        let dim = super::vector_dim(schema)?;
         let conn = connect(spec, Some(dim)).await?;
         let namespace = spec.namespace.clone().unwrap_or_default();
         let stats = super::client::index_stats(&conn.client).await?;
@@ -440,104 +460,46 @@ impl ImportSink {
             ..Marker::default()
         };
         place.set_marker(&marker).await?;
-        Ok(ImportSink {
+        Ok(ImportTarget {
             conn,
             import,
             place,
-            encoder: RecordEncoder::new(spec, schema)?,
-            writer: None,
-            rows_in_file: 0,
             marker,
         })
     }
 
-    /// The import file's columns for a batch of `id`, `vector` and metadata columns.
-    fn import_batch(&self, batch: &RecordBatch) -> Result<RecordBatch> {
-        let ids = cast(
-            batch.column_by_name("id").context("no id column")?,
-            &DataType::Utf8,
-        )?;
-        let schema = import_file_schema();
-        let values = cast(
-            batch.column_by_name("vector").context("no vector column")?,
-            schema.field(1).data_type(),
-        )?;
-        let metadata: Vec<Option<String>> = self
-            .encoder
-            .encode_metadata(batch)?
+    /// `s3://bucket/prefix`.
+    pub fn uri(&self) -> &str {
+        &self.place.uri
+    }
+
+    /// True once the import was started (it runs on whatever becomes of this run).
+    pub fn started(&self) -> bool {
+        self.marker.import_id.is_some()
+    }
+
+    /// The files in the namespace's folder, as written by every task of a cluster's job (what
+    /// failed attempts left in the staging folder is removed).
+    pub async fn written_files(&self) -> Result<Vec<String>> {
+        self.place.remove_staged().await?;
+        let mut files: Vec<String> = self
+            .place
+            .files()
+            .await?
             .into_iter()
-            .map(|(_, m)| {
-                (!m.is_empty())
-                    .then(|| serde_json::to_string(&m))
-                    .transpose()
-            })
-            .collect::<serde_json::Result<_>>()?;
-        let metadata: ArrayRef = Arc::new(StringArray::from(metadata));
-        Ok(RecordBatch::try_new(schema, vec![ids, values, metadata])?)
+            .map(|f| f.to_string())
+            .collect();
+        files.sort();
+        Ok(files)
     }
 
-    async fn close_file(&mut self) -> Result<()> {
-        if let Some(w) = self.writer.take() {
-            w.close().await.with_context(|| {
-                format!("cannot complete an import file in {}/", self.place.uri)
-            })?;
-        }
-        self.rows_in_file = 0;
-        Ok(())
-    }
-
-    fn new_file(&mut self) -> Result<&mut AsyncArrowWriter<BufWriter>> {
-        let name = format!("part-{:05}.parquet", self.marker.files.len());
-        let path = ObjectPath::from(format!("{}/{name}", self.place.folder));
-        let props = WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .build();
-        // S3's smallest part, at most two uploads in flight: memory stays bounded per file.
-        let object = BufWriter::with_capacity(Arc::clone(&self.place.store), path.clone(), 5 << 20)
-            .with_max_concurrency(2);
-        let writer = AsyncArrowWriter::try_new(object, import_file_schema(), Some(props))?;
-        self.marker.files.push(path.to_string());
-        Ok(self.writer.insert(writer))
-    }
-}
-
-#[async_trait]
-impl Sink for ImportSink {
-    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
-        if batch.num_rows() == 0 {
-            return Ok(());
-        }
-        let rows = self.import_batch(&batch)?;
-        let mut start = 0;
-        while start < rows.num_rows() {
-            if self.rows_in_file >= self.import.file_rows {
-                self.close_file().await?;
-            }
-            let room = self.import.file_rows - self.rows_in_file;
-            let take = room.min(rows.num_rows() - start);
-            let part = rows.slice(start, take);
-            let writer = match self.writer.as_mut() {
-                Some(w) => w,
-                None => self.new_file()?,
-            };
-            writer
-                .write(&part)
-                .await
-                .with_context(|| format!("cannot write an import file in {}/", self.place.uri))?;
-            self.rows_in_file += take;
-            self.marker.rows += take as u64;
-            start += take;
-        }
-        Ok(())
-    }
-
-    fn keeps_one_row_per_id(&self) -> bool {
-        true
-    }
-
-    async fn finish(mut self: Box<Self>) -> Result<SinkReport> {
-        self.close_file().await?;
+    /// Every file written (`files`, `rows` rows in all): starts the import and, with
+    /// `wait: true`, follows it to its end.
+    pub async fn start(&mut self, files: Vec<String>, rows: u64) -> Result<SinkReport> {
+        self.marker.files = files;
+        self.marker.rows = rows;
         if self.marker.rows == 0 {
+            self.place.remove_files().await?;
             self.place.remove_marker().await?;
             return Ok(SinkReport {
                 location: format!("{} (nothing to import)", self.place.uri),
@@ -585,19 +547,270 @@ impl Sink for ImportSink {
         .await
     }
 
-    async fn abort(mut self: Box<Self>) {
-        self.writer = None;
-        if self.marker.import_id.is_none() {
+    /// After a failure or a signal: the files and the marker of an import that was not
+    /// started are removed; a started one keeps running.
+    pub async fn discard(&self) {
+        if !self.started() {
             let _ = self.place.remove_files().await;
             let _ = self.place.remove_marker().await;
         }
     }
 
-    fn abort_outcome(&self) -> &'static str {
-        if self.marker.import_id.is_some() {
+    pub fn abort_outcome(&self) -> &'static str {
+        if self.started() {
             "the import keeps running on Pinecone; a re-run follows it instead of starting another"
         } else {
             "the import files written so far were removed and no import was started"
         }
+    }
+}
+
+/// An import's files in Pinecone's layout, `file_rows` rows each, named `<stem>NNNNN.parquet`
+/// in the namespace's folder.
+pub struct ImportFiles {
+    store: Arc<dyn ObjectStore>,
+    folder: ObjectPath,
+    uri: String,
+    stem: String,
+    /// A cluster's task: its files are written to the staging folder and moved into `folder`
+    /// at the end, named by their rows ([`PartName`]), so a task that Ballista runs again
+    /// replaces them rather than adding a second copy.
+    staged: Option<(ObjectPath, PartName)>,
+    file_rows: usize,
+    encoder: RecordEncoder,
+    writer: Option<AsyncArrowWriter<BufWriter>>,
+    rows_in_file: usize,
+    files: Vec<String>,
+    rows: u64,
+}
+
+impl ImportFiles {
+    /// The files of `spec`'s import for batches of `schema`, named `part-NNNNN.parquet`.
+    pub fn new(
+        spec: &PineconeSinkSpec,
+        storage: &StorageSpec,
+        schema: &Schema,
+    ) -> Result<ImportFiles> {
+        ImportFiles::create(spec, storage, schema, None)
+    }
+
+    /// The files of one of a cluster's tasks (`task`): staged, then named
+    /// `part-<rows' name>-NNNNN.parquet`.
+    pub fn for_task(
+        spec: &PineconeSinkSpec,
+        storage: &StorageSpec,
+        schema: &Schema,
+        task: &str,
+    ) -> Result<ImportFiles> {
+        ImportFiles::create(spec, storage, schema, Some(task))
+    }
+
+    fn create(
+        spec: &PineconeSinkSpec,
+        storage: &StorageSpec,
+        schema: &Schema,
+        task: Option<&str>,
+    ) -> Result<ImportFiles> {
+        let import = spec
+            .import
+            .as_ref()
+            .context("sink.pinecone.import is not set")?;
+        let place = Place::of(spec, import, storage)?;
+        Ok(ImportFiles {
+            store: place.store,
+            folder: place.folder,
+            uri: place.uri,
+            stem: match task {
+                Some(task) => format!("{task}-"),
+                None => "part-".to_string(),
+            },
+            staged: task.map(|_| (place.staging, PartName::default())),
+            file_rows: import.file_rows,
+            encoder: RecordEncoder::new(spec, schema)?,
+            writer: None,
+            rows_in_file: 0,
+            files: Vec::new(),
+            rows: 0,
+        })
+    }
+
+    /// The import file's columns for a batch of `id`, `vector` and metadata columns.
+    fn import_batch(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let ids = cast(
+            batch.column_by_name("id").context("no id column")?,
+            &DataType::Utf8,
+        )?;
+        let schema = import_file_schema();
+        let values = cast(
+            batch.column_by_name("vector").context("no vector column")?,
+            schema.field(1).data_type(),
+        )?;
+        let metadata: Vec<Option<String>> = self
+            .encoder
+            .encode_metadata(batch)?
+            .into_iter()
+            .map(|(_, m)| {
+                (!m.is_empty())
+                    .then(|| serde_json::to_string(&m))
+                    .transpose()
+            })
+            .collect::<serde_json::Result<_>>()?;
+        let metadata: ArrayRef = Arc::new(StringArray::from(metadata));
+        Ok(RecordBatch::try_new(schema, vec![ids, values, metadata])?)
+    }
+
+    async fn close_file(&mut self) -> Result<()> {
+        if let Some(w) = self.writer.take() {
+            w.close()
+                .await
+                .with_context(|| format!("cannot complete an import file in {}/", self.uri))?;
+        }
+        self.rows_in_file = 0;
+        Ok(())
+    }
+
+    fn new_file(&mut self) -> Result<&mut AsyncArrowWriter<BufWriter>> {
+        let name = format!("{}{:05}.parquet", self.stem, self.files.len());
+        let folder = match &self.staged {
+            Some((staging, _)) => staging,
+            None => &self.folder,
+        };
+        let path = ObjectPath::from(format!("{folder}/{name}"));
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build();
+        // S3's smallest part, at most two uploads in flight: memory stays bounded per file.
+        let object = BufWriter::with_capacity(Arc::clone(&self.store), path.clone(), 5 << 20)
+            .with_max_concurrency(2);
+        let writer = AsyncArrowWriter::try_new(object, import_file_schema(), Some(props))?;
+        self.files.push(path.to_string());
+        Ok(self.writer.insert(writer))
+    }
+
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        if let Some((_, name)) = self.staged.as_mut() {
+            name.add(&batch)?;
+        }
+        let rows = self.import_batch(&batch)?;
+        let mut start = 0;
+        while start < rows.num_rows() {
+            if self.rows_in_file >= self.file_rows {
+                self.close_file().await?;
+            }
+            let room = self.file_rows - self.rows_in_file;
+            let take = room.min(rows.num_rows() - start);
+            let part = rows.slice(start, take);
+            let writer = match self.writer.as_mut() {
+                Some(w) => w,
+                None => self.new_file()?,
+            };
+            writer
+                .write(&part)
+                .await
+                .with_context(|| format!("cannot write an import file in {}/", self.uri))?;
+            self.rows_in_file += take;
+            self.rows += take as u64;
+            start += take;
+        }
+        Ok(())
+    }
+
+    /// Closes the last file (and moves a task's files into place): the files written and
+    /// their rows.
+    async fn close(&mut self) -> Result<(Vec<String>, u64)> {
+        self.close_file().await?;
+        let mut files = std::mem::take(&mut self.files);
+        if let Some((_, name)) = &self.staged {
+            let stem = name.stem();
+            for (i, file) in files.iter_mut().enumerate() {
+                let from = ObjectPath::from(file.as_str());
+                let to = ObjectPath::from(format!("{}/{stem}-{i:05}.parquet", self.folder));
+                self.store
+                    .rename(&from, &to)
+                    .await
+                    .with_context(|| format!("cannot move {from} to {to}"))?;
+                *file = to.to_string();
+            }
+        }
+        Ok((files, self.rows))
+    }
+}
+
+/// The files of one task of a cluster's job: the client starts the import once every task
+/// has written its own.
+#[async_trait]
+impl Sink for ImportFiles {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        ImportFiles::write(self, batch).await
+    }
+
+    fn keeps_one_row_per_id(&self) -> bool {
+        true
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<SinkReport> {
+        let (files, rows) = self.close().await?;
+        Ok(SinkReport {
+            rows_written: rows,
+            location: format!("{} files under {}/", files.len(), self.uri),
+            ..SinkReport::default()
+        })
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        // An unfinished upload is dropped; the client removes the job's files.
+        self.writer = None;
+    }
+
+    fn abort_outcome(&self) -> &'static str {
+        "the client removes the job's import files"
+    }
+}
+
+/// Writes the import layout on this machine, then starts (and follows) the import.
+pub struct ImportSink {
+    target: ImportTarget,
+    files: ImportFiles,
+}
+
+impl ImportSink {
+    /// The preflight ([`ImportTarget::prepare`]), then files named `part-NNNNN.parquet`.
+    pub async fn open(
+        spec: &PineconeSinkSpec,
+        storage: &StorageSpec,
+        schema: &Schema,
+    ) -> Result<ImportSink> {
+        let dim = super::vector_dim(schema)?;
+        let target = ImportTarget::prepare(spec, storage, dim).await?;
+        let files = ImportFiles::new(spec, storage, schema)?;
+        Ok(ImportSink { target, files })
+    }
+}
+
+#[async_trait]
+impl Sink for ImportSink {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        self.files.write(batch).await
+    }
+
+    fn keeps_one_row_per_id(&self) -> bool {
+        true
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<SinkReport> {
+        let (files, rows) = self.files.close().await?;
+        self.target.start(files, rows).await
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        self.files.writer = None;
+        self.target.discard().await;
+    }
+
+    fn abort_outcome(&self) -> &'static str {
+        self.target.abort_outcome()
     }
 }
