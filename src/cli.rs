@@ -591,7 +591,7 @@ async fn sql_command(c: SqlArgs) -> Result<()> {
         None => EmbedSpec::new(c.model),
     };
     let embedder = driver::load_embedder(&spec).await?;
-    let ctx = plan::session_context(Some(Arc::clone(&embedder)));
+    let ctx = plan::query_context(Arc::clone(&embedder));
     let storage = loaded
         .as_ref()
         .map(|p| p.storage.clone())

@@ -14,7 +14,7 @@ use datafusion::prelude::{ParquetReadOptions, SessionContext, ident, lit};
 use crate::config::Pipeline;
 use crate::embed::Embedder;
 use crate::error::one_line;
-use crate::plan::session_context;
+use crate::plan::query_context;
 use crate::sink::pinecone::config::PineconeSinkSpec;
 use crate::storage::OutputLocation;
 use object_store::ObjectStoreExt;
@@ -36,7 +36,7 @@ pub async fn search(
     k: usize,
     width: Option<usize>,
 ) -> Result<Vec<RecordBatch>> {
-    let ctx = session_context(Some(embedder));
+    let ctx = query_context(embedder);
     // A folder output is every part in it: one per shard of a sharded run.
     register_output(&ctx, pipeline, "vectors").await?;
     let embed = ctx
@@ -118,7 +118,7 @@ pub async fn search_pinecone(
 ) -> Result<Vec<RecordBatch>> {
     let e = Arc::clone(embedder);
     let owned = text.to_string();
-    let vector = tokio::task::spawn_blocking(move || e.embed(&[Some(owned.as_str())]))
+    let vector = tokio::task::spawn_blocking(move || e.embed_queries(&[Some(owned.as_str())]))
         .await
         .map_err(|e| anyhow!("embedding panicked: {e}"))??;
     search_pinecone_vector(spec, &vector, q).await

@@ -175,7 +175,8 @@ enum ChunkerSource {
 impl ChunksUdf {
     /// `chunks()` of `embedder`'s tokenizer.
     pub fn udf(spec: &ChunkingSpec, embedder: &super::Embedder) -> Result<ScalarUDF, ConfigError> {
-        let chunker = Chunker::new(spec, embedder.tokenizer(), embedder.max_seq_length())?;
+        // A document prompt shares max_seq_length with each chunk.
+        let chunker = Chunker::new(spec, embedder.tokenizer(), embedder.text_max_seq_length())?;
         Ok(ScalarUDF::new_from_impl(ChunksUdf {
             chunking: spec.clone(),
             model: Box::new(embedder.spec().clone()),
@@ -215,7 +216,7 @@ impl ChunksUdf {
                 let chunker = Chunker::new(
                     &self.chunking,
                     embedder.tokenizer(),
-                    embedder.max_seq_length(),
+                    embedder.text_max_seq_length(),
                 )
                 .map_err(|e| DataFusionError::External(e.into()))?;
                 Ok(built.get_or_init(|| Arc::new(chunker)))

@@ -61,6 +61,10 @@ pub struct Embedder {
     input_names: InputNames,
     output_name: String,
     dim: usize,
+    /// `embed.dimensions`: vectors cut to their first N dimensions (Matryoshka).
+    truncate_to: Option<usize>,
+    /// The prompts put before rows and before queries.
+    prompts: Prompts,
     max_seq_length: usize,
     batch_tokens: usize,
     batch_rows: usize,
@@ -77,6 +81,96 @@ struct InputNames {
     ids: String,
     mask: Option<String>,
     type_ids: Option<String>,
+    /// Decoder exports take positions: counted over each row's own tokens, so a left-padded
+    /// row gets the positions it would have alone.
+    positions: Option<String>,
+}
+
+/// Which side of a search a text is on: a row of the table (a document) or a query. Each side
+/// has its own prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Document,
+    Query,
+}
+
+/// A prompt put before the texts of one side.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Prompt {
+    pub text: String,
+    /// Word pieces the prompt adds to a text (without special tokens): what it takes from
+    /// `max_seq_length` and from a chunk's budget.
+    pub tokens: usize,
+    /// Leading tokens left out of pooling when the pooling's `include_prompt` is false:
+    /// sentence-transformers' `prompt_length`, the prompt's tokenised length less one.
+    pub prompt_length: usize,
+}
+
+/// The prompts of both sides.
+#[derive(Debug, Clone, Default)]
+pub struct Prompts {
+    pub document: Option<Prompt>,
+    pub query: Option<Prompt>,
+}
+
+impl Prompts {
+    fn of(&self, side: Side) -> Option<&Prompt> {
+        match side {
+            Side::Document => self.document.as_ref(),
+            Side::Query => self.query.as_ref(),
+        }
+    }
+}
+
+/// The prompt text for one side, as sentence-transformers picks it: a literal, a name from the
+/// model's `prompts`, else `fallback`.
+fn pick_prompt(
+    files: &ModelFiles,
+    literal: &Option<String>,
+    name: &Option<String>,
+    key: &str,
+    fallback: Fallback,
+) -> Result<Option<String>> {
+    let prompts = &files.settings.prompts;
+    if let Some(p) = literal {
+        return Ok(Some(p.clone()));
+    }
+    if let Some(n) = name {
+        return match prompts.get(n) {
+            Some(p) => Ok(Some(p.clone())),
+            None => Err(invalid(
+                key,
+                format!(
+                    "`{n}` is not one of model {}'s prompts ({}; from {})",
+                    files.name,
+                    super::model::names(prompts),
+                    files
+                        .dir
+                        .join("config_sentence_transformers.json")
+                        .display()
+                ),
+            )
+            .into()),
+        };
+    }
+    Ok(match fallback {
+        Fallback::DefaultPromptName => files
+            .settings
+            .default_prompt_name
+            .as_ref()
+            .and_then(|n| prompts.get(n).cloned()),
+        Fallback::Named(name) => prompts.get(name).cloned(),
+    })
+}
+
+/// The prompt a side gets when the pipeline names none.
+#[derive(Clone, Copy)]
+enum Fallback {
+    /// `encode()`: the model's `default_prompt_name`, if any.
+    DefaultPromptName,
+    /// `encode_query()`: the model's prompt of this name, if any (sentence-transformers 6 then
+    /// applies no `default_prompt_name`).
+    Named(&'static str),
 }
 
 impl std::fmt::Debug for Embedder {
@@ -241,6 +335,7 @@ impl Embedder {
             })?,
             mask: find("attention_mask"),
             type_ids: find("token_type_ids"),
+            positions: find("position_ids"),
         };
         let outputs: Vec<String> = session
             .outputs()
@@ -263,6 +358,8 @@ impl Embedder {
             input_names,
             output_name,
             dim: 0,
+            truncate_to: None,
+            prompts: Prompts::default(),
             max_seq_length,
             batch_tokens: opts.batch_tokens(),
             batch_rows: opts.batch_rows.max(1),
@@ -275,9 +372,60 @@ impl Embedder {
         let probe = embedder.tokenize(&[""])?;
         let mut dim = 0;
         for session in &embedder.sessions {
-            dim = embedder.run_batch(session, &probe, &[0])?.1;
+            dim = embedder.run_batch(session, &probe, &[0], Side::Document)?.1;
         }
         embedder.dim = dim;
+        if let Some(n) = opts.dimensions {
+            if n > dim {
+                return Err(invalid(
+                    "embed.dimensions",
+                    format!(
+                        "{n} is more than model {} gives ({dim} dimensions)",
+                        embedder.files.name
+                    ),
+                )
+                .into());
+            }
+            embedder.truncate_to = (n < dim).then_some(n);
+            embedder.dim = n;
+        }
+        let document = pick_prompt(
+            &embedder.files,
+            &opts.prompt,
+            &opts.prompt_name,
+            "embed.prompt_name",
+            Fallback::DefaultPromptName,
+        )?;
+        let query = pick_prompt(
+            &embedder.files,
+            &opts.query_prompt,
+            &opts.query_prompt_name,
+            "embed.query_prompt_name",
+            Fallback::Named("query"),
+        )?;
+        // An empty prompt is none, as in sentence-transformers.
+        embedder.prompts = Prompts {
+            document: document
+                .filter(|p| !p.is_empty())
+                .map(|p| embedder.measure_prompt(p))
+                .transpose()?,
+            query: query
+                .filter(|p| !p.is_empty())
+                .map(|p| embedder.measure_prompt(p))
+                .transpose()?,
+        };
+        if let Some(p) = &embedder.prompts.document
+            && p.tokens + 2 >= max_seq_length
+        {
+            return Err(invalid(
+                "embed.prompt",
+                format!(
+                    "the prompt takes {} of the {max_seq_length} word pieces a text may have (max_seq_length): no room is left for the text",
+                    p.tokens
+                ),
+            )
+            .into());
+        }
         embedder.tokens_seen.store(0, Ordering::Relaxed);
         embedder.timings = Timings::default();
         Ok(embedder)
@@ -286,6 +434,40 @@ impl Embedder {
     /// The settings it was loaded with.
     pub fn spec(&self) -> &EmbedSpec {
         &self.spec
+    }
+
+    /// The prompt before each side's texts, as the model and the settings choose it.
+    pub fn prompt(&self, side: Side) -> Option<&Prompt> {
+        self.prompts.of(side)
+    }
+
+    /// The word pieces a row's text may have, the document prompt's taken out: what a chunk
+    /// of `embed.chunking` may fill besides the special tokens.
+    pub fn text_max_seq_length(&self) -> usize {
+        self.max_seq_length
+            .saturating_sub(self.prompts.document.as_ref().map_or(0, |p| p.tokens))
+    }
+
+    fn measure_prompt(&self, text: String) -> Result<Prompt> {
+        let encoded = self
+            .tokenizer
+            .encode(text.as_str(), true)
+            .map_err(|e| anyhow!("tokenizer failed on the prompt: {e}"))?;
+        // sentence-transformers' prompt_length: the tokenised prompt, less a trailing special
+        // token ([SEP], EOS).
+        let trailing_special = encoded.get_special_tokens_mask().last() == Some(&1);
+        let with_special = encoded.get_ids().len() - usize::from(trailing_special);
+        let plain = self
+            .tokenizer
+            .encode(text.as_str(), false)
+            .map_err(|e| anyhow!("tokenizer failed on the prompt: {e}"))?
+            .get_ids()
+            .len();
+        Ok(Prompt {
+            text,
+            tokens: plain,
+            prompt_length: with_special,
+        })
     }
 
     pub fn dim(&self) -> usize {
@@ -338,13 +520,26 @@ impl Embedder {
         &self.timings
     }
 
-    /// Tokenises texts as sentence-transformers does.
+    /// Tokenises texts as sentence-transformers does (without a prompt).
     pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Encoding>> {
+        self.tokenize_as(texts, None)
+    }
+
+    /// Tokenises texts after `prompt`, as sentence-transformers does: the prompt is put before
+    /// each text, and both share `max_seq_length`.
+    fn tokenize_as(&self, texts: &[&str], prompt: Option<&Prompt>) -> Result<Vec<Encoding>> {
         let start = std::time::Instant::now();
-        let out = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| anyhow!("tokenizer failed: {e}"));
+        let out = match prompt {
+            Some(p) => self.tokenizer.encode_batch(
+                texts
+                    .iter()
+                    .map(|t| format!("{}{t}", p.text))
+                    .collect::<Vec<_>>(),
+                true,
+            ),
+            None => self.tokenizer.encode_batch(texts.to_vec(), true),
+        }
+        .map_err(|e| anyhow!("tokenizer failed: {e}"));
         Timings::add(&self.timings.tokenize_ns, start);
         out
     }
@@ -374,6 +569,17 @@ impl Embedder {
     /// [`Embedder::embed`], also returning the tokens embedded (after truncation, without
     /// padding) for these texts alone.
     pub fn embed_counting(&self, texts: &[Option<&str>]) -> Result<(Vec<f32>, u64)> {
+        self.embed_counting_as(texts, Side::Document)
+    }
+
+    /// Embeds queries (after the query prompt).
+    pub fn embed_queries(&self, texts: &[Option<&str>]) -> Result<Vec<f32>> {
+        self.embed_counting_as(texts, Side::Query)
+            .map(|(vectors, _)| vectors)
+    }
+
+    /// [`Embedder::embed_counting`] for the texts of `side`.
+    pub fn embed_counting_as(&self, texts: &[Option<&str>], side: Side) -> Result<(Vec<f32>, u64)> {
         let mut tokens = 0u64;
         let present: Vec<usize> = (0..texts.len()).filter(|&i| texts[i].is_some()).collect();
         let mut out = vec![0f32; texts.len() * self.dim];
@@ -386,7 +592,10 @@ impl Embedder {
                         .iter()
                         .map(|&i| texts[i].unwrap_or_default())
                         .collect();
-                    if tx.send(self.tokenize(&strs)).is_err() {
+                    if tx
+                        .send(self.tokenize_as(&strs, self.prompts.of(side)))
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -400,7 +609,7 @@ impl Embedder {
                     .sum::<u64>();
                 let rows = &present[done..done + encodings.len()];
                 done += encodings.len();
-                self.embed_chunk(&encodings, rows, &mut out)?;
+                self.embed_chunk(&encodings, rows, &mut out, side)?;
             }
             tokenizer
                 .join()
@@ -411,7 +620,13 @@ impl Embedder {
     }
 
     /// Runs one tokenised chunk; `rows[j]` is the output row of `encodings[j]`.
-    fn embed_chunk(&self, encodings: &[Encoding], rows: &[usize], out: &mut [f32]) -> Result<()> {
+    fn embed_chunk(
+        &self,
+        encodings: &[Encoding],
+        rows: &[usize],
+        out: &mut [f32],
+        side: Side,
+    ) -> Result<()> {
         let lengths: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
         let cut = encodings
             .iter()
@@ -429,7 +644,7 @@ impl Embedder {
         if self.sessions.len() == 1 {
             for batch in &batches {
                 stop_point()?;
-                let (vectors, _) = self.run_batch(&self.sessions[0], encodings, batch)?;
+                let (vectors, _) = self.run_batch(&self.sessions[0], encodings, batch, side)?;
                 place(batch, &vectors);
             }
             return Ok(());
@@ -450,7 +665,7 @@ impl Embedder {
                                 return Ok(done);
                             };
                             stop_point()?;
-                            done.push((b, self.run_batch(session, encodings, batch)?.0));
+                            done.push((b, self.run_batch(session, encodings, batch, side)?.0));
                         }
                     })
                 })
@@ -475,6 +690,7 @@ impl Embedder {
         session: &Mutex<Session>,
         encodings: &[Encoding],
         batch: &[usize],
+        side: Side,
     ) -> Result<(Vec<f32>, usize)> {
         let rows = batch.len();
         let seq = batch
@@ -483,17 +699,30 @@ impl Embedder {
             .max()
             .unwrap_or(0)
             .max(1);
+        let settings = &self.files.settings;
         let mut ids = vec![0i64; rows * seq];
         let mut mask = vec![0i64; rows * seq];
+        let mut positions = vec![0i64; rows * seq];
         let mut lengths = Vec::with_capacity(rows);
+        let mut starts = Vec::with_capacity(rows);
         for (r, &i) in batch.iter().enumerate() {
             let e = &encodings[i];
+            let len = e.get_ids().len();
+            // Left padding puts a row's tokens at the end of its line.
+            let start = if settings.pad_left { seq - len } else { 0 };
             for (c, (&id, &m)) in e.get_ids().iter().zip(e.get_attention_mask()).enumerate() {
-                ids[r * seq + c] = id as i64;
-                mask[r * seq + c] = m as i64;
+                ids[r * seq + start + c] = id as i64;
+                mask[r * seq + start + c] = m as i64;
+                positions[r * seq + start + c] = c as i64;
             }
-            lengths.push(e.get_ids().len());
+            lengths.push(len);
+            starts.push(start);
         }
+        // A prompt left out of pooling (`include_prompt: false`): its first tokens.
+        let skip = match self.prompts.of(side) {
+            Some(p) if !settings.include_prompt => p.prompt_length,
+            _ => 0,
+        };
         let tokens: u64 = lengths.iter().map(|&n| n as u64).sum();
         let shape = [rows as i64, seq as i64];
         let mut inputs: Vec<(
@@ -514,6 +743,14 @@ impl Embedder {
             inputs.push((
                 n.as_str().into(),
                 Tensor::from_array((shape, vec![0i64; rows * seq]))
+                    .map_err(ort_err)?
+                    .into(),
+            ));
+        }
+        if let Some(n) = &self.input_names.positions {
+            inputs.push((
+                n.as_str().into(),
+                Tensor::from_array((shape, positions))
                     .map_err(ort_err)?
                     .into(),
             ));
@@ -541,10 +778,13 @@ impl Embedder {
         let pooled = match dims.as_slice() {
             [b, s, d] if *b as usize == rows && *s as usize == seq => pool(
                 hidden,
-                &lengths,
-                rows,
-                seq,
-                *d as usize,
+                Lines {
+                    starts: &starts,
+                    lengths: &lengths,
+                    skip,
+                    seq,
+                    dim: *d as usize,
+                },
                 self.files.settings.pooling,
             ),
             // Models that pool inside the graph return [batch, dim].
@@ -561,12 +801,25 @@ impl Embedder {
         drop(session);
         let dim = pooled.len() / rows.max(1);
         let mut pooled = pooled;
-        if self.files.settings.normalize {
-            for v in pooled.chunks_mut(dim.max(1)) {
-                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-                v.iter_mut().for_each(|x| *x /= norm);
-            }
+        let normalize = self.files.settings.normalize;
+        if normalize {
+            pooled.chunks_mut(dim.max(1)).for_each(normalise);
         }
+        let (pooled, dim) = match self.truncate_to {
+            // Matryoshka: the first dimensions, as sentence-transformers' truncate_dim, made
+            // unit length again when the model's vectors are.
+            Some(n) => {
+                let mut cut: Vec<f32> = pooled
+                    .chunks(dim.max(1))
+                    .flat_map(|v| v[..n].iter().copied())
+                    .collect();
+                if normalize {
+                    cut.chunks_mut(n).for_each(normalise);
+                }
+                (cut, n)
+            }
+            None => (pooled, dim),
+        };
         self.tokens_seen.fetch_add(tokens, Ordering::Relaxed);
         Ok((pooled, dim))
     }
@@ -585,35 +838,79 @@ fn stop_point() -> Result<()> {
     }
 }
 
-/// Pools token vectors `[rows, seq, dim]` over each row's first `lengths[r]` tokens (the
-/// tokenizer's attention mask is all ones on a row's own tokens; the rest is padding).
-fn pool(
-    hidden: &[f32],
-    lengths: &[usize],
-    rows: usize,
+fn normalise(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= norm);
+}
+
+/// Where each row's tokens lie in a micro-batch's `[rows, seq, dim]` output: `lengths[r]`
+/// tokens from `starts[r]` (after left padding), of which the first `skip` are a prompt left
+/// out of pooling.
+struct Lines<'a> {
+    starts: &'a [usize],
+    lengths: &'a [usize],
+    skip: usize,
     seq: usize,
     dim: usize,
-    how: Pooling,
-) -> Vec<f32> {
+}
+
+/// Pools each row's token vectors as sentence-transformers does (the tokenizer's attention
+/// mask is all ones on a row's own tokens; the rest is padding).
+fn pool(hidden: &[f32], lines: Lines<'_>, how: Pooling) -> Vec<f32> {
+    let Lines {
+        starts,
+        lengths,
+        skip,
+        seq,
+        dim,
+    } = lines;
+    let rows = lengths.len();
     let mut out = vec![0f32; rows * dim];
+    let token = |r: usize, t: usize| &hidden[(r * seq + t) * dim..(r * seq + t + 1) * dim];
     for r in 0..rows {
         let o = &mut out[r * dim..(r + 1) * dim];
+        let first = starts[r];
+        let end = (first + lengths[r]).min(seq);
+        // The pooled tokens: without a leading prompt when it is left out (never all of them).
+        let from = if first + skip < end {
+            first + skip
+        } else {
+            first
+        };
         match how {
-            Pooling::Cls => o.copy_from_slice(&hidden[r * seq * dim..r * seq * dim + dim]),
-            Pooling::Mean => {
-                let count = lengths[r].min(seq) as f32;
-                for t in 0..lengths[r].min(seq) {
-                    let h = &hidden[(r * seq + t) * dim..(r * seq + t + 1) * dim];
-                    o.iter_mut().zip(h).for_each(|(a, b)| *a += b);
+            // The first pooled token, as sentence-transformers takes the first one its mask
+            // keeps (after a prompt left out).
+            Pooling::Cls => o.copy_from_slice(token(r, from)),
+            Pooling::LastToken => o.copy_from_slice(token(r, end.max(first + 1) - 1)),
+            Pooling::Mean | Pooling::MeanSqrtLen => {
+                for t in from..end {
+                    o.iter_mut().zip(token(r, t)).for_each(|(a, b)| *a += b);
                 }
-                let denom = count.max(1e-9);
+                let count = ((end - from) as f32).max(1e-9);
+                let denom = if how == Pooling::Mean {
+                    count
+                } else {
+                    count.sqrt()
+                };
+                o.iter_mut().for_each(|x| *x /= denom);
+            }
+            Pooling::WeightedMean => {
+                // Weights count positions from the row's first token (1, 2, ...).
+                let mut total = 0f32;
+                for t in from..end {
+                    let w = (t - first + 1) as f32;
+                    total += w;
+                    o.iter_mut().zip(token(r, t)).for_each(|(a, b)| *a += w * b);
+                }
+                let denom = total.max(1e-9);
                 o.iter_mut().for_each(|x| *x /= denom);
             }
             Pooling::Max => {
                 o.iter_mut().for_each(|x| *x = f32::MIN);
-                for t in 0..lengths[r].min(seq) {
-                    let h = &hidden[(r * seq + t) * dim..(r * seq + t + 1) * dim];
-                    o.iter_mut().zip(h).for_each(|(a, b)| *a = a.max(*b));
+                for t in from..end {
+                    o.iter_mut()
+                        .zip(token(r, t))
+                        .for_each(|(a, b)| *a = a.max(*b));
                 }
             }
         }
@@ -625,15 +922,40 @@ fn pool(
 mod tests {
     use super::*;
 
+    fn lines<'a>(starts: &'a [usize], lengths: &'a [usize], skip: usize) -> Lines<'a> {
+        Lines {
+            starts,
+            lengths,
+            skip,
+            seq: 3,
+            dim: 2,
+        }
+    }
+
     #[test]
-    fn mean_pooling_ignores_masked_tokens() {
+    fn pooling_ignores_padding() {
         // rows=1, seq=3, dim=2; the last token is padding.
         let hidden = [1.0, 2.0, 3.0, 4.0, 100.0, 100.0];
-        let v = pool(&hidden, &[2], 1, 3, 2, Pooling::Mean);
+        let v = pool(&hidden, lines(&[0], &[2], 0), Pooling::Mean);
         assert_eq!(v, vec![2.0, 3.0]);
-        let v = pool(&hidden, &[2], 1, 3, 2, Pooling::Max);
+        let v = pool(&hidden, lines(&[0], &[2], 0), Pooling::Max);
         assert_eq!(v, vec![3.0, 4.0]);
-        let v = pool(&hidden, &[2], 1, 3, 2, Pooling::Cls);
+        let v = pool(&hidden, lines(&[0], &[2], 0), Pooling::Cls);
         assert_eq!(v, vec![1.0, 2.0]);
+        let v = pool(&hidden, lines(&[0], &[2], 0), Pooling::LastToken);
+        assert_eq!(v, vec![3.0, 4.0]);
+    }
+
+    #[test]
+    fn left_padding_and_a_prompt_left_out() {
+        // The first token is padding: the row is tokens 1 and 2.
+        let hidden = [100.0, 100.0, 1.0, 2.0, 3.0, 4.0];
+        let v = pool(&hidden, lines(&[1], &[2], 0), Pooling::LastToken);
+        assert_eq!(v, vec![3.0, 4.0]);
+        let v = pool(&hidden, lines(&[1], &[2], 0), Pooling::Mean);
+        assert_eq!(v, vec![2.0, 3.0]);
+        // The row's first token is a prompt left out of pooling.
+        let v = pool(&hidden, lines(&[1], &[2], 1), Pooling::Mean);
+        assert_eq!(v, vec![3.0, 4.0]);
     }
 }

@@ -12,5 +12,5 @@ pub mod setup;
 pub mod spec;
 pub mod udf;
 
-pub use encoder::Embedder;
+pub use encoder::{Embedder, Side};
 pub use spec::{Device, DuplicateIds, EmbedSpec, Precision};

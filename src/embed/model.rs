@@ -30,6 +30,32 @@ pub struct ModelSettings {
     pub max_positions: Option<usize>,
     pub pooling: Pooling,
     pub normalize: bool,
+    /// `prompts` of `config_sentence_transformers.json`: name -> text put before the input.
+    pub prompts: std::collections::BTreeMap<String, String>,
+    /// `default_prompt_name` of `config_sentence_transformers.json`.
+    pub default_prompt_name: Option<String>,
+    /// The pooling's `include_prompt` (default true): false leaves a prompt's tokens out of
+    /// the pooled tokens, as sentence-transformers does for instruction models.
+    pub include_prompt: bool,
+    /// The tokenizer pads on the left (`padding_side: left` in `tokenizer_config.json`), as
+    /// decoder models pooled at their last token expect.
+    pub pad_left: bool,
+}
+
+impl ModelSettings {
+    /// The settings sentence-transformers assumes for a folder without its files.
+    pub fn plain(max_seq_length: usize) -> ModelSettings {
+        ModelSettings {
+            max_seq_length,
+            max_positions: None,
+            pooling: Pooling::Mean,
+            normalize: false,
+            prompts: Default::default(),
+            default_prompt_name: None,
+            include_prompt: true,
+            pad_left: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +63,27 @@ pub enum Pooling {
     Mean,
     Cls,
     Max,
+    /// The last token of each input (decoder models: Qwen3-Embedding, e5-mistral, ...).
+    LastToken,
+    /// Mean weighted by position (1 for the first token, 2 for the second, ...).
+    WeightedMean,
+    /// Sum divided by the square root of the token count.
+    MeanSqrtLen,
+}
+
+impl Pooling {
+    /// sentence-transformers' name of a pooling mode.
+    fn named(mode: &str) -> Option<Pooling> {
+        Some(match mode {
+            "cls" => Pooling::Cls,
+            "max" => Pooling::Max,
+            "mean" => Pooling::Mean,
+            "mean_sqrt_len_tokens" => Pooling::MeanSqrtLen,
+            "weightedmean" => Pooling::WeightedMean,
+            "lasttoken" => Pooling::LastToken,
+            _ => return None,
+        })
+    }
 }
 
 /// The local model cache: `$EMBEDFLOW_HOME/models` (see [`embedflow_home`]).
@@ -128,6 +175,74 @@ struct PoolingConfig {
     pooling_mode_mean_tokens: bool,
     #[serde(default)]
     pooling_mode_max_tokens: bool,
+    #[serde(default)]
+    pooling_mode_lasttoken: bool,
+    #[serde(default)]
+    pooling_mode_mean_sqrt_len_tokens: bool,
+    #[serde(default)]
+    pooling_mode_weightedmean_tokens: bool,
+    /// sentence-transformers 5.4+: `"mean"`, or a list of modes.
+    #[serde(default)]
+    pooling_mode: Option<serde_json::Value>,
+    #[serde(default = "yes")]
+    include_prompt: bool,
+}
+
+impl PoolingConfig {
+    /// The one pooling mode configured (the modes in sentence-transformers' order).
+    fn mode(&self, file: &Path) -> Result<Pooling> {
+        let modes: Vec<String> = match &self.pooling_mode {
+            Some(serde_json::Value::String(m)) => vec![m.clone()],
+            Some(serde_json::Value::Array(ms)) => ms
+                .iter()
+                .map(|m| m.as_str().unwrap_or_default().to_string())
+                .collect(),
+            Some(other) => bail!("{}: pooling_mode {other} is not a mode", file.display()),
+            None => [
+                (self.pooling_mode_cls_token, "cls"),
+                (self.pooling_mode_max_tokens, "max"),
+                (self.pooling_mode_mean_tokens, "mean"),
+                (
+                    self.pooling_mode_mean_sqrt_len_tokens,
+                    "mean_sqrt_len_tokens",
+                ),
+                (self.pooling_mode_weightedmean_tokens, "weightedmean"),
+                (self.pooling_mode_lasttoken, "lasttoken"),
+            ]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, m)| m.to_string())
+            .collect(),
+        };
+        match modes.as_slice() {
+            [] => Ok(Pooling::Mean),
+            [one] => Pooling::named(one)
+                .with_context(|| format!("{}: unknown pooling mode `{one}`", file.display())),
+            many => bail!(
+                "{}: pooling modes {} together (their vectors concatenated) are not supported; embedflow pools with one mode",
+                file.display(),
+                many.join(" + ")
+            ),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize, Default)]
+struct SentenceTransformersConfig {
+    #[serde(default)]
+    prompts: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    default_prompt_name: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct TokenizerConfig {
+    #[serde(default)]
+    padding_side: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -156,15 +271,24 @@ pub fn read_settings(dir: &Path) -> Result<ModelSettings> {
         .find(|m| m.kind.ends_with("Pooling"))
         .map(|m| dir.join(&m.path))
         .unwrap_or_else(|| dir.join("1_Pooling"));
-    let pooling_cfg: PoolingConfig =
-        read_json(&pooling_dir.join("config.json"))?.unwrap_or_default();
-    let pooling = if pooling_cfg.pooling_mode_cls_token {
-        Pooling::Cls
-    } else if pooling_cfg.pooling_mode_max_tokens && !pooling_cfg.pooling_mode_mean_tokens {
-        Pooling::Max
-    } else {
-        Pooling::Mean
-    };
+    let pooling_file = pooling_dir.join("config.json");
+    let pooling_cfg: PoolingConfig = read_json(&pooling_file)?.unwrap_or(PoolingConfig {
+        include_prompt: true,
+        ..PoolingConfig::default()
+    });
+    let pooling = pooling_cfg.mode(&pooling_file)?;
+    let st: SentenceTransformersConfig =
+        read_json(&dir.join("config_sentence_transformers.json"))?.unwrap_or_default();
+    if let Some(name) = &st.default_prompt_name
+        && !st.prompts.contains_key(name)
+    {
+        bail!(
+            "config_sentence_transformers.json: default_prompt_name `{name}` is not one of its prompts ({})",
+            names(&st.prompts)
+        );
+    }
+    let tokenizer_cfg: TokenizerConfig =
+        read_json(&dir.join("tokenizer_config.json"))?.unwrap_or_default();
     let normalize = modules.iter().any(|m| m.kind.ends_with("Normalize"));
     let sbert: Option<SentenceBertConfig> = read_json(&dir.join("sentence_bert_config.json"))?;
     let transformer: Option<TransformerConfig> = read_json(&dir.join("config.json"))?;
@@ -178,7 +302,19 @@ pub fn read_settings(dir: &Path) -> Result<ModelSettings> {
         max_positions,
         pooling,
         normalize,
+        prompts: st.prompts,
+        default_prompt_name: st.default_prompt_name,
+        include_prompt: pooling_cfg.include_prompt,
+        pad_left: tokenizer_cfg.padding_side.as_deref() == Some("left"),
     })
+}
+
+/// The prompts' names, for messages.
+pub fn names(prompts: &std::collections::BTreeMap<String, String>) -> String {
+    if prompts.is_empty() {
+        return "it has none".into();
+    }
+    prompts.keys().cloned().collect::<Vec<_>>().join(", ")
 }
 
 /// Hugging Face hub download (hf-hub), honouring HF_HOME, HF_ENDPOINT and HF_HUB_OFFLINE.
@@ -191,6 +327,8 @@ mod hub {
         "sentence_bert_config.json",
         "modules.json",
         "1_Pooling/config.json",
+        "config_sentence_transformers.json",
+        "tokenizer_config.json",
     ];
 
     fn offline() -> bool {
@@ -303,11 +441,44 @@ mod tests {
         assert_eq!(
             s,
             ModelSettings {
-                max_seq_length: 256,
-                max_positions: None,
-                pooling: Pooling::Mean,
-                normalize: true
+                normalize: true,
+                ..ModelSettings::plain(256)
             }
+        );
+    }
+
+    #[test]
+    fn prompts_last_token_pooling_and_left_padding_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("1_Pooling")).unwrap();
+        std::fs::write(
+            dir.path().join("1_Pooling/config.json"),
+            r#"{"pooling_mode_lasttoken": true, "include_prompt": false}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("config_sentence_transformers.json"),
+            r#"{"prompts": {"query": "Instruct: find\nQuery: ", "document": ""}, "default_prompt_name": null}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            r#"{"padding_side": "left"}"#,
+        )
+        .unwrap();
+        let s = read_settings(dir.path()).unwrap();
+        assert_eq!(s.pooling, Pooling::LastToken);
+        assert!(!s.include_prompt && s.pad_left);
+        assert_eq!(s.prompts["query"], "Instruct: find\nQuery: ");
+        std::fs::write(
+            dir.path().join("config_sentence_transformers.json"),
+            r#"{"prompts": {"query": "q: "}, "default_prompt_name": "passage"}"#,
+        )
+        .unwrap();
+        let e = read_settings(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("default_prompt_name `passage`") && e.contains("query"),
+            "{e}"
         );
     }
 }

@@ -61,6 +61,26 @@ pub struct EmbedSpec {
     /// Where inference runs: `cpu` (default), `cuda`, `cuda:N` or `cuda:0,1` (one session per GPU).
     #[serde(default)]
     pub device: Device,
+    /// Text put before every row's text (e.g. `"passage: "`), instead of the model's own
+    /// document prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// A prompt of the model's `config_sentence_transformers.json` by name, for the rows
+    /// (e.g. `passage` for E5, `document` for nomic-embed). Default, as sentence-transformers'
+    /// `encode()`: the model's `default_prompt_name`, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_name: Option<String>,
+    /// Text put before a query (`query`, `vector_search`, `embed()` in a query's SQL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_prompt: Option<String>,
+    /// A prompt of the model by name, for queries. Default, as `encode_query()`: the model's
+    /// `query` prompt, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_prompt_name: Option<String>,
+    /// Keep the first N dimensions of each vector (Matryoshka models; sentence-transformers'
+    /// `truncate_dim`), re-normalised when the model's vectors are normalised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimensions: Option<usize>,
 }
 
 fn default_text() -> String {
@@ -89,6 +109,11 @@ impl EmbedSpec {
             onnxruntime: None,
             precision: Precision::default(),
             device: Device::default(),
+            prompt: None,
+            prompt_name: None,
+            query_prompt: None,
+            query_prompt_name: None,
+            dimensions: None,
         }
     }
 
@@ -141,6 +166,34 @@ impl EmbedSpec {
         }
         if let Some(c) = &self.chunking {
             c.validate()?;
+        }
+        for (literal, name, key) in [
+            (&self.prompt, &self.prompt_name, "embed.prompt"),
+            (
+                &self.query_prompt,
+                &self.query_prompt_name,
+                "embed.query_prompt",
+            ),
+        ] {
+            if literal.is_some() && name.is_some() {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{key} (a text) and {key}_name (one of the model's prompts) are alternatives: give one"
+                    ),
+                ));
+            }
+        }
+        if self.vector.is_some()
+            && (self.prompt.is_some() || self.prompt_name.is_some() || self.dimensions.is_some())
+        {
+            return Err(invalid(
+                "embed.vector",
+                "the vectors exist already: embed.prompt, embed.prompt_name and embed.dimensions shape vectors a model makes",
+            ));
+        }
+        if self.dimensions == Some(0) {
+            return Err(invalid("embed.dimensions", "must be at least 1"));
         }
         if self.id.is_some() && !self.key.is_empty() {
             return Err(invalid(

@@ -18,6 +18,7 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
+use super::encoder::Side;
 use super::{EmbedSpec, Embedder};
 
 /// The Arrow type of one vector.
@@ -55,6 +56,8 @@ impl std::fmt::Debug for Model {
 #[derive(Debug)]
 pub struct EmbedUdf {
     model: Model,
+    /// Rows of a pipeline (its document prompt) or queries (its query prompt).
+    side: Side,
     signature: Signature,
 }
 
@@ -62,8 +65,17 @@ impl EmbedUdf {
     pub fn new(embedder: Arc<Embedder>) -> Self {
         EmbedUdf {
             model: Model::Loaded(embedder),
+            side: Side::Document,
             signature: Signature::user_defined(Volatility::Immutable),
         }
+    }
+
+    /// `embed()` of queries: the model's query prompt before each text (`query`, `sql`).
+    pub fn for_queries(embedder: Arc<Embedder>) -> ScalarUDF {
+        ScalarUDF::new_from_impl(EmbedUdf {
+            side: Side::Query,
+            ..Self::new(embedder)
+        })
     }
 
     /// `embed()` of a model given by its settings and width, loaded by `load` when the function
@@ -80,6 +92,7 @@ impl EmbedUdf {
                 load,
                 loaded: OnceLock::new(),
             },
+            side: Side::Document,
             signature: Signature::user_defined(Volatility::Immutable),
         }
     }
@@ -131,9 +144,10 @@ impl EmbedUdf {
 
     fn identity(&self) -> String {
         format!(
-            "{}:{}",
+            "{}:{}:{:?}",
             serde_json::to_string(self.spec()).unwrap_or_default(),
-            self.dim()
+            self.dim(),
+            self.side
         )
     }
 }
@@ -141,7 +155,7 @@ impl EmbedUdf {
 impl PartialEq for EmbedUdf {
     fn eq(&self, other: &Self) -> bool {
         match (&self.model, &other.model) {
-            (Model::Loaded(a), Model::Loaded(b)) => Arc::ptr_eq(a, b),
+            (Model::Loaded(a), Model::Loaded(b)) => Arc::ptr_eq(a, b) && self.side == other.side,
             _ => self.identity() == other.identity(),
         }
     }
@@ -230,7 +244,7 @@ impl EmbedUdf {
         let embedder = self.embedder()?;
         let dim = embedder.dim();
         let (values, tokens) = embedder
-            .embed_counting(rows)
+            .embed_counting_as(rows, self.side)
             .map_err(|e| DataFusionError::External(e.into()))?;
         crate::report::count_partition_tokens(tokens);
         let nulls = NullBuffer::from(rows.iter().map(Option::is_some).collect::<Vec<bool>>());

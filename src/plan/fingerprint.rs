@@ -128,6 +128,16 @@ pub struct EmbeddingSettings {
     pub normalize: bool,
     /// `max_tokens/overlap` of embed.chunking, or `none`.
     pub chunking: String,
+    /// The document prompt put before each text (empty: none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prompt: String,
+    /// `embed.dimensions`, when the vectors are cut (0: the model's width).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dimensions: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl EmbeddingSettings {
@@ -147,6 +157,11 @@ impl EmbeddingSettings {
                 Some((max, overlap)) => format!("{max}/{overlap}"),
                 None => "none".into(),
             },
+            prompt: embedder
+                .prompt(crate::embed::Side::Document)
+                .map(|p| p.text.clone())
+                .unwrap_or_default(),
+            dimensions: embedder.spec().dimensions.unwrap_or(0),
         })
     }
 
@@ -162,6 +177,8 @@ impl EmbeddingSettings {
             pooling: "none".into(),
             normalize: false,
             chunking: "none".into(),
+            prompt: String::new(),
+            dimensions: 0,
         }
     }
 
@@ -179,6 +196,16 @@ impl EmbeddingSettings {
         ] {
             h.update(part.as_bytes());
             h.update([0u8]);
+        }
+        // Hashed only when set, so that states written before these settings keep their
+        // fingerprints.
+        if !self.prompt.is_empty() {
+            h.update(b"prompt\0");
+            h.update(self.prompt.as_bytes());
+            h.update([0u8]);
+        }
+        if self.dimensions > 0 {
+            h.update(format!("dimensions\0{}\0", self.dimensions).as_bytes());
         }
         hex::encode(&h.finalize()[..16])
     }
@@ -217,6 +244,16 @@ impl EmbeddingSettings {
             &self.normalize.to_string(),
         );
         field("chunking", &earlier.chunking, &self.chunking);
+        field(
+            "prompt",
+            &format!("{:?}", earlier.prompt),
+            &format!("{:?}", self.prompt),
+        );
+        field(
+            "dimensions",
+            &earlier.dimensions.to_string(),
+            &self.dimensions.to_string(),
+        );
         out.join(", ")
     }
 }

@@ -38,8 +38,24 @@ pub const CHUNK_COUNT_COLUMN: &str = "__ef_chunks";
 /// large enough for length-sorted micro-batches inside `embed()`.
 pub const PLAN_BATCH_ROWS: usize = 1024;
 
-/// A DataFusion session with embedflow's functions registered.
+/// A DataFusion session with embedflow's functions registered; `embed()` embeds a table's rows
+/// (with the model's document prompt).
 pub fn session_context(embedder: Option<Arc<Embedder>>) -> SessionContext {
+    let ctx = bare_context();
+    if let Some(e) = embedder {
+        ctx.register_udf(EmbedUdf::udf(e));
+    }
+    ctx
+}
+
+/// A session for searching: `embed()` embeds queries (with the model's query prompt).
+pub fn query_context(embedder: Arc<Embedder>) -> SessionContext {
+    let ctx = bare_context();
+    ctx.register_udf(EmbedUdf::for_queries(embedder));
+    ctx
+}
+
+fn bare_context() -> SessionContext {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -51,9 +67,6 @@ pub fn session_context(embedder: Option<Arc<Embedder>>) -> SessionContext {
     let ctx = SessionContext::new_with_config_rt(config, memory::runtime());
     ctx.register_udf(CosineSimilarity::udf());
     ctx.register_udf(fingerprint::FingerprintUdf::udf());
-    if let Some(e) = embedder {
-        ctx.register_udf(EmbedUdf::udf(e));
-    }
     ctx
 }
 
