@@ -220,6 +220,10 @@ pub struct QueryArgs {
     /// Pinecone sink: search this namespace instead of the pipeline's.
     #[arg(long)]
     namespace: Option<String>,
+    /// Hybrid search (a pipeline with embed.sparse): the weight of the dense score against the
+    /// BM25 sparse score, from 0 (sparse only) to 1 (dense only).
+    #[arg(long, value_name = "0..1")]
+    alpha: Option<f32>,
 }
 
 #[derive(Debug, Args)]
@@ -554,6 +558,7 @@ async fn query_command(s: QueryArgs) -> Result<()> {
                 .map_err(|e| config_error(format!("--filter is not JSON: {e}")))
         })
         .transpose()?;
+    let hybrid = query::Hybrid::of(&p, s.alpha).await?;
     let embedder = driver::load_embedder(&p.embed).await?;
     let width = (s.width > 0 && s.format == OutputFormat::Table).then_some(s.width);
     let batches = match p.sink.kind()? {
@@ -563,7 +568,7 @@ async fn query_command(s: QueryArgs) -> Result<()> {
                     "--filter and --namespace apply to a Pinecone sink; use `embedflow sql` to filter Parquet output",
                 ));
             }
-            query::search(&p, embedder, &s.text, s.k, width).await?
+            query::search(&p, embedder, &s.text, s.k, width, hybrid.as_ref()).await?
         }
         SinkKind::Pinecone(spec) => {
             let request = query::PineconeQuery {
@@ -573,7 +578,7 @@ async fn query_command(s: QueryArgs) -> Result<()> {
                 width,
                 chunked: p.embed.chunking.is_some(),
             };
-            query::search_pinecone(spec, &embedder, &s.text, &request).await?
+            query::search_pinecone(spec, &embedder, &s.text, &request, hybrid.as_ref()).await?
         }
     };
     query::print(&batches, s.format)

@@ -13,10 +13,15 @@ use datafusion::prelude::{ParquetReadOptions, SessionContext, ident, lit};
 
 use crate::config::Pipeline;
 use crate::embed::Embedder;
+use crate::embed::bm25::Bm25;
+use crate::embed::bm25::udf::{Bm25Udf, SPARSE_COLUMN};
+use crate::error::config_error;
 use crate::error::one_line;
 use crate::plan::query_context;
 use crate::sink::pinecone::config::PineconeSinkSpec;
+use crate::sink::pinecone::records::SparseWire;
 use crate::storage::OutputLocation;
+use datafusion::logical_expr::cast;
 use object_store::ObjectStoreExt;
 
 /// How `query` shows results.
@@ -28,6 +33,51 @@ pub enum OutputFormat {
     Json,
 }
 
+/// Hybrid search (`query --alpha`): dense and BM25 sparse scores in a convex combination,
+/// `alpha x dense + (1 - alpha) x sparse`, as pinecone-text's `hybrid_convex_scale` weighs a
+/// query for Pinecone (1: dense only, 0: sparse only).
+#[derive(Debug, Clone)]
+pub struct Hybrid {
+    pub alpha: f32,
+    pub bm25: Arc<Bm25>,
+}
+
+impl Hybrid {
+    /// The hybrid search `alpha` asks for: the pipeline's BM25 parameters (`embed.sparse`),
+    /// read from the file its run wrote.
+    pub async fn of(pipeline: &Pipeline, alpha: Option<f32>) -> Result<Option<Hybrid>> {
+        let Some(alpha) = alpha else {
+            return Ok(None);
+        };
+        if !(0.0..=1.0).contains(&alpha) {
+            return Err(config_error(format!(
+                "--alpha {alpha}: give a weight from 0 (sparse only) to 1 (dense only)"
+            )));
+        }
+        let Some(path) = pipeline
+            .embed
+            .sparse
+            .as_ref()
+            .and_then(|s| s.params.as_deref())
+        else {
+            return Err(config_error(
+                "--alpha weighs dense against sparse scores: the pipeline has no embed.sparse, so its output has no sparse vectors",
+            ));
+        };
+        let params = crate::embed::bm25::load_params(path, &pipeline.storage)
+            .await?
+            .ok_or_else(|| {
+                config_error(format!(
+                    "no BM25 parameters at {path}: run `embedflow run` on this pipeline first"
+                ))
+            })?;
+        Ok(Some(Hybrid {
+            alpha,
+            bm25: Arc::new(Bm25::new(params)),
+        }))
+    }
+}
+
 /// Runs a top-k search; returns batches of `id`, `score` and metadata, best first.
 pub async fn search(
     pipeline: &Pipeline,
@@ -35,6 +85,7 @@ pub async fn search(
     text: &str,
     k: usize,
     width: Option<usize>,
+    hybrid: Option<&Hybrid>,
 ) -> Result<Vec<RecordBatch>> {
     let ctx = query_context(embedder);
     // A folder output is every part in it: one per shard of a sharded run.
@@ -42,7 +93,15 @@ pub async fn search(
     let embed = ctx
         .udf("embed")
         .map_err(|_| anyhow!("embed() is not registered"))?;
-    top_k(&ctx, "vectors", embed.call(vec![lit(text)]), k, width, None).await
+    let dense = embed.call(vec![lit(text)]);
+    let hybrid = match hybrid {
+        Some(h) => {
+            let udf = Bm25Udf::queries(Arc::clone(&h.bm25));
+            Some((h.alpha, udf.call(vec![lit(text)])))
+        }
+        None => None,
+    };
+    top_k(&ctx, "vectors", dense, k, width, None, hybrid).await
 }
 
 /// Registers a pipeline's Parquet output (every part of a folder output: one per shard of a
@@ -109,19 +168,30 @@ pub struct PineconeQuery {
 }
 
 /// Embeds `text` and asks the pipeline's Pinecone index for its nearest vectors; returns one
-/// batch of `id`, `score` and `metadata` (JSON text), best first.
+/// batch of `id`, `score` and `metadata` (JSON text), best first. A hybrid search sends the
+/// dense vector times `alpha` and the BM25 query vector times `1 - alpha`, which the index
+/// scores by dot product.
 pub async fn search_pinecone(
     spec: &PineconeSinkSpec,
     embedder: &Arc<Embedder>,
     text: &str,
     q: &PineconeQuery,
+    hybrid: Option<&Hybrid>,
 ) -> Result<Vec<RecordBatch>> {
     let e = Arc::clone(embedder);
     let owned = text.to_string();
-    let vector = tokio::task::spawn_blocking(move || e.embed_queries(&[Some(owned.as_str())]))
+    let mut vector = tokio::task::spawn_blocking(move || e.embed_queries(&[Some(owned.as_str())]))
         .await
         .map_err(|e| anyhow!("embedding panicked: {e}"))??;
-    search_pinecone_vector(spec, &vector, q).await
+    let sparse = hybrid.map(|h| {
+        vector.iter_mut().for_each(|v| *v *= h.alpha);
+        let s = h.bm25.encode_query(text);
+        SparseWire {
+            indices: s.indices,
+            values: s.values.iter().map(|v| v * (1.0 - h.alpha)).collect(),
+        }
+    });
+    search_pinecone_vector(spec, &vector, sparse.as_ref(), q).await
 }
 
 /// Asks the pipeline's Pinecone index for the nearest vectors to `vector`; one batch of `id`,
@@ -129,6 +199,7 @@ pub async fn search_pinecone(
 pub async fn search_pinecone_vector(
     spec: &PineconeSinkSpec,
     vector: &[f32],
+    sparse: Option<&SparseWire>,
     q: &PineconeQuery,
 ) -> Result<Vec<RecordBatch>> {
     if q.k > 10_000 {
@@ -152,6 +223,9 @@ pub async fn search_pinecone_vector(
             "includeMetadata": true,
             "includeValues": false,
         });
+        if let Some(sparse) = sparse.filter(|s| !s.indices.is_empty()) {
+            body["sparseVector"] = serde_json::to_value(sparse)?;
+        }
         if let Some(ns) = q.namespace.as_deref().filter(|n| !n.is_empty()) {
             body["namespace"] = ns.into();
         }
@@ -227,7 +301,8 @@ pub async fn search_pinecone_vector(
 }
 
 /// Top-k rows of `table` by cosine similarity to `query` (a vector expression: `embed('...')`
-/// or a literal), among the rows `filter` (SQL) keeps.
+/// or a literal), among the rows `filter` (SQL) keeps. `hybrid` (`alpha`, a sparse query
+/// vector) scores `alpha x cosine + (1 - alpha) x sparse_dot(sparse_values, query)`.
 pub async fn top_k(
     ctx: &SessionContext,
     table: &str,
@@ -235,6 +310,7 @@ pub async fn top_k(
     k: usize,
     width: Option<usize>,
     filter: Option<&str>,
+    hybrid: Option<(f32, datafusion::prelude::Expr)>,
 ) -> Result<Vec<RecordBatch>> {
     let mut df = ctx.table(table).await?;
     if let Some(f) = filter {
@@ -245,11 +321,25 @@ pub async fn top_k(
     }
     let schema = df.schema().clone();
     let cosine = ctx.udf("cosine_similarity")?;
-    let score = cosine.call(vec![ident("vector"), query]).alias("score");
-    let mut exprs = vec![ident("id"), score];
+    let dense = cast(cosine.call(vec![ident("vector"), query]), DataType::Float64);
+    let score = match hybrid {
+        None => dense,
+        Some((alpha, sparse_query)) => {
+            if schema.field_with_unqualified_name(SPARSE_COLUMN).is_err() {
+                bail!(
+                    "the output has no `{SPARSE_COLUMN}` column for a hybrid search: run the pipeline again with embed.sparse"
+                );
+            }
+            let sparse = ctx
+                .udf("sparse_dot")?
+                .call(vec![ident(SPARSE_COLUMN), sparse_query]);
+            lit(f64::from(alpha)) * dense + lit(1.0 - f64::from(alpha)) * sparse
+        }
+    };
+    let mut exprs = vec![ident("id"), score.alias("score")];
     for f in schema.fields() {
         let name = f.name();
-        if name == "id" || name == "vector" {
+        if name == "id" || name == "vector" || name == SPARSE_COLUMN {
             continue;
         }
         let column = ident(name.as_str());

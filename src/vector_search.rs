@@ -159,7 +159,7 @@ impl SearchTable {
                     width: None,
                     chunked: self.pipeline.embed.chunking.is_some(),
                 };
-                query::search_pinecone_vector(spec, &self.vector, &q).await
+                query::search_pinecone_vector(spec, &self.vector, None, &q).await
             }
             SinkKind::Parquet(_) => {
                 let ctx = session_context(None);
@@ -179,6 +179,7 @@ impl SearchTable {
                     self.k,
                     None,
                     self.filter.as_deref(),
+                    None,
                 )
                 .await?;
                 found.iter().map(as_metadata_json).collect()

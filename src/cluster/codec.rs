@@ -29,6 +29,8 @@ use ballista_core::serde::{BallistaLogicalExtensionCodec, BallistaPhysicalExtens
 use crate::driver::partitioned::{PartTarget, PartitionedSinkExec};
 use crate::driver::table::SinkTable;
 use crate::embed::EmbedSpec;
+use crate::embed::bm25::udf::Bm25Udf;
+use crate::embed::bm25::{Bm25, Bm25Params};
 use crate::embed::chunk::{ChunkingSpec, ChunksUdf};
 use crate::embed::udf::EmbedUdf;
 use crate::plan::fingerprint::FingerprintUdf;
@@ -87,6 +89,12 @@ fn encode_embed_or(
         // No settings: the executors' own function.
         return encode_json(&"fingerprint", buf);
     }
+    if let Some(bm25) = inner.downcast_ref::<Bm25Udf>() {
+        // A document's weights need the settings and avgdl, not the document frequencies.
+        let mut params = bm25.bm25().params().clone();
+        params.doc_freq = Default::default();
+        return encode_json(&params, buf);
+    }
     let Some(embed) = inner.downcast_ref::<EmbedUdf>() else {
         return other(buf);
     };
@@ -118,6 +126,12 @@ fn decode_embed_or(
     if name == "fingerprint" {
         return match decode_json::<String>(buf, "fingerprint()")? {
             Some(_) => Ok(Arc::new(FingerprintUdf::udf())),
+            None => other(),
+        };
+    }
+    if name == "bm25" {
+        return match decode_json::<Bm25Params>(buf, "bm25() parameters")? {
+            Some(p) => Ok(Arc::new(Bm25Udf::documents(Arc::new(Bm25::new(p))))),
             None => other(),
         };
     }

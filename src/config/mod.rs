@@ -106,7 +106,8 @@ impl Pipeline {
         for o in overrides {
             overrides::apply(&mut value, o, &mut origins)?;
         }
-        let pipeline = diagnose::deserialize(value, raw, &origins)?;
+        let mut pipeline: Pipeline = diagnose::deserialize(value, raw, &origins)?;
+        pipeline.default_sparse_params();
         pipeline.validate().map_err(|mut e| {
             if e.origin.is_none() {
                 e.origin = e
@@ -120,9 +121,36 @@ impl Pipeline {
         Ok(pipeline)
     }
 
+    /// `embed.sparse` without `params`: the fitted parameters go beside a Parquet output
+    /// (`<path>.bm25.json`), else into the incremental state folder (`bm25.json`).
+    fn default_sparse_params(&mut self) {
+        let Some(sparse) = self.embed.sparse.as_mut() else {
+            return;
+        };
+        if sparse.params.is_some() {
+            return;
+        }
+        sparse.params = match (&self.sink.parquet, &self.incremental) {
+            (Some(p), _) => Some(format!("{}.bm25.json", p.path.trim_end_matches('/'))),
+            (None, Some(inc)) => Some(format!("{}/bm25.json", inc.state.trim_end_matches('/'))),
+            (None, None) => None,
+        };
+    }
+
     fn validate(&self) -> std::result::Result<(), ConfigError> {
         self.source.validate()?;
         self.embed.validate()?;
+        if self
+            .embed
+            .sparse
+            .as_ref()
+            .is_some_and(|s| s.params.is_none())
+        {
+            return Err(invalid(
+                "embed.sparse.params",
+                "name the file the fitted BM25 parameters go to (queries and later runs read it); beside a Parquet output or in an incremental state folder it has a default",
+            ));
+        }
         self.sink.validate()?;
         if let Some(inc) = &self.incremental {
             inc.validate()?;

@@ -88,9 +88,20 @@ pub async fn prepare(
                 None => None,
             };
             let e = Arc::clone(embedder);
-            tokio::task::spawn_blocking(move || EmbeddingSettings::of(&e, chunking))
-                .await
-                .context("fingerprinting the model panicked")??
+            let mut settings =
+                tokio::task::spawn_blocking(move || EmbeddingSettings::of(&e, chunking))
+                    .await
+                    .context("fingerprinting the model panicked")??;
+            // embed.sparse: the BM25 settings the plan's bm25() was made with.
+            if let Ok(udf) = datafusion::execution::FunctionRegistry::udf(&plan.ctx, "bm25")
+                && let Some(bm25) = udf
+                    .inner()
+                    .as_ref()
+                    .downcast_ref::<crate::embed::bm25::udf::Bm25Udf>()
+            {
+                settings.sparse = bm25.bm25().params().document_settings();
+            }
+            settings
         }
     };
     let sink_id = sink_identity(pipeline, opts.shard)?;

@@ -2,6 +2,7 @@
 //! `embed(text)` DataFusion UDF.
 
 pub mod batch;
+pub mod bm25;
 pub mod chunk;
 pub mod encoder;
 pub mod eval;

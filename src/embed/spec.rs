@@ -81,6 +81,9 @@ pub struct EmbedSpec {
     /// `truncate_dim`), re-normalised when the model's vectors are normalised.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dimensions: Option<usize>,
+    /// Sparse vectors beside the dense ones (`bm25`), for hybrid search.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparse: Option<super::bm25::SparseSpec>,
 }
 
 fn default_text() -> String {
@@ -114,6 +117,7 @@ impl EmbedSpec {
             query_prompt: None,
             query_prompt_name: None,
             dimensions: None,
+            sparse: None,
         }
     }
 
@@ -191,6 +195,15 @@ impl EmbedSpec {
                 "embed.vector",
                 "the vectors exist already: embed.prompt, embed.prompt_name and embed.dimensions shape vectors a model makes",
             ));
+        }
+        if let Some(sparse) = &self.sparse {
+            if self.vector.is_some() {
+                return Err(invalid(
+                    "embed.sparse",
+                    "with embed.vector nothing is embedded from the text; sparse vectors come from the text a model embeds",
+                ));
+            }
+            sparse.validate()?;
         }
         if self.dimensions == Some(0) {
             return Err(invalid("embed.dimensions", "must be at least 1"));

@@ -134,6 +134,9 @@ pub struct EmbeddingSettings {
     /// `embed.dimensions`, when the vectors are cut (0: the model's width).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub dimensions: usize,
+    /// `embed.sparse`: what shapes a row's sparse vector (empty: none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sparse: String,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -162,6 +165,7 @@ impl EmbeddingSettings {
                 .map(|p| p.text.clone())
                 .unwrap_or_default(),
             dimensions: embedder.spec().dimensions.unwrap_or(0),
+            sparse: String::new(),
         })
     }
 
@@ -179,6 +183,7 @@ impl EmbeddingSettings {
             chunking: "none".into(),
             prompt: String::new(),
             dimensions: 0,
+            sparse: String::new(),
         }
     }
 
@@ -206,6 +211,11 @@ impl EmbeddingSettings {
         }
         if self.dimensions > 0 {
             h.update(format!("dimensions\0{}\0", self.dimensions).as_bytes());
+        }
+        if !self.sparse.is_empty() {
+            h.update(b"sparse\0");
+            h.update(self.sparse.as_bytes());
+            h.update([0u8]);
         }
         hex::encode(&h.finalize()[..16])
     }
@@ -254,6 +264,7 @@ impl EmbeddingSettings {
             &earlier.dimensions.to_string(),
             &self.dimensions.to_string(),
         );
+        field("sparse", &earlier.sparse, &self.sparse);
         out.join(", ")
     }
 }

@@ -21,6 +21,7 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{DataFrame, Expr, SessionContext, cast, ident, lit};
 
 use crate::embed::Embedder;
+use crate::embed::bm25::udf::{Bm25Udf, SPARSE_COLUMN};
 use crate::embed::spec::EmbedSpec;
 use crate::embed::udf::EmbedUdf;
 use crate::error::{config_error, one_line};
@@ -67,6 +68,7 @@ fn bare_context() -> SessionContext {
     let ctx = SessionContext::new_with_config_rt(config, memory::runtime());
     ctx.register_udf(CosineSimilarity::udf());
     ctx.register_udf(fingerprint::FingerprintUdf::udf());
+    ctx.register_udf(crate::embed::bm25::udf::SparseDot::udf());
     ctx
 }
 
@@ -165,12 +167,23 @@ pub fn output_frame(
         .udf("embed")
         .context("embed() is not registered: no model loaded")?;
     let id = id_expr(&schema, spec)?;
+    // embed.sparse: the text's sparse vector beside its dense one.
+    let bm25 = ctx.udf("bm25").ok();
+    let sparse = |text: Expr| {
+        bm25.as_ref()
+            .map(|f| f.call(vec![text]).alias(SPARSE_COLUMN))
+    };
     if spec.chunking.is_none() {
         let mut exprs = vec![
             id.alias("id"),
             embed.call(vec![ident(text.as_str())]).alias("vector"),
         ];
-        exprs.extend(metadata_columns(&schema, spec, &["id", "vector"])?);
+        exprs.extend(sparse(ident(text.as_str())));
+        exprs.extend(metadata_columns(
+            &schema,
+            spec,
+            &["id", "vector", SPARSE_COLUMN],
+        )?);
         return Ok(source.select(exprs)?);
     }
     use datafusion::common::UnnestOptions;
@@ -182,7 +195,15 @@ pub fn output_frame(
     let metadata = metadata_columns(
         &schema,
         spec,
-        &["id", "vector", "chunk", "text", "source_id", CHUNKS],
+        &[
+            "id",
+            "vector",
+            SPARSE_COLUMN,
+            "chunk",
+            "text",
+            "source_id",
+            CHUNKS,
+        ],
     )?;
     let mut exprs = vec![
         id.alias("source_id"),
@@ -214,15 +235,35 @@ pub fn output_frame(
         ])
         .alias("id"),
         embed.call(vec![chunk_text.clone()]).alias("vector"),
+    ];
+    exprs.extend(sparse(chunk_text.clone()));
+    exprs.extend([
         number.alias("chunk"),
         chunk_text.alias("text"),
         ident("source_id"),
-    ];
+    ]);
     exprs.extend(metadata);
     if counted {
         exprs.push(ident(CHUNK_COUNT_COLUMN));
     }
     Ok(unnested.select(exprs)?)
+}
+
+/// The texts `embed()` embeds, one per output row (each chunk, with `embed.chunking`), as one
+/// column `text`: what BM25 is fitted on.
+pub fn texts_frame(source: DataFrame, spec: &EmbedSpec, ctx: &SessionContext) -> Result<DataFrame> {
+    let text = ident(spec.text.as_str());
+    if spec.chunking.is_none() {
+        return Ok(source.select(vec![text.alias("text")])?);
+    }
+    use datafusion::functions::core::expr_fn::get_field;
+    let chunks = ctx
+        .udf("chunks")
+        .context("chunks() is not registered: embed.chunking without a chunker")?;
+    Ok(source
+        .select(vec![chunks.call(vec![text]).alias(CHUNKS)])?
+        .unnest_columns(&[CHUNKS])?
+        .select(vec![get_field(ident(CHUNKS), "text").alias("text")])?)
 }
 
 /// The unnested chunks column, never in the output.
@@ -285,6 +326,12 @@ pub async fn build_sharded(
         ctx.register_udf(crate::embed::chunk::ChunksUdf::udf(spec, &embedder)?);
     }
     let source = source::source_frame(&ctx, spec.source).await?;
+    if let Some(sparse) = &spec.embed.sparse {
+        // Fitted on every row of the source, whatever the shard: all shards share it.
+        let texts = texts_frame(source.clone(), spec.embed, &ctx)?;
+        let bm25 = crate::embed::bm25::fit_or_load(sparse, texts, spec.storage).await?;
+        ctx.register_udf(Bm25Udf::documents(bm25));
+    }
     let source = shard_rows(source, spec.embed, shard)?;
     let ids = source
         .clone()

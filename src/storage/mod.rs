@@ -372,3 +372,49 @@ impl OutputLocation {
         Ok(())
     }
 }
+
+/// Reads a small file (local path or `s3://`) whole; `None` when it does not exist.
+pub async fn read_small(path: &str, storage: &StorageSpec) -> Result<Option<Vec<u8>>> {
+    if is_remote(path) {
+        let url = RemoteUrl::parse(path, path)?;
+        let store = s3_store(path, &url.bucket, storage.s3.as_ref())?;
+        return match store
+            .get(&object_store::path::Path::from(url.key.as_str()))
+            .await
+        {
+            Ok(got) => Ok(Some(got.bytes().await?.to_vec())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(anyhow::anyhow!(e).context(format!("cannot read {path}"))),
+        };
+    }
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::anyhow!(e).context(format!("cannot read {path}"))),
+    }
+}
+
+/// Writes a small file (local path or `s3://`) whole: it appears complete or not at all.
+pub async fn write_small(path: &str, storage: &StorageSpec, body: Vec<u8>) -> Result<()> {
+    if is_remote(path) {
+        let url = RemoteUrl::parse(path, path)?;
+        let store = s3_store(path, &url.bucket, storage.s3.as_ref())?;
+        store
+            .put(
+                &object_store::path::Path::from(url.key.as_str()),
+                object_store::PutPayload::from(body),
+            )
+            .await?;
+        return Ok(());
+    }
+    let target = Path::new(path);
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
+    std::io::Write::write_all(&mut tmp, &body)?;
+    tmp.persist(target)?;
+    Ok(())
+}

@@ -32,6 +32,7 @@ use super::config::{ImportErrorMode, ImportSpec, PineconeSinkSpec};
 use super::records::RecordEncoder;
 use super::{Connection, connect};
 use crate::driver::partitioned::PartName;
+use crate::embed::bm25::udf::SPARSE_COLUMN;
 use crate::error::config_error;
 use crate::sink::{Sink, SinkReport};
 use crate::storage::{self, RemoteUrl, StorageSpec};
@@ -278,8 +279,10 @@ pub async fn follow(client: &PineconeClient, id: &str) -> Result<ImportStatus> {
     }
 }
 
-fn import_file_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
+/// Pinecone's import columns: `id`, `values`, `metadata` (JSON text) and, with `embed.sparse`,
+/// `sparse_values` (`indices`, `values`).
+fn import_file_schema(sparse: bool) -> SchemaRef {
+    let mut fields = vec![
         Field::new("id", DataType::Utf8, false),
         Field::new(
             "values",
@@ -287,7 +290,15 @@ fn import_file_schema() -> SchemaRef {
             false,
         ),
         Field::new("metadata", DataType::Utf8, true),
-    ]))
+    ];
+    if sparse {
+        fields.push(Field::new(
+            SPARSE_COLUMN,
+            crate::embed::bm25::udf::sparse_type(),
+            true,
+        ));
+    }
+    Arc::new(Schema::new(fields))
 }
 
 /// What an earlier run left: `Some(summary)` when it started an import that this run followed
@@ -572,6 +583,8 @@ pub struct ImportFiles {
     folder: ObjectPath,
     uri: String,
     stem: String,
+    /// The rows carry sparse values (`embed.sparse`).
+    sparse: bool,
     /// A cluster's task: its files are written to the staging folder and moved into `folder`
     /// at the end, named by their rows ([`PartName`]), so a task that Ballista runs again
     /// replaces them rather than adding a second copy.
@@ -625,6 +638,7 @@ impl ImportFiles {
                 None => "part-".to_string(),
             },
             staged: task.map(|_| (place.staging, PartName::default())),
+            sparse: schema.field_with_name(SPARSE_COLUMN).is_ok(),
             file_rows: import.file_rows,
             encoder: RecordEncoder::new(spec, schema)?,
             writer: None,
@@ -640,7 +654,7 @@ impl ImportFiles {
             batch.column_by_name("id").context("no id column")?,
             &DataType::Utf8,
         )?;
-        let schema = import_file_schema();
+        let schema = import_file_schema(self.sparse);
         let values = cast(
             batch.column_by_name("vector").context("no vector column")?,
             schema.field(1).data_type(),
@@ -656,7 +670,15 @@ impl ImportFiles {
             })
             .collect::<serde_json::Result<_>>()?;
         let metadata: ArrayRef = Arc::new(StringArray::from(metadata));
-        Ok(RecordBatch::try_new(schema, vec![ids, values, metadata])?)
+        let mut columns = vec![ids, values, metadata];
+        if self.sparse {
+            columns.push(Arc::clone(
+                batch
+                    .column_by_name(SPARSE_COLUMN)
+                    .context("no sparse_values column")?,
+            ));
+        }
+        Ok(RecordBatch::try_new(schema, columns)?)
     }
 
     async fn close_file(&mut self) -> Result<()> {
@@ -682,7 +704,8 @@ impl ImportFiles {
         // S3's smallest part, at most two uploads in flight: memory stays bounded per file.
         let object = BufWriter::with_capacity(Arc::clone(&self.store), path.clone(), 5 << 20)
             .with_max_concurrency(2);
-        let writer = AsyncArrowWriter::try_new(object, import_file_schema(), Some(props))?;
+        let writer =
+            AsyncArrowWriter::try_new(object, import_file_schema(self.sparse), Some(props))?;
         self.files.push(path.to_string());
         Ok(self.writer.insert(writer))
     }

@@ -15,7 +15,7 @@ pub mod config;
 mod dead_letter;
 mod delivery;
 pub mod import;
-mod records;
+pub mod records;
 pub mod replay;
 
 use std::path::PathBuf;
@@ -44,6 +44,8 @@ pub struct Connection {
     pub client: PineconeClient,
     /// `index docs (namespace prod) at https://...`
     pub display: String,
+    /// The index's metric, when the control plane described it.
+    pub metric: Option<String>,
 }
 
 /// Finds the index's data plane and checks the key and (given the model's) the dimension;
@@ -52,8 +54,8 @@ pub async fn connect(spec: &PineconeSinkSpec, model_dim: Option<usize>) -> Resul
     let key = client::api_key(spec)?;
     let timeout = Duration::from_secs(spec.request_timeout_secs);
     let controller = client::controller_url(spec);
-    let (data_plane, described_dim) = match &spec.host {
-        Some(host) => (client::data_plane_url(host, "https://"), None),
+    let (data_plane, described_dim, metric) = match &spec.host {
+        Some(host) => (client::data_plane_url(host, "https://"), None, None),
         None => {
             let d = client::describe_index(&key, &controller, &spec.index, timeout).await?;
             if !d.status.ready {
@@ -70,7 +72,11 @@ pub async fn connect(spec: &PineconeSinkSpec, model_dim: Option<usize>) -> Resul
                 d.dimension,
                 d.metric
             );
-            (client::data_plane_url(&d.host, &controller), d.dimension)
+            (
+                client::data_plane_url(&d.host, &controller),
+                d.dimension,
+                d.metric.clone(),
+            )
         }
     };
     let client = PineconeClient::new(&key, data_plane, timeout)?;
@@ -92,7 +98,33 @@ pub async fn connect(spec: &PineconeSinkSpec, model_dim: Option<usize>) -> Resul
         ),
         _ => format!("Pinecone index {} at {}", spec.index, client.data_plane()),
     };
-    Ok(Connection { client, display })
+    Ok(Connection {
+        client,
+        display,
+        metric,
+    })
+}
+
+/// Sparse values (`embed.sparse`) score only in a dot-product index: refuses any other metric
+/// before anything is embedded.
+pub fn check_sparse_metric(
+    conn: &Connection,
+    spec: &PineconeSinkSpec,
+    schema: &Schema,
+) -> Result<()> {
+    if schema
+        .field_with_name(crate::embed::bm25::udf::SPARSE_COLUMN)
+        .is_err()
+    {
+        return Ok(());
+    }
+    match conn.metric.as_deref() {
+        Some(m) if m != "dotproduct" => Err(config_error(format!(
+            "Pinecone index `{}` uses the {m} metric, but embed.sparse sends sparse values, which Pinecone takes only in an index with metric dotproduct (hybrid search); create a dotproduct index, or leave out embed.sparse",
+            spec.index
+        ))),
+        _ => Ok(()),
+    }
 }
 
 pub struct PineconeSink {
@@ -142,7 +174,7 @@ impl PineconeSink {
     /// Preflight, then a writer ready for batches of the plan's output schema.
     pub async fn open(spec: &PineconeSinkSpec, schema: &Schema) -> Result<PineconeSink> {
         let encoder = RecordEncoder::new(spec, schema)?;
-        Self::open_with(spec, encoder, vector_dim(schema)?).await
+        Self::open_with(spec, encoder, vector_dim(schema)?, Some(schema)).await
     }
 
     /// Preflight, then a writer for rows without vectors (deletes, metadata updates) of
@@ -157,12 +189,12 @@ impl PineconeSink {
             .metadata
             .retain(|name| schema.field_with_name(name).is_ok());
         let encoder = RecordEncoder::new(&present, schema)?;
-        Self::open_with(spec, encoder, dim).await
+        Self::open_with(spec, encoder, dim, None).await
     }
 
     /// Preflight, then a writer of records already serialized (`dim` values each).
     pub async fn open_for_records(spec: &PineconeSinkSpec, dim: usize) -> Result<PineconeSink> {
-        Self::open_with(spec, RecordEncoder::without_metadata(spec), dim).await
+        Self::open_with(spec, RecordEncoder::without_metadata(spec), dim, None).await
     }
 
     /// Sends serialized records, as [`Sink::write`] sends encoded rows.
@@ -179,8 +211,12 @@ impl PineconeSink {
         spec: &PineconeSinkSpec,
         encoder: RecordEncoder,
         dim: usize,
+        schema: Option<&Schema>,
     ) -> Result<PineconeSink> {
         let conn = connect(spec, Some(dim)).await?;
+        if let Some(schema) = schema {
+            check_sparse_metric(&conn, spec, schema)?;
+        }
         tracing::info!("writing to {}", conn.display);
         Ok(PineconeSink {
             encoder,

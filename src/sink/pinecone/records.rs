@@ -15,6 +15,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::config::{OversizedMetadata, PineconeSinkSpec, limits as pinecone_limits};
+use crate::embed::bm25::udf::{SPARSE_COLUMN, sparse_at};
 use crate::error::config_error;
 
 /// One record ready to send: its id and its serialized JSON object.
@@ -95,10 +96,10 @@ impl RecordEncoder {
                     available.join(", ")
                 )));
             };
-            if name == "vector" {
-                return Err(config_error(
-                    "sink.pinecone.metadata: `vector` is the embedding, not metadata",
-                ));
+            if name == "vector" || name == SPARSE_COLUMN {
+                return Err(config_error(format!(
+                    "sink.pinecone.metadata: `{name}` is sent as the record's vector, not metadata"
+                )));
             }
             let Some(kind) = kind_of(field.data_type()) else {
                 return Err(config_error(format!(
@@ -141,6 +142,8 @@ impl RecordEncoder {
         let values = vectors.values();
         let values: &Float32Array = values.as_primitive();
         let dim = vectors.value_length() as usize;
+        // embed.sparse: each record's sparseValues.
+        let sparse = batch.column_by_name(SPARSE_COLUMN).map(|c| c.as_struct());
         let meta: Vec<(&str, Kind, ArrayRef)> = self
             .columns
             .iter()
@@ -179,9 +182,18 @@ impl RecordEncoder {
                 }
             }
             self.fit_metadata(id, &mut metadata)?;
+            // A text without a word has no sparse values: Pinecone takes none rather than empty.
+            let sparse_values = sparse
+                .and_then(|s| sparse_at(s, row))
+                .filter(|s| !s.indices.is_empty())
+                .map(|s| SparseWire {
+                    indices: s.indices,
+                    values: s.values,
+                });
             let json = serde_json::to_vec(&Wire {
                 id,
                 values: vals,
+                sparse_values,
                 metadata: (!metadata.is_empty()).then_some(&metadata),
             })?;
             out.push(EncodedRecord {
@@ -271,8 +283,17 @@ impl RecordEncoder {
 struct Wire<'a> {
     id: &'a str,
     values: &'a [f32],
+    #[serde(rename = "sparseValues", skip_serializing_if = "Option::is_none")]
+    sparse_values: Option<SparseWire>,
     #[serde(skip_serializing_if = "Option::is_none")]
     metadata: Option<&'a Map<String, Value>>,
+}
+
+/// Pinecone's `sparseValues` (and a hybrid query's `sparseVector`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SparseWire {
+    pub indices: Vec<u32>,
+    pub values: Vec<f32>,
 }
 
 fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
