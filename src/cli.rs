@@ -205,7 +205,12 @@ pub struct QueryArgs {
     #[command(flatten)]
     pipeline: PipelineArgs,
     /// The text to search for.
-    text: String,
+    #[arg(required_unless_present = "queries")]
+    text: Option<String>,
+    /// Many searches in one run (the model loaded once): a JSON Lines file of
+    /// `{"id": ..., "text": ...}`; each result is a JSON line with its `query_id`.
+    #[arg(long, value_name = "FILE", conflicts_with = "text")]
+    queries: Option<PathBuf>,
     /// How many results.
     #[arg(short, default_value_t = 10)]
     k: usize,
@@ -561,27 +566,64 @@ async fn query_command(s: QueryArgs) -> Result<()> {
     let hybrid = query::Hybrid::of(&p, s.alpha).await?;
     let embedder = driver::load_embedder(&p.embed).await?;
     let width = (s.width > 0 && s.format == OutputFormat::Table).then_some(s.width);
-    let batches = match p.sink.kind()? {
-        SinkKind::Parquet(_) => {
-            if filter.is_some() || s.namespace.is_some() {
-                return Err(config_error(
-                    "--filter and --namespace apply to a Pinecone sink; use `embedflow sql` to filter Parquet output",
-                ));
+    let namespace = s.namespace.clone();
+    let search = |text: String| {
+        let (p, embedder, filter, namespace, hybrid) = (
+            &p,
+            Arc::clone(&embedder),
+            filter.clone(),
+            namespace.clone(),
+            hybrid.as_ref(),
+        );
+        async move {
+            match p.sink.kind()? {
+                SinkKind::Parquet(_) => {
+                    if filter.is_some() || namespace.is_some() {
+                        return Err(config_error(
+                            "--filter and --namespace apply to a Pinecone sink; use `embedflow sql` to filter Parquet output",
+                        ));
+                    }
+                    query::search(p, embedder, &text, s.k, width, hybrid).await
+                }
+                SinkKind::Pinecone(spec) => {
+                    let request = query::PineconeQuery {
+                        k: s.k,
+                        filter,
+                        namespace: namespace.or_else(|| spec.namespace.clone()),
+                        width,
+                        chunked: p.embed.chunking.is_some(),
+                    };
+                    query::search_pinecone(spec, &embedder, &text, &request, hybrid).await
+                }
             }
-            query::search(&p, embedder, &s.text, s.k, width, hybrid.as_ref()).await?
-        }
-        SinkKind::Pinecone(spec) => {
-            let request = query::PineconeQuery {
-                k: s.k,
-                filter,
-                namespace: s.namespace.or_else(|| spec.namespace.clone()),
-                width,
-                chunked: p.embed.chunking.is_some(),
-            };
-            query::search_pinecone(spec, &embedder, &s.text, &request, hybrid.as_ref()).await?
         }
     };
-    query::print(&batches, s.format)
+    let Some(file) = &s.queries else {
+        let batches = search(s.text.clone().unwrap_or_default()).await?;
+        return query::print(&batches, s.format);
+    };
+    let lines = std::fs::read_to_string(file)
+        .map_err(|e| config_error(format!("--queries {}: {e}", file.display())))?;
+    for (n, line) in lines
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let q: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+            config_error(format!("--queries {} line {}: {e}", file.display(), n + 1))
+        })?;
+        let (Some(id), Some(text)) = (q.get("id").or_else(|| q.get("_id")), q["text"].as_str())
+        else {
+            return Err(config_error(format!(
+                "--queries {} line {}: each line needs an id and a text",
+                file.display(),
+                n + 1
+            )));
+        };
+        let batches = search(text.to_string()).await?;
+        query::print_tagged(&batches, id)?;
+    }
+    Ok(())
 }
 
 /// `sql`: ad-hoc SQL with `embed()` and `cosine_similarity()`; read-only unless
@@ -604,6 +646,16 @@ async fn sql_command(c: SqlArgs) -> Result<()> {
     let mut sink_table = None;
     if let Some(p) = &loaded {
         source::register_tables(&ctx, &p.source, &p.storage).await?;
+        // embed.sparse: bm25(text) and bm25_query(text) with the parameters its run fitted.
+        if let Some(path) = p.embed.sparse.as_ref().and_then(|s| s.params.as_deref())
+            && let Some(params) = crate::embed::bm25::load_params(path, &p.storage).await?
+        {
+            let bm25 = Arc::new(crate::embed::bm25::Bm25::new(params));
+            ctx.register_udf(crate::embed::bm25::udf::Bm25Udf::documents(Arc::clone(
+                &bm25,
+            )));
+            ctx.register_udf(crate::embed::bm25::udf::Bm25Udf::queries(bm25));
+        }
         // vector_search('sink', embed('...'), k): the pipeline's sink, searched from SQL.
         ctx.register_udtf(
             "vector_search",

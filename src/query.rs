@@ -387,6 +387,26 @@ pub async fn top_k(
 /// The rank of a chunk within its source row, dropped before printing.
 const RANK: &str = "__embedflow_rank";
 
+/// Prints batches as JSON lines, each with `query_id`.
+pub fn print_tagged(batches: &[RecordBatch], query_id: &serde_json::Value) -> Result<()> {
+    use std::io::Write;
+    let mut buf = Vec::new();
+    {
+        let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(&mut buf);
+        for b in batches {
+            writer.write(b)?;
+        }
+        writer.finish()?;
+    }
+    let mut out = std::io::stdout().lock();
+    for line in String::from_utf8_lossy(&buf).lines() {
+        let mut row: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line)?;
+        row.insert("query_id".into(), query_id.clone());
+        writeln!(out, "{}", serde_json::Value::Object(row))?;
+    }
+    Ok(())
+}
+
 /// Prints batches in the chosen format to stdout.
 pub fn print(batches: &[RecordBatch], format: OutputFormat) -> Result<()> {
     use std::io::Write;

@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 use crate::filter;
 use crate::imports::{Imports, StartImport};
 use crate::limits::{self, ApiError};
-use crate::store::{Index, Metric, Record, score};
+use crate::store::{Index, Metric, Record, SparseValues, score};
 
 /// Bodies up to this size are read so that the 2 MB limit answers with Pinecone's own message.
 const READ_LIMIT: usize = 64 * 1024 * 1024;
@@ -81,7 +81,7 @@ struct UpsertVector {
     #[serde(default)]
     values: Vec<f32>,
     #[serde(default)]
-    sparse_values: Option<Value>,
+    sparse_values: Option<SparseValues>,
     #[serde(default)]
     metadata: Option<Map<String, Value>>,
 }
@@ -129,10 +129,8 @@ async fn upsert(State(p): State<Plane>, body: Bytes) -> Result<Response, ApiErro
     let mut records = Vec::with_capacity(req.vectors.len());
     for v in req.vectors {
         limits::check_id(&v.id)?;
-        if v.sparse_values.is_some() {
-            return Err(ApiError::invalid(
-                "sparse values are not supported by a dense index",
-            ));
+        if let Some(sparse) = &v.sparse_values {
+            limits::check_sparse(&v.id, sparse, p.index.config.metric)?;
         }
         limits::check_values(&v.id, &v.values, p.index.config.dimension)?;
         if let Some(md) = &v.metadata {
@@ -143,6 +141,7 @@ async fn upsert(State(p): State<Plane>, body: Bytes) -> Result<Response, ApiErro
             Record {
                 values: v.values,
                 metadata: v.metadata,
+                sparse: v.sparse_values,
             },
         ));
     }
@@ -167,7 +166,7 @@ struct QueryRequest {
     #[serde(default)]
     include_metadata: bool,
     #[serde(default)]
-    sparse_vector: Option<Value>,
+    sparse_vector: Option<SparseValues>,
 }
 
 async fn query(State(p): State<Plane>, body: Bytes) -> Result<Response, ApiError> {
@@ -178,8 +177,8 @@ async fn query(State(p): State<Plane>, body: Bytes) -> Result<Response, ApiError
             limits::MAX_TOP_K
         )));
     }
-    if req.sparse_vector.is_some() {
-        return Err(ApiError::invalid("sparse queries are not supported"));
+    if let Some(sparse) = &req.sparse_vector {
+        limits::check_sparse("sparseVector", sparse, p.index.config.metric)?;
     }
     let ns = limits::namespace_name(req.namespace.as_deref()).to_string();
     let dim = p.index.config.dimension;
@@ -214,7 +213,12 @@ async fn query(State(p): State<Plane>, body: Bytes) -> Result<Response, ApiError
             {
                 continue;
             }
-            scored.push((score(metric, &query, &r.values), id, r));
+            // A hybrid query: the dense and the sparse dot products, added.
+            let sparse = match (&req.sparse_vector, &r.sparse) {
+                (Some(q), Some(s)) => q.dot(s),
+                _ => 0.0,
+            };
+            scored.push((score(metric, &query, &r.values) + sparse, id, r));
         }
         let better_low = metric == Metric::Euclidean;
         scored.sort_by(|a, b| {
@@ -228,6 +232,9 @@ async fn query(State(p): State<Plane>, body: Bytes) -> Result<Response, ApiError
                 let mut m = json!({ "id": id, "score": s, "values": [] });
                 if req.include_values {
                     m["values"] = json!(r.values);
+                    if let Some(sv) = &r.sparse {
+                        m["sparseValues"] = json!(sv);
+                    }
                 }
                 if req.include_metadata
                     && let Some(md) = &r.metadata

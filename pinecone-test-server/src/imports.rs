@@ -303,8 +303,13 @@ impl Imports {
                     .bytes()
                     .await
                     .map_err(|e| format!("cannot read {path}: {e}"))?;
-                let records = read_records(&bytes, index.config.dimension, continue_on_error)
-                    .map_err(|e| format!("{path}: {e}"))?;
+                let records = read_records(
+                    &bytes,
+                    index.config.dimension,
+                    index.config.metric,
+                    continue_on_error,
+                )
+                .map_err(|e| format!("{path}: {e}"))?;
                 let count = records.len() as u64;
                 if self.cancelled(n) {
                     return Ok(());
@@ -371,6 +376,7 @@ fn parse_uri(uri: &str) -> Result<(String, String), ApiError> {
 fn read_records(
     bytes: &bytes::Bytes,
     dimension: usize,
+    metric: crate::store::Metric,
     continue_on_error: bool,
 ) -> Result<Vec<(String, Record)>, String> {
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes.clone())
@@ -407,7 +413,7 @@ fn read_records(
     for batch in reader.build().map_err(|e| e.to_string())? {
         let batch = batch.map_err(|e| e.to_string())?;
         for row in 0..batch.num_rows() {
-            match record(&batch, row, dimension) {
+            match record(&batch, row, dimension, metric) {
                 Ok(r) => out.push(r),
                 // errorMode.onError: continue skips the record.
                 Err(_) if continue_on_error => {}
@@ -418,7 +424,12 @@ fn read_records(
     Ok(out)
 }
 
-fn record(batch: &RecordBatch, row: usize, dimension: usize) -> Result<(String, Record), String> {
+fn record(
+    batch: &RecordBatch,
+    row: usize,
+    dimension: usize,
+    metric: crate::store::Metric,
+) -> Result<(String, Record), String> {
     let text = |name: &str| -> Option<String> {
         let col = batch.column_by_name(name)?;
         let col = datafusion::arrow::compute::cast(col, &DataType::Utf8).ok()?;
@@ -449,5 +460,34 @@ fn record(batch: &RecordBatch, row: usize, dimension: usize) -> Result<(String, 
             Some(map)
         }
     };
-    Ok((id, Record { values, metadata }))
+    let sparse = match batch.column_by_name("sparse_values") {
+        Some(col) if col.is_valid(row) => {
+            let col = col.as_struct();
+            let list = |name: &str| {
+                col.column_by_name(name)
+                    .map(|c| c.as_list::<i32>().value(row))
+            };
+            let (Some(indices), Some(values)) = (list("indices"), list("values")) else {
+                return Err(format!("id {id}: sparse_values needs indices and values"));
+            };
+            let sparse = crate::store::SparseValues {
+                indices: indices
+                    .as_primitive::<datafusion::arrow::datatypes::UInt32Type>()
+                    .values()
+                    .to_vec(),
+                values: values.as_primitive::<Float32Type>().values().to_vec(),
+            };
+            limits::check_sparse(&id, &sparse, metric).map_err(|e| e.message)?;
+            Some(sparse)
+        }
+        _ => None,
+    };
+    Ok((
+        id,
+        Record {
+            values,
+            metadata,
+            sparse,
+        },
+    ))
 }

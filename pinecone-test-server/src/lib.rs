@@ -36,7 +36,7 @@ use tokio::net::TcpListener;
 
 pub use faults::{FaultCounts, Faults};
 pub use imports::ImportStorage;
-pub use store::{Metric, Record};
+pub use store::{Metric, Record, SparseValues};
 
 use store::Index;
 

@@ -18,6 +18,8 @@ pub const MAX_IDS: usize = 1000;
 pub const MAX_NAMESPACE_LEN: usize = 512;
 /// Results per query.
 pub const MAX_TOP_K: usize = 10_000;
+/// Non-zero values in one sparse vector.
+pub const MAX_SPARSE_VALUES: usize = 2048;
 /// Ids per list page.
 pub const MAX_LIST_LIMIT: usize = 100;
 
@@ -154,6 +156,51 @@ pub fn check_metadata(id: &str, metadata: &Map<String, Value>) -> Result<(), Api
                 "Metadata value for field `{key}` must be a string, number, boolean or list of strings, got {value} (id `{id}`)"
             )));
         }
+    }
+    Ok(())
+}
+
+/// Checks a record's (or a query's) sparse values as Pinecone does: a dot-product index, as
+/// many values as indices, at least one and at most [`MAX_SPARSE_VALUES`], indices unique,
+/// values finite.
+pub fn check_sparse(
+    what: &str,
+    sparse: &crate::store::SparseValues,
+    metric: crate::store::Metric,
+) -> Result<(), ApiError> {
+    if metric != crate::store::Metric::Dotproduct {
+        return Err(ApiError::invalid(
+            "Index configuration does not support sparse values - only indexes that are dotproduct are supported",
+        ));
+    }
+    if sparse.indices.len() != sparse.values.len() {
+        return Err(ApiError::invalid(format!(
+            "{what}: sparse values have {} indices and {} values",
+            sparse.indices.len(),
+            sparse.values.len()
+        )));
+    }
+    if sparse.indices.is_empty() {
+        return Err(ApiError::invalid(format!(
+            "{what}: sparse vector must contain at least one value"
+        )));
+    }
+    if sparse.indices.len() > MAX_SPARSE_VALUES {
+        return Err(ApiError::invalid(format!(
+            "{what}: sparse vector has {} non-zero values, more than the {MAX_SPARSE_VALUES} allowed",
+            sparse.indices.len()
+        )));
+    }
+    let unique: std::collections::HashSet<u32> = sparse.indices.iter().copied().collect();
+    if unique.len() != sparse.indices.len() {
+        return Err(ApiError::invalid(format!(
+            "{what}: sparse vector indices must be unique"
+        )));
+    }
+    if sparse.values.iter().any(|v| !v.is_finite()) {
+        return Err(ApiError::invalid(format!(
+            "{what}: sparse vector values must be finite"
+        )));
     }
     Ok(())
 }

@@ -37,6 +37,33 @@ impl std::str::FromStr for Metric {
 pub struct Record {
     pub values: Vec<f32>,
     pub metadata: Option<Map<String, Value>>,
+    /// `sparseValues` (hybrid search; dot-product indexes only).
+    pub sparse: Option<SparseValues>,
+}
+
+/// Pinecone's `sparseValues` / `sparseVector`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SparseValues {
+    pub indices: Vec<u32>,
+    pub values: Vec<f32>,
+}
+
+impl SparseValues {
+    /// The dot product with `other`.
+    pub fn dot(&self, other: &SparseValues) -> f32 {
+        let theirs: std::collections::HashMap<u32, f32> = other
+            .indices
+            .iter()
+            .copied()
+            .zip(other.values.iter().copied())
+            .collect();
+        self.indices
+            .iter()
+            .zip(&self.values)
+            .map(|(i, v)| v * theirs.get(i).copied().unwrap_or(0.0))
+            .sum()
+    }
 }
 
 pub struct Index {

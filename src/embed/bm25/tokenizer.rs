@@ -87,7 +87,7 @@ fn rules() -> &'static Rules {
             (re(r"([^'])' "), "${1} ' "),
             (re(r"[*]"), " ${0} "),
         ],
-        parens: re(r"[\]\[\(\)\{\}\<\>]"),
+        parens: re(r"[\]\[(){}<>]"),
         double_dashes: re("--"),
         ending_quotes: vec![
             (re("([»”’])"), " ${1} "),
