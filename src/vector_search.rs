@@ -1,8 +1,11 @@
-//! `vector_search('sink', <vector>, k [, filter])`: a SQL table function over the pipeline's
-//! sink, returning `id`, `score` and `metadata` (a JSON object), best first:
+//! `vector_search('sink', <vector>, k [, filter [, <sparse vector>, alpha]])`: a SQL table
+//! function over the pipeline's sink, returning `id`, `score` and `metadata` (a JSON object),
+//! best first:
 //!
 //! ```sql
 //! SELECT * FROM vector_search('sink', embed('how do I handle errors'), 5)
+//! -- hybrid (embed.sparse): alpha x dense + (1 - alpha) x sparse, as `query --alpha`
+//! SELECT * FROM vector_search('sink', embed('error E0502'), 5, NULL, bm25_query('error E0502'), 0.5)
 //! ```
 //!
 //! Exact top-k by cosine similarity over a Parquet output (each source row's best chunk, for a
@@ -91,9 +94,9 @@ impl TableFunctionImpl for VectorSearch {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
         let exprs = args.exprs();
         let session = args.session();
-        if !(3..=4).contains(&exprs.len()) {
+        if !matches!(exprs.len(), 3 | 4 | 6) {
             return plan_err!(
-                "vector_search('sink', <vector>, k [, filter]) takes 3 or 4 arguments, got {}",
+                "vector_search('sink', <vector>, k [, filter [, <sparse vector>, alpha]]) takes 3, 4 or 6 arguments, got {}",
                 exprs.len()
             );
         }
@@ -118,12 +121,45 @@ impl TableFunctionImpl for VectorSearch {
             ScalarValue::UInt64(Some(k)) if k > 0 => k as usize,
             other => return plan_err!("vector_search: k must be a positive integer, not {other}"),
         };
-        let filter = exprs.get(3).map(|f| text(f, "the filter")).transpose()?;
+        // NULL: no filter (so that the hybrid arguments can follow).
+        let filter = match exprs.get(3) {
+            Some(f) if !constant(f, session)?.is_null() => Some(text(f, "the filter")?),
+            _ => None,
+        };
+        let hybrid = match exprs.get(4) {
+            Some(sparse) => {
+                let value = constant(sparse, session)?;
+                let array = value.to_array()?;
+                let Some(array) = array.as_struct_opt() else {
+                    return plan_err!(
+                        "vector_search: the fifth argument must be a sparse vector, e.g. bm25_query('some text'), not {}",
+                        value.data_type()
+                    );
+                };
+                let sparse = crate::embed::bm25::udf::sparse_at(array, 0).unwrap_or_default();
+                let alpha = match constant(&exprs[5], session)? {
+                    ScalarValue::Float64(Some(a)) => a as f32,
+                    ScalarValue::Float32(Some(a)) => a,
+                    ScalarValue::Int64(Some(a)) => a as f32,
+                    other => {
+                        return plan_err!("vector_search: alpha must be a number, not {other}");
+                    }
+                };
+                if !(0.0..=1.0).contains(&alpha) {
+                    return plan_err!(
+                        "vector_search: alpha {alpha}: give a weight from 0 (sparse only) to 1 (dense only)"
+                    );
+                }
+                Some((alpha, sparse))
+            }
+            None => None,
+        };
         Ok(Arc::new(SearchTable {
             pipeline: self.pipeline.clone(),
             vector,
             k,
             filter,
+            hybrid,
         }))
     }
 }
@@ -135,6 +171,8 @@ struct SearchTable {
     vector: Vec<f32>,
     k: usize,
     filter: Option<String>,
+    /// A hybrid search: alpha and the sparse query vector.
+    hybrid: Option<(f32, crate::embed::bm25::Sparse)>,
 }
 
 impl SearchTable {
@@ -159,7 +197,18 @@ impl SearchTable {
                     width: None,
                     chunked: self.pipeline.embed.chunking.is_some(),
                 };
-                query::search_pinecone_vector(spec, &self.vector, None, &q).await
+                // Pinecone scores the dot products of the scaled vectors (hybrid_convex_scale).
+                let (vector, sparse) = match &self.hybrid {
+                    Some((alpha, s)) => (
+                        self.vector.iter().map(|v| v * alpha).collect(),
+                        Some(crate::sink::pinecone::records::SparseWire {
+                            indices: s.indices.clone(),
+                            values: s.values.iter().map(|v| v * (1.0 - alpha)).collect(),
+                        }),
+                    ),
+                    None => (self.vector.clone(), None),
+                };
+                query::search_pinecone_vector(spec, &vector, sparse.as_ref(), &q).await
             }
             SinkKind::Parquet(_) => {
                 let ctx = session_context(None);
@@ -179,13 +228,22 @@ impl SearchTable {
                     self.k,
                     None,
                     self.filter.as_deref(),
-                    None,
+                    match &self.hybrid {
+                        Some((alpha, s)) => Some((*alpha, lit(sparse_scalar(s)?))),
+                        None => None,
+                    },
                 )
                 .await?;
                 found.iter().map(as_metadata_json).collect()
             }
         }
     }
+}
+
+/// A sparse vector as a constant of the `sparse_values` type.
+fn sparse_scalar(s: &crate::embed::bm25::Sparse) -> Result<ScalarValue> {
+    let array = crate::embed::bm25::udf::sparse_array(&[Some(s.clone())])?;
+    ScalarValue::try_from_array(&array, 0)
 }
 
 /// `id`, `score` and the other columns as one JSON object per row.

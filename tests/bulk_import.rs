@@ -410,3 +410,51 @@ fn the_test_server_checks_the_layout_as_pinecone_does() {
         "{v}"
     );
 }
+
+#[test]
+fn an_import_carries_sparse_values_into_a_dotproduct_index() {
+    let s3 = S3Server::start();
+    s3.bucket("imports");
+    let mut index = IndexConfig::new("docs", 384);
+    index.metric = pinecone_test_server::Metric::Dotproduct;
+    let mut config = ServerConfig::new(KEY, vec![index]);
+    config.import_storage = Some(ImportStorage::new(&s3.endpoint, ACCESS_KEY, SECRET_KEY));
+    let srv = PineconeServer::start(config).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    corpus(&d.join("docs.parquet"), 120);
+    let yaml = yaml(&srv, "").replace(
+        "  id: id\n",
+        "  id: id\n  sparse: { method: bm25, params: bm25.json }\n",
+    );
+    write_file(d, "p.yaml", &yaml);
+    let o = run(&s3, d);
+    assert_ok(&o);
+    // The files hold Pinecone's sparse_values column beside id, values and metadata.
+    let file = s3
+        .object("imports", "docs/backfill/part-00000.parquet")
+        .unwrap();
+    let batches = read_batches(&file);
+    let names: Vec<String> = batches[0]
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(names, ["id", "values", "metadata", "sparse_values"]);
+    let records = srv.records("docs", "backfill");
+    assert_eq!(records.len(), 120);
+    let params = embedflow::embed::bm25::Bm25Params::parse(
+        "params",
+        &std::fs::read(d.join("bm25.json")).unwrap(),
+    )
+    .unwrap();
+    let bm25 = embedflow::embed::bm25::Bm25::new(params);
+    let text = format!("note 3: the {} near the {}", WORDS[3], WORDS[0]);
+    let want = bm25.encode_document(&text);
+    let got = records["doc-0003"]
+        .sparse
+        .as_ref()
+        .expect("sparse values imported");
+    assert_eq!(got.indices, want.indices, "{text}");
+}

@@ -237,6 +237,25 @@ fn a_parquet_output_holds_sparse_values_and_query_alpha_scores_exactly() {
         }
         assert!(found[0].get("sparse_values").is_none(), "{:?}", found[0]);
     }
+    // vector_search() in SQL gives query --alpha's ranking and scores.
+    let by_query = query_json(
+        d,
+        &[
+            "query", "p.yaml", q, "-k", "3", "--alpha", "0.3", "--format", "json",
+        ],
+    );
+    let sql = format!(
+        "SELECT id, score FROM vector_search('sink', embed('{q}'), 3, NULL, bm25_query('{q}'), 0.3)"
+    );
+    let by_sql = query_json(
+        d,
+        &["sql", "--pipeline", "p.yaml", "--format", "json", &sql],
+    );
+    assert_eq!(by_sql.len(), 3);
+    for (a, b) in by_query.iter().zip(&by_sql) {
+        assert_eq!(a["id"], b["id"]);
+        assert!((a["score"].as_f64().unwrap() - b["score"].as_f64().unwrap()).abs() < 1e-4);
+    }
     // Sparse only: a whale text first.
     let top = &query_json(
         d,
@@ -347,4 +366,64 @@ fn sparse_values_are_upserted_and_hybrid_queries_scored_by_the_pinecone_test_ser
             "{f} vs {w:?}"
         );
     }
+}
+
+#[test]
+fn an_incremental_run_reuses_its_bm25_parameters_and_re_embeds_only_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rows = corpus_table(d);
+    write_file(
+        d,
+        "p.yaml",
+        "source:\n  tables:\n    docs: { path: docs.parquet }\nembed:\n  model: all-MiniLM-L6-v2\n  id: id\n  sparse: bm25\nsink:\n  parquet: { path: out.parquet }\nincremental:\n  state: state\n",
+    );
+    assert_ok(&embedflow(d, &["run", "p.yaml"]));
+    let params = std::fs::read(d.join("out.parquet.bm25.json")).unwrap();
+    // One text changes: the parameters are read back, not fitted again on the new table.
+    let mut changed = rows.clone();
+    changed[0].1 = "Whales and dogs swim together in the cold sea.".to_string();
+    let ids: Vec<&str> = changed.iter().map(|r| r.0.as_str()).collect();
+    let texts: Vec<Option<&str>> = changed.iter().map(|r| Some(r.1.as_str())).collect();
+    write_text_parquet(&d.join("docs.parquet"), &ids, &texts);
+    let o = embedflow(d, &["run", "p.yaml", "--summary-json", "s.json"]);
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains("BM25 parameters read from"),
+        "{}",
+        stderr(&o)
+    );
+    let s: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("s.json")).unwrap()).unwrap();
+    assert_eq!(s["rows_embedded"], 1, "{s}");
+    assert_eq!(
+        std::fs::read(d.join("out.parquet.bm25.json")).unwrap(),
+        params
+    );
+    // Every row's sparse vector is what the one set of parameters gives its text.
+    let bm25 = Bm25::new(Bm25Params::parse("params", &params).unwrap());
+    let mut seen = 0;
+    for batch in read_batches(&d.join("out.parquet")) {
+        let ids = datafusion::arrow::compute::cast(
+            batch.column_by_name("id").unwrap(),
+            &datafusion::arrow::datatypes::DataType::Utf8,
+        )
+        .unwrap();
+        let ids = ids.as_string::<i32>();
+        let sv = batch
+            .column_by_name("sparse_values")
+            .unwrap()
+            .as_struct()
+            .clone();
+        for i in 0..batch.num_rows() {
+            let text = &changed.iter().find(|r| r.0 == ids.value(i)).unwrap().1;
+            assert_same_sparse(
+                ids.value(i),
+                &sparse_at(&sv, i).unwrap(),
+                &bm25.encode_document(text),
+            );
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, changed.len());
 }

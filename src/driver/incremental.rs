@@ -18,6 +18,7 @@ use crate::driver::executor::Collector;
 use crate::driver::writer::{Phase, without_hidden};
 use crate::driver::{Job, RunOptions};
 use crate::embed::Embedder;
+use crate::embed::bm25::udf::SPARSE_COLUMN;
 use crate::incremental::IncrementalSpec;
 use crate::incremental::classify::{
     self, CHANGED, METADATA, NEW, OLD_CHUNKS, SOURCE_ID, STATUS, UNCHANGED,
@@ -459,17 +460,21 @@ async fn plan_phases(
     }
     phases.push((Phase::Embed, to_embed));
     if let Some(prev) = &previous {
-        let from_previous: &[&str] = if chunked {
-            &["id", "vector", "chunk", "text", "source_id"]
+        let mut from_previous: Vec<&str> = if chunked {
+            vec!["id", "vector", "chunk", "text", "source_id"]
         } else {
-            &["id", "vector"]
+            vec!["id", "vector"]
         };
+        // embed.sparse: a carried row keeps its sparse vector as it keeps its dense one.
+        if output.field_with_name(SPARSE_COLUMN).is_ok() {
+            from_previous.push(SPARSE_COLUMN);
+        }
         let carried = classify::carried_rows(
             classify::with_status(&classified.rows, &[METADATA, UNCHANGED])?,
             only_named(prev.clone(), key)?,
             &output,
             key,
-            from_previous,
+            &from_previous,
         )?;
         phases.push((Phase::Carry, carried));
         // The previous output's rows the source no longer names: kept unless deleted. With a
