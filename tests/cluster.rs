@@ -573,6 +573,14 @@ fn pipelines_of_every_shape_run_on_the_cluster_as_locally() {
     );
 }
 
+/// The S3 server's credentials as a user's environment would hold them, without its endpoint.
+fn s3_keys_without_endpoint(s3: &common::s3::S3Server) -> Vec<(&'static str, String)> {
+    s3.env()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("AWS_") && *k != "AWS_ENDPOINT_URL")
+        .collect()
+}
+
 #[test]
 fn an_s3_source_and_output_run_on_the_cluster_as_locally() {
     use common::s3::S3Server;
@@ -585,11 +593,7 @@ fn an_s3_source_and_output_run_on_the_cluster_as_locally() {
     s3.put_file("lake", "docs/small.parquet", &table);
     // The executors have credentials of their own and no endpoint: the pipeline's
     // storage.s3.endpoint travels with the job.
-    let keys: Vec<(&str, String)> = s3
-        .env()
-        .into_iter()
-        .filter(|(k, _)| k.starts_with("AWS_") && *k != "AWS_ENDPOINT_URL")
-        .collect();
+    let keys = s3_keys_without_endpoint(&s3);
     let env: Vec<(&str, Option<&str>)> = keys.iter().map(|(k, v)| (*k, Some(v.as_str()))).collect();
     let cluster = Cluster::start_with_env(d, 2, &env);
     let yaml = |out: &str| {
@@ -1102,11 +1106,7 @@ fn a_bulk_import_on_the_cluster_has_each_task_write_its_files_then_one_import() 
     config.import_storage = Some(ImportStorage::new(&s3.endpoint, ACCESS_KEY, SECRET_KEY));
     let srv = PineconeServer::start(config).unwrap();
     // The executors have the keys; the endpoint travels with the pipeline.
-    let keys: Vec<(&str, String)> = s3
-        .env()
-        .into_iter()
-        .filter(|(k, _)| k.starts_with("AWS_") && *k != "AWS_ENDPOINT_URL")
-        .collect();
+    let keys = s3_keys_without_endpoint(&s3);
     let mut env: Vec<(&str, Option<&str>)> =
         keys.iter().map(|(k, v)| (*k, Some(v.as_str()))).collect();
     env.push(("PINECONE_API_KEY", Some(KEY)));

@@ -57,6 +57,24 @@ fn assert_same_sparse(what: &str, got: &Sparse, want: &Sparse) {
     }
 }
 
+/// Every row's id and sparse vector in a Parquet output.
+fn read_sparse(path: &Path) -> Vec<(String, Sparse)> {
+    let mut out = Vec::new();
+    for batch in read_batches(path) {
+        let ids = datafusion::arrow::compute::cast(
+            batch.column_by_name("id").unwrap(),
+            &datafusion::arrow::datatypes::DataType::Utf8,
+        )
+        .unwrap();
+        let ids = ids.as_string::<i32>();
+        let sv = batch.column_by_name("sparse_values").unwrap().as_struct();
+        for i in 0..batch.num_rows() {
+            out.push((ids.value(i).to_string(), sparse_at(sv, i).unwrap()));
+        }
+    }
+    out
+}
+
 fn dot(a: &Sparse, b: &Sparse) -> f64 {
     let m: HashMap<u32, f32> = b
         .indices
@@ -174,36 +192,9 @@ fn a_parquet_output_holds_sparse_values_and_query_alpha_scores_exactly() {
     )
     .unwrap();
     let bm25 = Bm25::new(params);
-    let mut sparse = HashMap::new();
-    let mut dense = HashMap::new();
-    for batch in read_batches(&d.join("out.parquet")) {
-        let ids = datafusion::arrow::compute::cast(
-            batch.column_by_name("id").unwrap(),
-            &datafusion::arrow::datatypes::DataType::Utf8,
-        )
-        .unwrap();
-        let ids = ids.as_string::<i32>();
-        let sv = batch
-            .column_by_name("sparse_values")
-            .unwrap()
-            .as_struct()
-            .clone();
-        let vectors = batch
-            .column_by_name("vector")
-            .unwrap()
-            .as_fixed_size_list()
-            .clone();
-        for i in 0..batch.num_rows() {
-            sparse.insert(ids.value(i).to_string(), sparse_at(&sv, i).unwrap());
-            let v = vectors.value(i);
-            dense.insert(
-                ids.value(i).to_string(),
-                v.as_primitive::<datafusion::arrow::datatypes::Float32Type>()
-                    .values()
-                    .to_vec(),
-            );
-        }
-    }
+    let sparse: HashMap<String, Sparse> = read_sparse(&d.join("out.parquet")).into_iter().collect();
+    let dense: HashMap<String, Vec<f32>> =
+        read_vectors(&d.join("out.parquet")).into_iter().collect();
     assert_eq!(sparse.len(), rows.len());
     for (id, text) in &rows {
         assert_same_sparse(id, &sparse[id], &bm25.encode_document(text));
@@ -403,27 +394,10 @@ fn an_incremental_run_reuses_its_bm25_parameters_and_re_embeds_only_what_changed
     // Every row's sparse vector is what the one set of parameters gives its text.
     let bm25 = Bm25::new(Bm25Params::parse("params", &params).unwrap());
     let mut seen = 0;
-    for batch in read_batches(&d.join("out.parquet")) {
-        let ids = datafusion::arrow::compute::cast(
-            batch.column_by_name("id").unwrap(),
-            &datafusion::arrow::datatypes::DataType::Utf8,
-        )
-        .unwrap();
-        let ids = ids.as_string::<i32>();
-        let sv = batch
-            .column_by_name("sparse_values")
-            .unwrap()
-            .as_struct()
-            .clone();
-        for i in 0..batch.num_rows() {
-            let text = &changed.iter().find(|r| r.0 == ids.value(i)).unwrap().1;
-            assert_same_sparse(
-                ids.value(i),
-                &sparse_at(&sv, i).unwrap(),
-                &bm25.encode_document(text),
-            );
-            seen += 1;
-        }
+    for (id, got) in read_sparse(&d.join("out.parquet")) {
+        let text = &changed.iter().find(|r| r.0 == id).unwrap().1;
+        assert_same_sparse(&id, &got, &bm25.encode_document(text));
+        seen += 1;
     }
     assert_eq!(seen, changed.len());
 }

@@ -26,8 +26,8 @@ use crate::error::{ConfigError, invalid};
 use tokenizer::{Bm25Tokenizer, TokenizerSettings};
 
 /// `embed.sparse` in the pipeline: `bm25`, or `{ method: bm25, params: FILE, k1, b }`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(from = "SparseForm", into = "SparseForm")]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(into = "SparseFull")]
 pub struct SparseSpec {
     /// Where the fitted parameters live (local path or `s3://`): read when the file exists,
     /// else fitted on the source's texts and written there. Default: beside a Parquet output
@@ -35,13 +35,6 @@ pub struct SparseSpec {
     pub params: Option<String>,
     pub k1: f64,
     pub b: f64,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(untagged)]
-enum SparseForm {
-    Name(SparseMethod),
-    Full(SparseFull),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,31 +63,59 @@ fn default_b() -> f64 {
     0.75
 }
 
-impl From<SparseForm> for SparseSpec {
-    fn from(f: SparseForm) -> SparseSpec {
-        match f {
-            SparseForm::Name(SparseMethod::Bm25) => SparseSpec {
-                params: None,
-                k1: default_k1(),
-                b: default_b(),
-            },
-            SparseForm::Full(f) => SparseSpec {
-                params: f.params,
-                k1: f.k1,
-                b: f.b,
-            },
+impl From<SparseFull> for SparseSpec {
+    fn from(f: SparseFull) -> SparseSpec {
+        SparseSpec {
+            params: f.params,
+            k1: f.k1,
+            b: f.b,
         }
     }
 }
 
-impl From<SparseSpec> for SparseForm {
-    fn from(s: SparseSpec) -> SparseForm {
-        SparseForm::Full(SparseFull {
+impl From<SparseSpec> for SparseFull {
+    fn from(s: SparseSpec) -> SparseFull {
+        SparseFull {
             method: SparseMethod::Bm25,
             params: s.params,
             k1: s.k1,
             b: s.b,
-        })
+        }
+    }
+}
+
+/// `bm25`, or the full form; an error names what is wrong in either (an untagged enum would
+/// only say that nothing matched).
+impl<'de> Deserialize<'de> for SparseSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Form;
+        impl<'de> serde::de::Visitor<'de> for Form {
+            type Value = SparseSpec;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`bm25`, or { method: bm25, params: FILE, k1: 1.2, b: 0.75 }")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<SparseSpec, E> {
+                let method =
+                    SparseMethod::deserialize(serde::de::value::StrDeserializer::<E>::new(v))?;
+                let SparseMethod::Bm25 = method;
+                Ok(SparseSpec {
+                    params: None,
+                    k1: default_k1(),
+                    b: default_b(),
+                })
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> std::result::Result<SparseSpec, A::Error> {
+                SparseFull::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(SparseSpec::from)
+            }
+        }
+        d.deserialize_any(Form)
     }
 }
 
@@ -426,6 +447,29 @@ mod tests {
         // mmh3.hash("", signed=False), mmh3.hash("hello", signed=False)
         assert_eq!(token_index(""), 0);
         assert_eq!(token_index("hello"), 613153351);
+    }
+
+    #[test]
+    fn a_wrong_form_says_what_is_wrong() {
+        let e = serde_yaml_ng::from_str::<SparseSpec>("bm26")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bm26") && e.contains("bm25"), "{e}");
+        let e = serde_yaml_ng::from_str::<SparseSpec>("{ method: bm25, k: 1 }")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `k`"), "{e}");
+        let json = serde_json::to_string(&SparseSpec {
+            params: Some("p.json".into()),
+            k1: 1.5,
+            b: 0.5,
+        })
+        .unwrap();
+        let back: SparseSpec = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            (back.k1, back.b, back.params.as_deref()),
+            (1.5, 0.5, Some("p.json"))
+        );
     }
 
     #[test]
