@@ -182,3 +182,66 @@ fn chunks_must_fit_the_model() {
         "embed.chunking.max_tokens: 400 does not fit the model",
     );
 }
+
+#[test]
+fn a_document_prompt_takes_its_tokens_from_every_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let long = long_text();
+    write_text_parquet(&d.join("docs.parquet"), &["long"], &[Some(&long)]);
+    let prompt = "Represent this passage of a technical book for retrieval: ";
+    // No max_tokens: each chunk gets what max_seq_length leaves after the prompt.
+    write_file(
+        d,
+        "p.yaml",
+        &pipeline_yaml(
+            "docs.parquet",
+            "out",
+            &format!("  prompt: \"{prompt}\"\n  chunking: {{ overlap: 8 }}\n"),
+        ),
+    );
+    let o = embedflow(d, &["run", "p.yaml", "--summary-json", "s.json"]);
+    assert_ok(&o);
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("s.json")).unwrap()).unwrap();
+    assert_eq!(s["rows_truncated"], 0, "no chunk lost words to the prompt");
+
+    let mut spec = EmbedSpec::new("all-MiniLM-L6-v2");
+    spec.prompt = Some(prompt.to_string());
+    let embedder = Embedder::load(&spec).unwrap();
+    let prompt_tokens = embedder.tokens(prompt).unwrap().ids.len() - 2;
+    assert!(prompt_tokens >= 10, "{prompt_tokens}");
+    // MiniLM's max_seq_length (256) less [CLS], [SEP] and the prompt.
+    let budget = 256 - 2 - prompt_tokens;
+    let rows = read_chunks(&d.join("out/part-0.parquet"));
+    assert!(rows.len() >= 8, "{} chunks", rows.len());
+    let mut largest = 0;
+    for r in &rows {
+        let tokens = embedder.tokens(&r.text).unwrap().ids.len() - 2;
+        assert!(tokens <= budget, "chunk {}: {tokens} > {budget}", r.chunk);
+        largest = largest.max(tokens);
+        // The vector is the prompted chunk's, untruncated.
+        let want = embedder.embed(&[Some(&r.text)]).unwrap();
+        assert!(cosine(&r.vector, &want) > 0.9999, "chunk {}", r.chunk);
+    }
+    // Chunks fill the room the prompt leaves (a sentence is about 20 word pieces).
+    assert!(largest + 25 > budget, "largest chunk {largest} of {budget}");
+
+    // max_tokens that fits without the prompt but not with it is refused, naming the key.
+    write_file(
+        d,
+        "p.yaml",
+        &pipeline_yaml(
+            "docs.parquet",
+            "out",
+            &format!("  prompt: \"{prompt}\"\n  chunking: {{ max_tokens: 250 }}\n"),
+        ),
+    );
+    let o = embedflow(d, &["run", "p.yaml"]);
+    assert_fails_with(
+        &o,
+        2,
+        "embed.chunking.max_tokens: 250 does not fit the model",
+    );
+    assert!(stderr(&o).contains("prompt"), "{}", stderr(&o));
+}

@@ -469,6 +469,22 @@ fn read_chapters(folder: &Path) -> BTreeMap<String, String> {
     out
 }
 
+/// Every part's sparse vectors (`embed.sparse`), as id -> sparse vector; empty without them.
+fn read_parts_sparse(folder: &Path) -> BTreeMap<String, embedflow::embed::bm25::Sparse> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(folder).unwrap() {
+        let path = entry.unwrap().path();
+        let has_sparse = path.extension().is_some_and(|e| e == "parquet")
+            && read_batches(&path)
+                .first()
+                .is_some_and(|b| b.column_by_name("sparse_values").is_some());
+        if has_sparse {
+            out.extend(read_sparse(&path));
+        }
+    }
+    out
+}
+
 /// Runs `yaml` locally into `local/` and on the cluster into `clustered/`, and checks both
 /// give the same rows, vectors, metadata and summary counts.
 fn assert_cluster_equals_local(d: &Path, cluster: &Cluster, name: &str, yaml: &str) {
@@ -518,6 +534,25 @@ fn assert_cluster_equals_local(d: &Path, cluster: &Cluster, name: &str, yaml: &s
         read_chapters(&d.join(&cluster_dir)),
         "{name}: the metadata"
     );
+    let (local_sparse, cluster_sparse) = (
+        read_parts_sparse(&d.join(&local_dir)),
+        read_parts_sparse(&d.join(&cluster_dir)),
+    );
+    assert_eq!(
+        local_sparse.keys().collect::<Vec<_>>(),
+        cluster_sparse.keys().collect::<Vec<_>>(),
+        "{name}: rows with sparse vectors"
+    );
+    for (id, want) in &local_sparse {
+        let got = &cluster_sparse[id];
+        assert_eq!(got.indices, want.indices, "{name}: {id}: sparse indices");
+        for (g, w) in got.values.iter().zip(&want.values) {
+            assert!(
+                (g - w).abs() < 1e-6,
+                "{name}: {id}: sparse value {g} != {w}"
+            );
+        }
+    }
     let (l, c) = (summary(&d.join("l.json")), summary(&d.join("c.json")));
     for field in [
         "rows_read",
@@ -559,6 +594,18 @@ fn pipelines_of_every_shape_run_on_the_cluster_as_locally() {
         &cluster,
         "chunks",
         &format!("{source}{model}  chunking: {{ max_tokens: 48, overlap: 8 }}\n"),
+    );
+    // A document prompt, Matryoshka dimensions and BM25 sparse vectors: the client fits BM25
+    // on the source and the executors weigh their rows with its parameters.
+    assert_cluster_equals_local(
+        d,
+        &cluster,
+        "hybrid",
+        &format!("{source}{model}  prompt: \"passage: \"\n  dimensions: 128\n  sparse: bm25\n"),
+    );
+    assert!(
+        !read_parts_sparse(&d.join("clustered-hybrid")).is_empty(),
+        "the cluster wrote sparse vectors"
     );
     // Vectors read from a table (embed.vector): no model anywhere.
     let vectors = d.join("local-plain");

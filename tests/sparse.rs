@@ -57,24 +57,6 @@ fn assert_same_sparse(what: &str, got: &Sparse, want: &Sparse) {
     }
 }
 
-/// Every row's id and sparse vector in a Parquet output.
-fn read_sparse(path: &Path) -> Vec<(String, Sparse)> {
-    let mut out = Vec::new();
-    for batch in read_batches(path) {
-        let ids = datafusion::arrow::compute::cast(
-            batch.column_by_name("id").unwrap(),
-            &datafusion::arrow::datatypes::DataType::Utf8,
-        )
-        .unwrap();
-        let ids = ids.as_string::<i32>();
-        let sv = batch.column_by_name("sparse_values").unwrap().as_struct();
-        for i in 0..batch.num_rows() {
-            out.push((ids.value(i).to_string(), sparse_at(sv, i).unwrap()));
-        }
-    }
-    out
-}
-
 fn dot(a: &Sparse, b: &Sparse) -> f64 {
     let m: HashMap<u32, f32> = b
         .indices

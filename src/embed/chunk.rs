@@ -68,7 +68,7 @@ impl ChunkingSpec {
             return Err(invalid(
                 "embed.chunking.max_tokens",
                 format!(
-                    "{max_tokens} does not fit the model: max_seq_length is {max_seq_length}, so a chunk holds at most {fits} word pieces besides [CLS] and [SEP]"
+                    "{max_tokens} does not fit the model: {max_seq_length} tokens of its max_seq_length are left for text (after the document prompt, if any), so a chunk holds at most {fits} word pieces besides [CLS] and [SEP]"
                 ),
             ));
         }

@@ -238,3 +238,25 @@ pub fn assert_same_vectors(
         assert!(worst <= tolerance, "{id}: vectors differ by {worst}");
     }
 }
+
+/// Every row's id and sparse vector in a Parquet output.
+pub fn read_sparse(path: &Path) -> Vec<(String, embedflow::embed::bm25::Sparse)> {
+    let mut out = Vec::new();
+    for batch in read_batches(path) {
+        let ids = datafusion::arrow::compute::cast(
+            batch.column_by_name("id").unwrap(),
+            &datafusion::arrow::datatypes::DataType::Utf8,
+        )
+        .unwrap();
+        let ids = datafusion::arrow::array::AsArray::as_string::<i32>(&ids);
+        let sv = batch.column_by_name("sparse_values").unwrap();
+        let sv = datafusion::arrow::array::AsArray::as_struct(sv);
+        for i in 0..batch.num_rows() {
+            out.push((
+                ids.value(i).to_string(),
+                embedflow::embed::bm25::udf::sparse_at(sv, i).unwrap(),
+            ));
+        }
+    }
+    out
+}
