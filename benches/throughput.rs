@@ -177,6 +177,7 @@ fn main() -> Result<()> {
         "all-MiniLM-L6-v2 on {cores} cores; best of {} alternating passes",
         args.reps
     );
+    println!("{}", support::cpu_description());
     for i in &inputs {
         println!(
             "  {:<5} {} rows, {} tokens (mean {:.1} per row); fp32 ceiling {:.0} tok/s",

@@ -319,6 +319,7 @@ fn main() -> Result<()> {
     }
     let cores = std::thread::available_parallelism()?.get();
     println!("all-MiniLM-L6-v2 on {cores} cores; every tool uses all of them");
+    println!("{}", support::cpu_description());
     parquet_to_parquet(&py, &model, &inputs, reps, tmp.path())?;
 
     let texts = read_texts(

@@ -132,7 +132,7 @@ impl Cluster {
                 panic!("the scheduler exited ({status}): {}", self.log("scheduler"));
             }
             assert!(
-                start.elapsed() < Duration::from_secs(60),
+                start.elapsed() < Duration::from_secs(180),
                 "timed out waiting for {what}; scheduler log:\n{}",
                 self.log("scheduler")
             );
@@ -771,7 +771,7 @@ fn an_executor_without_its_scheduler_backs_off_and_stops_on_the_first_signal() {
             break status;
         }
         assert!(
-            stopped.elapsed() < Duration::from_secs(10),
+            stopped.elapsed() < STOP_WITHIN,
             "the first SIGTERM did not stop it"
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -812,7 +812,7 @@ fn a_stopped_client_cancels_its_job() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(
-        stopped.elapsed() < Duration::from_secs(10),
+        stopped.elapsed() < STOP_WITHIN,
         "took {:?}",
         stopped.elapsed()
     );
@@ -820,7 +820,7 @@ fn a_stopped_client_cancels_its_job() {
     let start = Instant::now();
     while running(&cluster) {
         assert!(
-            start.elapsed() < Duration::from_secs(30),
+            start.elapsed() < Duration::from_secs(120),
             "the job still runs: {:?}",
             cluster.get("/api/jobs")
         );

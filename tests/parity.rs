@@ -163,6 +163,52 @@ fn int8_keeps_parity_with_sentence_transformers() {
     );
 }
 
+/// An int8 vector does not depend on the rows sharing its micro-batch (activations are
+/// quantised per token): short texts embedded alone, among long neighbours and among other short
+/// ones give the same vectors.
+#[test]
+#[ignore = "needs ../shared (golden vectors, fp32 model, STS-B); scripts/test.sh runs it when ../shared is there"]
+fn int8_vectors_do_not_depend_on_their_batch() {
+    let shared = common::shared_dir();
+    let dir = shared.join("models/all-MiniLM-L6-v2");
+    let mut opts = EmbedSpec::new(dir.to_str().unwrap());
+    opts.precision = Precision::Int8;
+    // One micro-batch for every call below.
+    opts.batch_rows = 512;
+    opts.batch_tokens = Some(1 << 20);
+    let int8 = Embedder::load(&opts).expect("quantise and load the int8 model");
+    let inputs = golden_inputs(&shared);
+    let mut by_length: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    by_length.sort_by_key(|t| t.len());
+    let short = &by_length[..40];
+    let long = &by_length[by_length.len() - 8..];
+    let dim = int8.dim();
+    let alone: Vec<Vec<f32>> = short
+        .iter()
+        .map(|t| int8.embed(&[Some(t)]).unwrap())
+        .collect();
+    let with = |neighbours: &[&str]| -> Vec<Vec<f32>> {
+        let texts: Vec<Option<&str>> = short.iter().chain(neighbours).map(|t| Some(*t)).collect();
+        let v = int8.embed(&texts).unwrap();
+        v.chunks(dim)
+            .take(short.len())
+            .map(<[f32]>::to_vec)
+            .collect()
+    };
+    for (what, batch) in [
+        ("among long texts", with(long)),
+        ("among short texts", with(&by_length[40..80])),
+    ] {
+        let worst = alone
+            .iter()
+            .zip(&batch)
+            .map(|(a, b)| common::cosine(a, b))
+            .fold(f64::MAX, f64::min);
+        eprintln!("int8, alone vs {what}: minimum cosine {worst:.8}");
+        assert!(worst >= 0.99999, "{what}: minimum cosine {worst}");
+    }
+}
+
 /// The fp16 model made for GPUs (BERT fusions, fp16 weights, fp32 output) is checked here on the
 /// CPU, which ONNX Runtime can also run it on: the conversion must keep parity. Its speed needs a
 /// GPU (`cargo bench --bench throughput -- --device cuda:0 --precision fp16`).

@@ -305,20 +305,18 @@ fn an_unreachable_index_stops_the_embedding_and_keeps_what_was_computed() {
         ),
     )
     .unwrap();
-    let start = std::time::Instant::now();
     let o = run(dir.path(), &["run", "pc.yaml", "--no-progress"]);
-    let took = start.elapsed();
     assert_fails_with(&o, 1, "is unreachable: every request failed for");
     assert!(stderr(&o).contains("failed.jsonl"), "{}", stderr(&o));
     assert!(stderr(&o).contains("503"), "{}", stderr(&o));
     assert!(!stdout(&o).contains("rows read"), "{}", stdout(&o));
-    // It stopped soon after the limit, long before all 20,000 rows were embedded.
-    assert!(took < std::time::Duration::from_secs(25), "took {took:?}");
     let lines: Vec<Value> = std::fs::read_to_string(dir.path().join("failed.jsonl"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    // It stopped soon after the limit, before all 20,000 rows were embedded (a count, not a
+    // time: a slower machine embeds fewer rows in the same seconds).
     assert!(!lines.is_empty() && lines.len() < n, "{} rows", lines.len());
     let mut ids: Vec<&str> = lines
         .iter()

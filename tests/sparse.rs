@@ -9,9 +9,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use common::*;
-use datafusion::arrow::array::AsArray;
 use embedflow::embed::bm25::tokenizer::{Bm25Tokenizer, TokenizerSettings};
-use embedflow::embed::bm25::udf::sparse_at;
 use embedflow::embed::bm25::{Bm25, Bm25Fit, Bm25Params, Sparse};
 use embedflow::embed::{EmbedSpec, Embedder};
 use pinecone_test_server::{IndexConfig, Metric, PineconeServer, ServerConfig};

@@ -97,3 +97,40 @@ pub fn arg(name: &str, default: usize) -> Result<usize> {
         None => Ok(default),
     }
 }
+
+/// The CPU the figures come from: its model name, family, and the SIMD features that decide
+/// ONNX Runtime's fp32 and int8 kernels (AVX-512, VNNI). Every benchmark prints it, because the
+/// same run is about twice as fast on a Zen 5 as on a Zen 4.
+pub fn cpu_description() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let model = field("model name").unwrap_or_else(|| "unknown CPU".into());
+    let family = field("cpu family").unwrap_or_else(|| "?".into());
+    let flags = field("flags").unwrap_or_default();
+    let has: Vec<&str> = flags.split_whitespace().collect();
+    let simd: Vec<&str> = [
+        "avx2",
+        "fma",
+        "avx512f",
+        "avx512_bf16",
+        "avx512_vnni",
+        "avx_vnni",
+        "amx_int8",
+    ]
+    .into_iter()
+    .filter(|f| has.contains(f))
+    .collect();
+    format!(
+        "CPU: {model} (family {family}); {}",
+        if simd.is_empty() {
+            "no AVX2".to_string()
+        } else {
+            simd.join(" ")
+        }
+    )
+}

@@ -19,7 +19,7 @@ use super::spec::Precision;
 
 const SCRIPT: &str = include_str!("prepare_model.py");
 /// Bump when the recipe in `prepare_model.py` changes, so old cache entries are not reused.
-const RECIPE_VERSION: u32 = 3;
+const RECIPE_VERSION: u32 = 4;
 
 /// The ONNX file to load for `precision`, preparing and caching it when needed.
 pub fn model_for(

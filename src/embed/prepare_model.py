@@ -16,6 +16,14 @@ int8: dynamic int8 (ONNX Runtime's quantize_dynamic: per-channel int8 weights, a
         fp32 (Gather + a K=4 MatMul); the rest go through dynamic int8 with their weight rows for
         those channels zeroed and the input clipped at the next channel's maximum, so the
         per-tensor activation scale is set by ordinary channels. Exact in fp32 up to the clip.
+      - Per-row activation scales. quantize_dynamic quantises each activation with one scale
+        for the whole tensor (DynamicQuantizeLinear), so a row's vector depended on the rows
+        sharing its micro-batch (a long or unusual neighbour widened everyone's range). Each
+        DynamicQuantizeLinear becomes a symmetric per-token quantisation (scale max|x|/127 over
+        the hidden axis, zero point 128, QuantizeLinear), and each MatMulInteger + Cast + Mul
+        becomes MatMulIntegerToFloat with the weight scales, times the row scale. A text then
+        gets the same vector whatever else is in its batch, and the golden-set minimum cosine
+        rises (0.9948 -> 0.9965) for about 5-10% of int8 speed.
       Plain per-tensor dynamic int8 gives a minimum cosine of 0.97-0.98 against
       sentence-transformers on the golden set; this recipe keeps it above 0.99. The script prints
       the minimum cosine between the fp32 and int8 models on the calibration rows.
@@ -157,6 +165,7 @@ def quantise_int8(src: str, dst: str, calibration: str, work: str) -> int:
             n.op_type = "Clip"
             del n.input[:]
             n.input.extend([x, "", top])
+    per_row_activations(final)
     onnx.save(final, dst)
     agreement = min_cosine(src, dst, calib)
     print(json.dumps({
@@ -168,6 +177,77 @@ def quantise_int8(src: str, dst: str, calibration: str, work: str) -> int:
 
 
 CLIP_SUFFIX = "/outlier_clip"
+
+
+def per_row_activations(model):
+    """Rewrites quantize_dynamic's per-tensor activation quantisation as per-token (in place).
+
+    DynamicQuantizeLinear(x) -> (q, s, zp) becomes s = max(max|x| over the last axis, eps) / 127
+    (shape [..., 1]), q = QuantizeLinear(x / s, 1, 128) (uint8, symmetric around 128), and each
+    MatMulInteger(q, W, zp, W_zp) -> Cast -> Mul(s * W_scale) becomes
+    MatMulIntegerToFloat(q, W, 1, W_scale, 128, W_zp) * s. Every token's quantisation depends on
+    that token alone, so a row's vector does not depend on its batch neighbours. (ONNX Runtime's
+    own fusion of the unfused pattern assumes a scalar activation scale, hence the explicit
+    MatMulIntegerToFloat.)
+    """
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    consumers, producer = {}, {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+        for o in n.output:
+            producer[o] = n
+    drop, replace, inits = set(), {}, []
+    for i, n in enumerate(model.graph.node):
+        if not n.name:
+            n.name = f"{n.op_type}_{i}"
+    for n in model.graph.node:
+        if n.op_type != "DynamicQuantizeLinear":
+            continue
+        x, (q, s, zp), p = n.input[0], n.output, n.name
+        one = p + "/one"
+        inits += [
+            numpy_helper.from_array(np.array(1.0, np.float32), one),
+            numpy_helper.from_array(np.array(1 / 127, np.float32), p + "/inv127"),
+            numpy_helper.from_array(np.array(1e-8, np.float32), p + "/eps"),
+            numpy_helper.from_array(np.array(128, np.uint8), zp),
+        ]
+        replace[n.name] = [
+            helper.make_node("Abs", [x], [p + "/abs"], name=p + "/abs"),
+            helper.make_node("ReduceMax", [p + "/abs"], [p + "/amax"], axes=[-1], keepdims=1,
+                             name=p + "/amax"),
+            helper.make_node("Max", [p + "/amax", p + "/eps"], [p + "/amax_eps"],
+                             name=p + "/amax_eps"),
+            helper.make_node("Mul", [p + "/amax_eps", p + "/inv127"], [s], name=p + "/row_scale"),
+            helper.make_node("Div", [x, s], [p + "/scaled"], name=p + "/scaled"),
+            helper.make_node("QuantizeLinear", [p + "/scaled", one, zp], [q], name=p + "/quantize"),
+        ]
+        for mmi in consumers[q]:
+            (cast,) = consumers[mmi.output[0]]
+            (mul,) = consumers[cast.output[0]]
+            if mmi.op_type != "MatMulInteger" or cast.op_type != "Cast" or mul.op_type != "Mul":
+                raise ValueError(f"unexpected quantised pattern at {mmi.name}")
+            scale_mul = producer[next(i for i in mul.input if i != cast.output[0])]
+            if scale_mul.op_type != "Mul" or s not in scale_mul.input:
+                raise ValueError(f"unexpected scale pattern at {mul.name}")
+            w_scale = next(i for i in scale_mul.input if i != s)
+            y = mul.output[0]
+            drop.update([cast.name, mul.name, scale_mul.name])
+            replace[mmi.name] = [
+                helper.make_node("MatMulIntegerToFloat",
+                                 [q, mmi.input[1], one, w_scale, zp, mmi.input[3]],
+                                 [y + "/unscaled"], domain="com.microsoft",
+                                 name=mmi.name + "/to_float"),
+                helper.make_node("Mul", [y + "/unscaled", s], [y], name=mmi.name + "/row_scaled"),
+            ]
+    nodes = [r for n in model.graph.node if n.name not in drop for r in replace.get(n.name, [n])]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend(inits)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
 
 
 def split_outliers(model, nodes, calib):

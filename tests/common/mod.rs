@@ -12,6 +12,11 @@ use datafusion::parquet::arrow::ArrowWriter;
 #[allow(dead_code)]
 pub mod s3;
 
+/// How soon a run must stop after SIGTERM or SIGINT, on any machine: Kubernetes (and most
+/// schedulers) kill a process 30 s after SIGTERM, and a stop must land well inside that grace
+/// period, whatever the machine's speed (embed() gives up between micro-batches).
+pub const STOP_WITHIN: std::time::Duration = std::time::Duration::from_secs(30 - 10);
+
 /// `../shared` beside the repository (or `$EMBEDFLOW_SHARED`). Tests that need it are
 /// `#[ignore]`d with that reason; run on their own without it, they fail saying so.
 pub fn shared_dir() -> PathBuf {
