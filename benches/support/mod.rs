@@ -100,7 +100,8 @@ pub fn arg(name: &str, default: usize) -> Result<usize> {
 
 /// The CPU the figures come from: its model name, family, and the SIMD features that decide
 /// ONNX Runtime's fp32 and int8 kernels (AVX-512, VNNI). Every benchmark prints it, because the
-/// same run is about twice as fast on a Zen 5 as on a Zen 4.
+/// same run is about twice as fast on a Zen 5 as on a Zen 4. (Not every benchmark measures speed.)
+#[allow(dead_code)]
 pub fn cpu_description() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let field = |name: &str| {
