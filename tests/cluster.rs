@@ -167,11 +167,29 @@ fn sample() -> String {
 
 /// The quickstart pipeline over the bundled sample, writing to `sink`.
 fn sample_pipeline(dir: &Path, name: &str, sink: &str) {
+    sample_pipeline_on(dir, name, sink, &sample());
+}
+
+/// The quickstart pipeline over `table` (the sample's columns), writing to `sink`.
+fn sample_pipeline_on(dir: &Path, name: &str, sink: &str, table: &str) {
     let yaml = format!(
-        "source:\n  tables:\n    docs: {{ path: {} }}\n  sql: \"SELECT id, section || ': ' || body AS text, chapter, url FROM docs\"\nembed:\n  model: all-MiniLM-L6-v2\n  id: id\nsink:\n{sink}",
-        sample()
+        "source:\n  tables:\n    docs: {{ path: {table} }}\n  sql: \"SELECT id, section || ': ' || body AS text, chapter, url FROM docs\"\nembed:\n  model: all-MiniLM-L6-v2\n  id: id\nsink:\n{sink}"
     );
     write_file(dir, name, &yaml);
+}
+
+/// Every `every`th row of the bundled sample (all its columns) in `dir/subset.parquet`: for
+/// the tests whose behaviour does not need the whole sample's volume.
+fn sample_subset(dir: &Path, every: usize) -> (String, usize) {
+    use datafusion::arrow::array::UInt32Array;
+    use datafusion::arrow::compute::{concat_batches, take_record_batch};
+    let batches = read_batches(Path::new(&sample()));
+    let all = concat_batches(&batches[0].schema(), &batches).unwrap();
+    let rows: Vec<u32> = (0..all.num_rows() as u32).step_by(every).collect();
+    let subset = take_record_batch(&all, &UInt32Array::from(rows.clone())).unwrap();
+    let path = dir.join("subset.parquet");
+    write_batch(&path, subset);
+    (path.display().to_string(), rows.len())
 }
 
 /// Every part of a Parquet output folder, as id -> vector; an id in two rows fails.
@@ -188,11 +206,12 @@ fn read_parts(folder: &Path) -> BTreeMap<String, Vec<f32>> {
     out
 }
 
-fn local_run(dir: &Path) -> BTreeMap<String, Vec<f32>> {
-    sample_pipeline(dir, "local.yaml", "  parquet: { path: local }\n");
+/// The pipeline over `table` (`rows` rows) run locally into `local/`.
+fn local_run(dir: &Path, table: &str, rows: usize) -> BTreeMap<String, Vec<f32>> {
+    sample_pipeline_on(dir, "local.yaml", "  parquet: { path: local }\n", table);
     assert_ok(&embedflow(dir, &["run", "local.yaml", "--no-progress"]));
     let local = read_parts(&dir.join("local"));
-    assert_eq!(local.len(), SAMPLE_ROWS);
+    assert_eq!(local.len(), rows);
     local
 }
 
@@ -269,12 +288,14 @@ fn the_sample_on_two_executors_equals_a_local_run() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let local = local_run(d);
+    // Every 5th paragraph (621 rows): enough for 4 partitions on 2 executors.
+    let (table, rows) = sample_subset(d, 5);
+    let local = local_run(d, &table, rows);
     let cluster = Cluster::start(d, 2);
 
     // Parquet: one part per partition, published when the job succeeded. What a killed client
     // left (a staging folder) is removed.
-    sample_pipeline(d, "c.yaml", "  parquet: { path: clustered }\n");
+    sample_pipeline_on(d, "c.yaml", "  parquet: { path: clustered }\n", &table);
     let stale = d.join("clustered/.embedflow-staging-1-2");
     std::fs::create_dir_all(&stale).unwrap();
     std::fs::write(stale.join(".task-1-0.parquet"), b"half a part").unwrap();
@@ -294,7 +315,7 @@ fn the_sample_on_two_executors_equals_a_local_run() {
     );
     assert_ok(&o);
     let s = summary(&d.join("c.json"));
-    assert_eq!(s["rows_written"], SAMPLE_ROWS as u64, "{s}");
+    assert_eq!(s["rows_written"], rows as u64, "{s}");
     assert_both_executors_wrote(&s, &cluster);
     assert_job_completed(&cluster, 4);
     let parts: Vec<_> = std::fs::read_dir(d.join("clustered"))
@@ -315,13 +336,14 @@ fn the_sample_on_two_executors_equals_a_local_run() {
     // Pinecone: each executor upserts its partitions with its own API key.
     let srv =
         PineconeServer::start(ServerConfig::new(KEY, vec![IndexConfig::new("docs", 384)])).unwrap();
-    sample_pipeline(
+    sample_pipeline_on(
         d,
         "pc.yaml",
         &format!(
             "  pinecone:\n    index: docs\n    controller: {}\n    metadata: [chapter]\n",
             srv.controller_url()
         ),
+        &table,
     );
     let o = embedflow_env(
         d,
@@ -338,11 +360,11 @@ fn the_sample_on_two_executors_equals_a_local_run() {
     );
     assert_ok(&o);
     let s = summary(&d.join("pc.json"));
-    assert_eq!(s["rows_written"], SAMPLE_ROWS as u64, "{s}");
+    assert_eq!(s["rows_written"], rows as u64, "{s}");
     assert_both_executors_wrote(&s, &cluster);
     assert_eq!(
         srv.vectors_upserted("docs"),
-        SAMPLE_ROWS as u64,
+        rows as u64,
         "each row sent once"
     );
     let records = srv.records("docs", "");
@@ -375,7 +397,7 @@ fn killing_an_executor_mid_job_still_writes_every_row_once() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let local = local_run(d);
+    let local = local_run(d, &sample(), SAMPLE_ROWS);
     let mut cluster = Cluster::start(d, 2);
     sample_pipeline(d, "c.yaml", "  parquet: { path: clustered }\n");
     let mut run = spawn_cluster_run(d, &cluster, &["--summary-json", "c.json"]);
