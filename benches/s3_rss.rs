@@ -7,7 +7,7 @@
 //! EMBEDFLOW_BENCH_RSS_ROWS sets the row counts (default 20000,200000).
 
 #[allow(dead_code)]
-#[path = "../tests/common/s3.rs"]
+#[path = "../tests/it/common/s3.rs"]
 mod s3;
 mod support;
 

@@ -13,7 +13,7 @@
 
 // Only `arg` and peak RSS of the shared helpers are used here.
 #[allow(dead_code)]
-#[path = "../tests/common/s3.rs"]
+#[path = "../tests/it/common/s3.rs"]
 mod s3;
 #[allow(dead_code)]
 mod support;

@@ -1,4 +1,4 @@
-"""Reference BM25 sparse vectors for tests/sparse.rs, computed by pinecone-text's BM25Encoder.
+"""Reference BM25 sparse vectors for tests/it/sparse.rs, computed by pinecone-text's BM25Encoder.
 
 pinecone-text's tokenizer fetches NLTK data at run time (Punkt, stop words), which the project's
 machines cannot; so the encoder here gets NLTK's own word tokenizer (NLTKWordTokenizer, which

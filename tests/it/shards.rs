@@ -1,12 +1,10 @@
 //! `run --shard I/N`: N runs, each over the rows whose id hashes to its shard, together write
 //! what one full run writes, each row exactly once (Parquet parts and a Pinecone index).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use pinecone_test_server::{IndexConfig, PineconeServer, ServerConfig};
 
 const KEY: &str = "pc-test-key-shards";

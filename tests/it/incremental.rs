@@ -3,15 +3,13 @@
 //! resumes with every id exactly once. Against local Parquet, S3 and the project's Pinecone
 //! server with faults.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use pinecone_test_server::{Faults, IndexConfig, PineconeServer, ServerConfig};
@@ -406,7 +404,7 @@ fn a_model_change_embeds_every_row_again_and_says_why() {
 
 #[test]
 fn a_parquet_output_and_its_state_on_s3() {
-    use common::s3::*;
+    use crate::common::s3::*;
     let srv = S3Server::start();
     let bucket = srv.bucket("lake");
     let dir = tempfile::tempdir().unwrap();

@@ -1,14 +1,12 @@
 //! The Pinecone sink against the project's Pinecone-compatible server (in this process, on
 //! 127.0.0.1), with faults injected: every vector computed must arrive exactly, once.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Output;
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use datafusion::arrow::array::{
     ArrayRef, Float64Array, Int64Array, ListBuilder, RecordBatch, StringArray, StringBuilder,
     TimestampMillisecondArray,

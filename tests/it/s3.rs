@@ -2,15 +2,13 @@
 //! signatures): same vectors as local runs, Hive partitions, atomic multipart output, and a clear
 //! error for each way S3 access goes wrong.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Output;
 use std::sync::Arc;
 
-use common::s3::{S3Server, SECRET_KEY};
-use common::*;
+use crate::common::s3::{S3Server, SECRET_KEY};
+use crate::common::*;
 use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 

@@ -1,10 +1,8 @@
 //! `embed.chunking`: long texts become token-bounded chunks, one row each, with stable ids.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use datafusion::arrow::array::{AsArray, Float32Array};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Int32Type};

@@ -3,19 +3,16 @@
 //! the test. The sample pipeline's output must equal a local run's, tasks must run on both
 //! executors, and killing one executor mid-job must still end with every row written once.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use pinecone_test_server::{IndexConfig, PineconeServer, ServerConfig};
 
 const KEY: &str = "pc-test-key-cluster";
-const SAMPLE_ROWS: usize = 3101;
 
 /// One cluster at a time: the machine has two cores, and the kill test times its kill.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -397,9 +394,11 @@ fn killing_an_executor_mid_job_still_writes_every_row_once() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let local = local_run(d, &sample(), SAMPLE_ROWS);
+    // A third of the sample (1,034 rows): enough for 8 partitions of several micro-batches each.
+    let (table, rows) = sample_subset(d, 3);
+    let local = local_run(d, &table, rows);
     let mut cluster = Cluster::start(d, 2);
-    sample_pipeline(d, "c.yaml", "  parquet: { path: clustered }\n");
+    sample_pipeline_on(d, "c.yaml", "  parquet: { path: clustered }\n", &table);
     let mut run = spawn_cluster_run(d, &cluster, &["--summary-json", "c.json"]);
 
     // Kill the second executor once the job's first parts are written: its running task and
@@ -435,7 +434,7 @@ fn killing_an_executor_mid_job_still_writes_every_row_once() {
         cluster.log("scheduler")
     );
     let s = summary(&d.join("c.json"));
-    assert_eq!(s["rows_written"], SAMPLE_ROWS as u64, "{s}");
+    assert_eq!(s["rows_written"], rows as u64, "{s}");
     // The survivor wrote the partitions the killed executor did not finish.
     let survivor = cluster.executor_pids()[0];
     assert!(
@@ -643,7 +642,7 @@ fn pipelines_of_every_shape_run_on_the_cluster_as_locally() {
 }
 
 /// The S3 server's credentials as a user's environment would hold them, without its endpoint.
-fn s3_keys_without_endpoint(s3: &common::s3::S3Server) -> Vec<(&'static str, String)> {
+fn s3_keys_without_endpoint(s3: &crate::common::s3::S3Server) -> Vec<(&'static str, String)> {
     s3.env()
         .into_iter()
         .filter(|(k, _)| k.starts_with("AWS_") && *k != "AWS_ENDPOINT_URL")
@@ -652,7 +651,7 @@ fn s3_keys_without_endpoint(s3: &common::s3::S3Server) -> Vec<(&'static str, Str
 
 #[test]
 fn an_s3_source_and_output_run_on_the_cluster_as_locally() {
-    use common::s3::S3Server;
+    use crate::common::s3::S3Server;
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -711,7 +710,7 @@ fn an_s3_source_and_output_run_on_the_cluster_as_locally() {
     assert_same_vectors(&read_parts(&d.join("local")), &got, 1e-6);
     let logs = cluster.log("executor-0") + &cluster.log("executor-1");
     assert!(
-        !logs.contains(common::s3::SECRET_KEY),
+        !logs.contains(crate::common::s3::SECRET_KEY),
         "a secret in the executors' logs"
     );
 }
@@ -1084,16 +1083,20 @@ fn an_incremental_index_survives_a_killed_executor_and_a_killed_client() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
+    // Half the sample (1,551 rows): the killed client must die after a checkpoint (300 rows)
+    // and well before the end.
+    let (table, rows) = sample_subset(d, 2);
     let mut cluster = Cluster::start(d, 2);
     let srv =
         PineconeServer::start(ServerConfig::new(KEY, vec![IndexConfig::new("docs", 384)])).unwrap();
-    sample_pipeline(
+    sample_pipeline_on(
         d,
         "pc.yaml",
         &format!(
             "  pinecone:\n    index: docs\n    controller: {}\n    metadata: [chapter]\nincremental:\n  state: state\n  checkpoint_secs: 1\n",
             srv.controller_url()
         ),
+        &table,
     );
 
     // 1. An executor killed once vectors land: Ballista runs its tasks again on the other.
@@ -1106,13 +1109,9 @@ fn an_incremental_index_survives_a_killed_executor_and_a_killed_client() {
     victim.wait().unwrap();
     assert_succeeded(run, &cluster);
     let first = srv.records("docs", "");
-    assert_eq!(first.len(), SAMPLE_ROWS, "every id once");
+    assert_eq!(first.len(), rows, "every id once");
     let s = summary(&d.join("1.json"));
-    assert_eq!(
-        incremental_counts(&s),
-        [SAMPLE_ROWS as u64, 0, 0, 0, 0],
-        "{s}"
-    );
+    assert_eq!(incremental_counts(&s), [rows as u64, 0, 0, 0, 0], "{s}");
 
     // 2. A client killed (SIGKILL: no clean-up) in the middle of a --full run, then run again:
     // the re-run takes the dead client's lock and embeds what the state does not record.
@@ -1128,11 +1127,11 @@ fn an_incremental_index_survives_a_killed_executor_and_a_killed_client() {
     let s = summary(&d.join("2.json"));
     let embedded = s["rows_embedded"].as_u64().unwrap();
     assert!(
-        embedded < SAMPLE_ROWS as u64,
+        embedded < rows as u64,
         "the re-run resumed from the killed run's checkpoints: {s}"
     );
     let after = srv.records("docs", "");
-    assert_eq!(after.len(), SAMPLE_ROWS, "every id once");
+    assert_eq!(after.len(), rows, "every id once");
     let got = after.into_iter().map(|(id, r)| (id, r.values)).collect();
     let want = first.into_iter().map(|(id, r)| (id, r.values)).collect();
     assert_same_vectors(&want, &got, 1e-6);
@@ -1153,17 +1152,13 @@ fn an_incremental_index_survives_a_killed_executor_and_a_killed_client() {
     );
     assert_ok(&o);
     let s = summary(&d.join("3.json"));
-    assert_eq!(
-        incremental_counts(&s),
-        [0, 0, 0, SAMPLE_ROWS as u64, 0],
-        "{s}"
-    );
+    assert_eq!(incremental_counts(&s), [0, 0, 0, rows as u64, 0], "{s}");
     assert_eq!(s["rows_embedded"], 0, "{s}");
 }
 
 #[test]
 fn a_bulk_import_on_the_cluster_has_each_task_write_its_files_then_one_import() {
-    use common::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
+    use crate::common::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
     use pinecone_test_server::ImportStorage;
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();

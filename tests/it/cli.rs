@@ -1,11 +1,9 @@
 //! The command line end to end with the offline default model: runs, queries, SQL, and a clear
 //! one-line error with a non-zero exit for every kind of bad input.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use embedflow::embed::{EmbedSpec, Embedder};
 
 const TEXTS: &[&str] = &[

@@ -3,12 +3,10 @@
 //! Parquet output searched with `query --alpha`, and upserted to and queried on the project's
 //! Pinecone test server, which scores hybrid queries by dot product as Pinecone does.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use embedflow::embed::bm25::tokenizer::{Bm25Tokenizer, TokenizerSettings};
 use embedflow::embed::bm25::{Bm25, Bm25Fit, Bm25Params, Sparse};
 use embedflow::embed::{EmbedSpec, Embedder};

@@ -2,12 +2,10 @@
 //! schedulers send them, duplicate and missing ids, variables that try to change the pipeline,
 //! impossible model settings, and SQL that would write.
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn sample(dir: &Path) {
     let ids = ["a", "b", "c", "d"];
@@ -131,7 +129,7 @@ fn sigterm_stops_cleanly_like_sigint_and_leaves_no_staging_file() {
         let o = child.wait_with_output().unwrap();
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(code), "{name}: {err}");
-        // Within Kubernetes' 30 s grace period, with margin (common::STOP_WITHIN).
+        // Within Kubernetes' 30 s grace period, with margin (crate::common::STOP_WITHIN).
         assert!(
             stopped.elapsed() < STOP_WITHIN,
             "{name}: took {:?}",

@@ -6,11 +6,9 @@
 //! `prompt_name` where the variant names one, and `encode_query`); the model is the offline
 //! default the setup installs.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use embedflow::embed::{EmbedSpec, Embedder, Side};
 use serde_json::{Value, json};
 

@@ -3,14 +3,12 @@
 //! through their change data feed by incremental runs (inserts, updates and deletes reach the
 //! Pinecone test server's index), and written as the Parquet sink's output (one commit per run).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Output;
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use deltalake_core::DeltaTable;
@@ -455,7 +453,7 @@ fn an_incremental_run_over_a_delta_output_carries_vectors_into_the_next_version(
 
 #[test]
 fn a_delta_table_on_s3_is_read_and_written() {
-    let s3 = common::s3::S3Server::start();
+    let s3 = crate::common::s3::S3Server::start();
     let bucket = s3.bucket("lake");
     create_table(&bucket.join("docs"), &DAY1, false);
     delete(&bucket.join("docs"), "id = 'a'");

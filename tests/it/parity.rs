@@ -1,10 +1,8 @@
 //! Embeddings equal sentence-transformers': token ids, vectors and STS-B Spearman.
 //!
-//! Reference data lives in ../shared (see common::shared_dir), which a user's clone does not
+//! Reference data lives in ../shared (see crate::common::shared_dir), which a user's clone does not
 //! have: these tests are `#[ignore]`d with that reason, so `cargo test` lists them as ignored,
 //! and scripts/test.sh runs them (`--include-ignored`) when ../shared is there.
-
-mod common;
 
 use std::path::Path;
 
@@ -65,7 +63,7 @@ fn golden_cosines(embedder: &Embedder, shared: &Path) -> Vec<f64> {
     assert_eq!(dim, refs[0].len());
     refs.iter()
         .enumerate()
-        .map(|(i, r)| common::cosine(&ours[i * dim..(i + 1) * dim], r))
+        .map(|(i, r)| crate::common::cosine(&ours[i * dim..(i + 1) * dim], r))
         .collect()
 }
 
@@ -80,7 +78,7 @@ fn u32s(v: &serde_json::Value) -> Vec<u32> {
 #[test]
 #[ignore = "needs ../shared (golden vectors, fp32 model, STS-B); scripts/test.sh runs it when ../shared is there"]
 fn token_ids_equal_sentence_transformers() {
-    let shared = common::shared_dir();
+    let shared = crate::common::shared_dir();
     let embedder = fp32_embedder(&shared);
     let inputs = golden_inputs(&shared);
     let golden = std::fs::read_to_string(shared.join("golden/ids.jsonl")).unwrap();
@@ -100,7 +98,7 @@ fn token_ids_equal_sentence_transformers() {
 #[test]
 #[ignore = "needs ../shared (golden vectors, fp32 model, STS-B); scripts/test.sh runs it when ../shared is there"]
 fn fp32_vectors_match_sentence_transformers() {
-    let shared = common::shared_dir();
+    let shared = crate::common::shared_dir();
     let cosines = golden_cosines(&fp32_embedder(&shared), &shared);
     let (worst, min) = min_with_index(&cosines);
     eprintln!("fp32 model: minimum cosine {min:.7} (input {worst})");
@@ -110,7 +108,7 @@ fn fp32_vectors_match_sentence_transformers() {
 #[test]
 #[ignore = "needs ../shared (golden vectors, fp32 model, STS-B); scripts/test.sh runs it when ../shared is there"]
 fn offline_default_model_equals_sentence_transformers() {
-    let shared = common::shared_dir();
+    let shared = crate::common::shared_dir();
     let cosines = golden_cosines(&default_embedder(), &shared);
     let (worst, min) = min_with_index(&cosines);
     eprintln!(
@@ -129,7 +127,7 @@ fn stsb_spearman(embedder: &Embedder, shared: &Path) -> f64 {
 #[test]
 #[ignore = "needs ../shared (golden vectors, fp32 model, STS-B); scripts/test.sh runs it when ../shared is there"]
 fn spearman_on_stsb_dev() {
-    let shared = common::shared_dir();
+    let shared = crate::common::shared_dir();
     let rho = stsb_spearman(&fp32_embedder(&shared), &shared);
     eprintln!("STS-B dev Spearman: {rho:.4} (reference 0.8672)");
     assert!((rho - 0.8672).abs() <= 0.005, "Spearman {rho}");
@@ -140,7 +138,7 @@ fn spearman_on_stsb_dev() {
 #[test]
 #[ignore = "needs ../shared (golden vectors, fp32 model, STS-B); scripts/test.sh runs it when ../shared is there"]
 fn int8_keeps_parity_with_sentence_transformers() {
-    let shared = common::shared_dir();
+    let shared = crate::common::shared_dir();
     let int8 = int8_embedder(&shared);
     assert_eq!(int8.precision(), Precision::Int8);
     let cosines = golden_cosines(&int8, &shared);
@@ -169,7 +167,7 @@ fn int8_keeps_parity_with_sentence_transformers() {
 #[test]
 #[ignore = "needs ../shared (golden vectors, fp32 model, STS-B); scripts/test.sh runs it when ../shared is there"]
 fn int8_vectors_do_not_depend_on_their_batch() {
-    let shared = common::shared_dir();
+    let shared = crate::common::shared_dir();
     let dir = shared.join("models/all-MiniLM-L6-v2");
     let mut opts = EmbedSpec::new(dir.to_str().unwrap());
     opts.precision = Precision::Int8;
@@ -202,7 +200,7 @@ fn int8_vectors_do_not_depend_on_their_batch() {
         let worst = alone
             .iter()
             .zip(&batch)
-            .map(|(a, b)| common::cosine(a, b))
+            .map(|(a, b)| crate::common::cosine(a, b))
             .fold(f64::MAX, f64::min);
         eprintln!("int8, alone vs {what}: minimum cosine {worst:.8}");
         assert!(worst >= 0.99999, "{what}: minimum cosine {worst}");
@@ -215,7 +213,7 @@ fn int8_vectors_do_not_depend_on_their_batch() {
 #[test]
 #[ignore = "needs ../shared (golden vectors, fp32 model, STS-B); scripts/test.sh runs it when ../shared is there"]
 fn fp16_model_keeps_parity() {
-    let shared = common::shared_dir();
+    let shared = crate::common::shared_dir();
     let dir = shared.join("models/all-MiniLM-L6-v2");
     let mut opts = EmbedSpec::new(dir.to_str().unwrap());
     opts.precision = Precision::Fp16;
