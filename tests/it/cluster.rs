@@ -1083,9 +1083,9 @@ fn an_incremental_index_survives_a_killed_executor_and_a_killed_client() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // Half the sample (1,551 rows): the killed client must die after a checkpoint (300 rows)
-    // and well before the end.
-    let (table, rows) = sample_subset(d, 2);
+    // A third of the sample (1,034 rows): the killed client must die after a checkpoint (300
+    // rows) and well before the end.
+    let (table, rows) = sample_subset(d, 3);
     let mut cluster = Cluster::start(d, 2);
     let srv =
         PineconeServer::start(ServerConfig::new(KEY, vec![IndexConfig::new("docs", 384)])).unwrap();

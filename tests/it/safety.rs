@@ -557,6 +557,14 @@ fn a_second_run_on_the_same_output_is_refused_naming_the_first() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     long_sample(d);
+    // 1,000 of the sample's paragraphs: the first run holds its lock while they are embedded.
+    write_file(
+        d,
+        "long.yaml",
+        &std::fs::read_to_string(d.join("long.yaml"))
+            .unwrap()
+            .replace("FROM docs", "FROM docs ORDER BY id LIMIT 1000"),
+    );
     let mut first = spawn_long_run(d);
     let lock = wait_for_lock(d, &mut first);
     let o = embedflow(d, &["run", "long.yaml", "--no-progress"]);
@@ -567,7 +575,7 @@ fn a_second_run_on_the_same_output_is_refused_naming_the_first() {
     // The refused run touched nothing: the first one finishes and publishes.
     let o = first.wait_with_output().unwrap();
     assert_ok(&o);
-    assert_eq!(read_vectors(&d.join("out/part-0.parquet")).len(), 3101);
+    assert_eq!(read_vectors(&d.join("out/part-0.parquet")).len(), 1000);
     assert!(!lock.exists(), "the lock outlived its run");
 
     // A lock left by a process that is gone (kill -9) is taken over.
