@@ -27,9 +27,11 @@ pub fn stop_requested() -> Option<&'static str> {
     }
 }
 
-/// How long a driver waits for its plan runtime to wind down: after a signal `embed()` gives up
-/// at the next micro-batch, so a few seconds; otherwise (a failure elsewhere) long enough for
-/// the record batch being embedded to finish, so ONNX Runtime is idle when the process exits.
+/// How long a driver waits for its plan runtime to wind down. `embed()` gives up at its next
+/// micro-batch after a signal or once the run is abandoned (a failure elsewhere), so the wait
+/// ends in a fraction of a second; this bounds it: a few seconds after a signal, otherwise long
+/// enough for a micro-batch of long texts on a slow CPU, so ONNX Runtime is idle when the
+/// process exits.
 pub fn plan_shutdown_wait() -> std::time::Duration {
     match stop_requested() {
         Some(_) => std::time::Duration::from_secs(5),

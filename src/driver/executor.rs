@@ -80,8 +80,8 @@ impl Local {
         }
     }
 
-    /// Stops the plan runtime: after a signal, `embed()` gives up at the next micro-batch, so
-    /// a short wait is enough.
+    /// Stops the plan runtime: after a signal or an abandoned run, `embed()` gives up at the
+    /// next micro-batch, so the wait is short.
     async fn stop_runtime(&mut self) {
         if let Some(rt) = self.rt.take() {
             let _ = tokio::task::spawn_blocking(move || {
@@ -148,7 +148,17 @@ impl Executor for Local {
     }
 
     async fn abort(&mut self, e: anyhow::Error) -> anyhow::Error {
+        // Nothing embedded from here on would be written: `embed()` gives up at its next
+        // micro-batch rather than finishing the record batches in flight.
+        if let Some(embedder) = &self.embedder {
+            embedder.abandon();
+        }
         self.stop_runtime().await;
+        if let Some(skipped) = self.embedder.as_ref().map(|e| e.skipped_batches())
+            && skipped > 0
+        {
+            tracing::info!("the run failed: {skipped} micro-batches in flight were not embedded");
+        }
         match self.writer.take() {
             Some(w) => w.abort(e).await,
             None => e,

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, anyhow, bail};
 use ort::session::Session;
@@ -69,6 +69,11 @@ pub struct Embedder {
     batch_tokens: usize,
     batch_rows: usize,
     tokens_seen: AtomicU64,
+    /// Set when the run failed elsewhere (its sink): `embed()` gives up at the next
+    /// micro-batch instead of finishing a record batch nobody will write.
+    abandoned: AtomicBool,
+    /// Micro-batches left unrun because of that.
+    skipped_batches: AtomicU64,
     /// Texts longer than `max_seq_length`, cut as sentence-transformers cuts them.
     truncated_rows: AtomicU64,
     timings: Timings,
@@ -364,6 +369,8 @@ impl Embedder {
             batch_tokens: opts.batch_tokens(),
             batch_rows: opts.batch_rows.max(1),
             tokens_seen: AtomicU64::new(0),
+            abandoned: AtomicBool::new(false),
+            skipped_batches: AtomicU64::new(0),
             truncated_rows: AtomicU64::new(0),
             timings: Timings::default(),
             spec: opts.clone(),
@@ -498,6 +505,36 @@ impl Embedder {
     /// Tokens embedded so far (after truncation, without padding).
     pub fn tokens_seen(&self) -> u64 {
         self.tokens_seen.load(Ordering::Relaxed)
+    }
+
+    /// Makes `embed()` calls in flight, and any later one, stop at their next micro-batch: the
+    /// run failed, and what they would embed would not be written.
+    pub fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Relaxed);
+    }
+
+    /// Micro-batches not run since [`Self::abandon`].
+    pub fn skipped_batches(&self) -> u64 {
+        self.skipped_batches.load(Ordering::Relaxed)
+    }
+
+    /// Ends an `embed()` call between micro-batches once a signal asked the process to stop
+    /// or the run was abandoned: a record batch of long texts takes many seconds, a
+    /// micro-batch a fraction of one. `left` counts the micro-batches the call leaves unrun.
+    fn stop_point(&self, left: impl FnOnce() -> usize) -> Result<()> {
+        if let Some(signal) = crate::signals::stop_requested() {
+            return Err(crate::error::Interrupted {
+                signal,
+                outcome: "embedding stopped between micro-batches".into(),
+            }
+            .into());
+        }
+        if self.abandoned.load(Ordering::Relaxed) {
+            self.skipped_batches
+                .fetch_add(left() as u64, Ordering::Relaxed);
+            bail!("embedding stopped between micro-batches: the run failed");
+        }
+        Ok(())
     }
 
     /// The model's tokenizer, as configured for inference (truncating at `max_seq_length`).
@@ -642,8 +679,8 @@ impl Embedder {
             }
         };
         if self.sessions.len() == 1 {
-            for batch in &batches {
-                stop_point()?;
+            for (b, batch) in batches.iter().enumerate() {
+                self.stop_point(|| batches.len() - b)?;
                 let (vectors, _) = self.run_batch(&self.sessions[0], encodings, batch, side)?;
                 place(batch, &vectors);
             }
@@ -664,7 +701,12 @@ impl Embedder {
                             let Some(batch) = batches.get(b) else {
                                 return Ok(done);
                             };
-                            stop_point()?;
+                            // This one and those no worker has taken yet (which it takes).
+                            self.stop_point(|| {
+                                1 + batches
+                                    .len()
+                                    .saturating_sub(next.swap(batches.len(), Ordering::Relaxed))
+                            })?;
                             done.push((b, self.run_batch(session, encodings, batch, side)?.0));
                         }
                     })
@@ -822,19 +864,6 @@ impl Embedder {
         };
         self.tokens_seen.fetch_add(tokens, Ordering::Relaxed);
         Ok((pooled, dim))
-    }
-}
-
-/// Ends an `embed()` call between micro-batches once a signal asked the process to stop: a
-/// record batch of long texts takes many seconds, a micro-batch a fraction of one.
-fn stop_point() -> Result<()> {
-    match crate::signals::stop_requested() {
-        Some(signal) => Err(crate::error::Interrupted {
-            signal,
-            outcome: "embedding stopped between micro-batches".into(),
-        }
-        .into()),
-        None => Ok(()),
     }
 }
 

@@ -498,6 +498,16 @@ fn a_full_disk_stops_the_run_when_it_fills() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no row count in: {err}"));
     assert!(after < 3101, "{err}");
+    // The record batches being embedded were abandoned at their next micro-batch, not
+    // embedded to the end for nothing (the sample's batches have many micro-batches each).
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let skipped: u64 = stderr
+        .split(" micro-batches in flight were not embedded")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("embedding was not abandoned:\n{stderr}"));
+    assert!(skipped > 0, "{stderr}");
     // The cause once, without the wrappers' repetitions.
     assert!(!err.contains("External: External"), "{err}");
     let left: Vec<_> = std::fs::read_dir(small.join("out"))
