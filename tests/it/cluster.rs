@@ -14,9 +14,6 @@ use pinecone_test_server::{IndexConfig, PineconeServer, ServerConfig};
 
 const KEY: &str = "pc-test-key-cluster";
 
-/// One cluster at a time: the machine has two cores, and the kill test times its kill.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -155,13 +152,6 @@ impl Drop for Cluster {
     }
 }
 
-fn sample() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("data/sample.parquet")
-        .display()
-        .to_string()
-}
-
 /// The quickstart pipeline over the bundled sample, writing to `sink`.
 fn sample_pipeline(dir: &Path, name: &str, sink: &str) {
     sample_pipeline_on(dir, name, sink, &sample());
@@ -173,20 +163,6 @@ fn sample_pipeline_on(dir: &Path, name: &str, sink: &str, table: &str) {
         "source:\n  tables:\n    docs: {{ path: {table} }}\n  sql: \"SELECT id, section || ': ' || body AS text, chapter, url FROM docs\"\nembed:\n  model: all-MiniLM-L6-v2\n  id: id\nsink:\n{sink}"
     );
     write_file(dir, name, &yaml);
-}
-
-/// Every `every`th row of the bundled sample (all its columns) in `dir/subset.parquet`: for
-/// the tests whose behaviour does not need the whole sample's volume.
-fn sample_subset(dir: &Path, every: usize) -> (String, usize) {
-    use datafusion::arrow::array::UInt32Array;
-    use datafusion::arrow::compute::{concat_batches, take_record_batch};
-    let batches = read_batches(Path::new(&sample()));
-    let all = concat_batches(&batches[0].schema(), &batches).unwrap();
-    let rows: Vec<u32> = (0..all.num_rows() as u32).step_by(every).collect();
-    let subset = take_record_batch(&all, &UInt32Array::from(rows.clone())).unwrap();
-    let path = dir.join("subset.parquet");
-    write_batch(&path, subset);
-    (path.display().to_string(), rows.len())
 }
 
 /// Every part of a Parquet output folder, as id -> vector; an id in two rows fails.
@@ -282,7 +258,6 @@ fn assert_job_completed(cluster: &Cluster, partitions: usize) {
 
 #[test]
 fn the_sample_on_two_executors_equals_a_local_run() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // Every 5th paragraph (621 rows): enough for 4 partitions on 2 executors.
@@ -391,7 +366,6 @@ fn the_sample_on_two_executors_equals_a_local_run() {
 
 #[test]
 fn killing_an_executor_mid_job_still_writes_every_row_once() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // A third of the sample (1,034 rows): enough for 8 partitions of several micro-batches each.
@@ -588,7 +562,6 @@ fn assert_cluster_equals_local(d: &Path, cluster: &Cluster, name: &str, yaml: &s
 
 #[test]
 fn pipelines_of_every_shape_run_on_the_cluster_as_locally() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let table = small_table(d);
@@ -652,7 +625,6 @@ fn s3_keys_without_endpoint(s3: &crate::common::s3::S3Server) -> Vec<(&'static s
 #[test]
 fn an_s3_source_and_output_run_on_the_cluster_as_locally() {
     use crate::common::s3::S3Server;
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let table = small_table(d);
@@ -717,7 +689,6 @@ fn an_s3_source_and_output_run_on_the_cluster_as_locally() {
 
 #[test]
 fn a_cluster_without_executors_says_so_and_gives_up() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let table = small_table(d);
@@ -802,7 +773,6 @@ fn an_executor_without_its_scheduler_backs_off_and_stops_on_the_first_signal() {
 
 #[test]
 fn a_stopped_client_cancels_its_job() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let cluster = Cluster::start(d, 1);
@@ -902,7 +872,6 @@ fn incremental_counts(s: &serde_json::Value) -> [u64; 5] {
 
 #[test]
 fn incremental_pipelines_run_on_the_cluster_as_locally() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let table = small_table(d);
@@ -1080,7 +1049,6 @@ fn assert_succeeded(run: Child, cluster: &Cluster) {
 
 #[test]
 fn an_incremental_index_survives_a_killed_executor_and_a_killed_client() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // A third of the sample (1,034 rows): the killed client must die after a checkpoint (300
@@ -1160,7 +1128,6 @@ fn an_incremental_index_survives_a_killed_executor_and_a_killed_client() {
 fn a_bulk_import_on_the_cluster_has_each_task_write_its_files_then_one_import() {
     use crate::common::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
     use pinecone_test_server::ImportStorage;
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let table = small_table(d);

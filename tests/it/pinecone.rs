@@ -728,7 +728,10 @@ fn a_dead_letter_file_is_replayed_with_the_same_exit_codes() {
         n
     );
 
-    // Against a healthy index every vector lands, exactly as computed, with its metadata.
+    // Against a healthy index every vector lands, exactly as computed, with its metadata. It
+    // still answers one request in ten with a 429, so the replay gets the retries a real run
+    // would have (with the broken runs' one retry, a request refused twice in a row, one
+    // chance in a hundred, would land in the dead-letter file again).
     let healthy = server(Faults {
         rate_429: 0.1,
         retry_after_secs: Some(1),
@@ -744,6 +747,8 @@ fn a_dead_letter_file_is_replayed_with_the_same_exit_codes() {
             "pc.yaml",
             "--set",
             &controller,
+            "--set",
+            "sink.pinecone.max_retries=8",
             "--summary-json",
             "summary.json",
         ],

@@ -498,22 +498,34 @@ fn a_full_disk_stops_the_run_when_it_fills() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no row count in: {err}"));
     assert!(after < 3101, "{err}");
-    // The record batches being embedded were abandoned at their next micro-batch, not
-    // embedded to the end for nothing (the sample's batches have many micro-batches each).
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    let skipped: u64 = stderr
-        .split(" micro-batches in flight were not embedded")
-        .next()
-        .and_then(|head| head.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("embedding was not abandoned:\n{stderr}"));
-    assert!(skipped > 0, "{stderr}");
     // The cause once, without the wrappers' repetitions.
     assert!(!err.contains("External: External"), "{err}");
     let left: Vec<_> = std::fs::read_dir(small.join("out"))
         .map(|r| r.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// What a failed run does to the record batches being embedded (`Local::abort`): an abandoned
+/// embedder stops at its next micro-batch and counts the ones it left, instead of embedding rows
+/// nobody will write.
+#[test]
+fn an_abandoned_embedder_stops_at_its_next_micro_batch() {
+    use embedflow::embed::{EmbedSpec, Embedder};
+    let mut spec = EmbedSpec::new("all-MiniLM-L6-v2");
+    spec.batch_rows = 2;
+    let embedder = Embedder::load(&spec).unwrap();
+    let texts: Vec<Option<&str>> = WORDS.iter().take(10).map(|w| Some(*w)).collect();
+    assert_eq!(embedder.embed(&texts).unwrap().len(), 10 * 384);
+    let tokens = embedder.tokens_seen();
+    assert_eq!(embedder.skipped_batches(), 0);
+
+    embedder.abandon();
+    let err = embedder.embed(&texts).unwrap_err();
+    assert!(format!("{err:#}").contains("the run failed"), "{err:#}");
+    // Ten rows, two per micro-batch: five left unrun, no token embedded.
+    assert_eq!(embedder.skipped_batches(), 5);
+    assert_eq!(embedder.tokens_seen(), tokens);
 }
 
 /// A Parquet file whose `text` column (a UTF-8 string column) holds bytes that are not UTF-8.

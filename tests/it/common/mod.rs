@@ -265,3 +265,25 @@ pub fn read_sparse(path: &Path) -> Vec<(String, embedflow::embed::bm25::Sparse)>
     }
     out
 }
+
+/// The bundled sample (3,101 paragraphs of The Rust Programming Language).
+pub fn sample() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data/sample.parquet")
+        .display()
+        .to_string()
+}
+
+/// Every `every`th row of the bundled sample (all its columns) in `dir/subset.parquet`: for
+/// the tests whose behaviour does not need the whole sample's volume.
+pub fn sample_subset(dir: &Path, every: usize) -> (String, usize) {
+    use datafusion::arrow::array::UInt32Array;
+    use datafusion::arrow::compute::{concat_batches, take_record_batch};
+    let batches = read_batches(Path::new(&sample()));
+    let all = concat_batches(&batches[0].schema(), &batches).unwrap();
+    let rows: Vec<u32> = (0..all.num_rows() as u32).step_by(every).collect();
+    let subset = take_record_batch(&all, &UInt32Array::from(rows.clone())).unwrap();
+    let path = dir.join("subset.parquet");
+    write_batch(&path, subset);
+    (path.display().to_string(), rows.len())
+}
