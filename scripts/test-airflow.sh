@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The Airflow test: builds the embedflow wheel from the release build, installs it with
-# Airflow 3.3.2 from PyPI into a venv of their own, prepares the default model with
+# Airflow 3.3.2 from PyPI (with uv) into a venv of their own, prepares the default model with
 # `embedflow setup` in a fresh EMBEDFLOW_HOME, and runs tests/airflow/test_dags.py (airflow db
 # migrate, then airflow dags test of the example DAGs). Called by scripts/test.sh.
 set -euo pipefail
@@ -18,14 +18,22 @@ say "wheel $WHEEL ($(du -m "$WHEEL" | cut -f1) MB)"
 cargo build --release --locked --workspace --bins
 SERVER="${CARGO_TARGET_DIR:-target}/release/pinecone-test-server"
 
+# uv (from PyPI, into the setup's Python environment) installs Airflow's ~150 packages in
+# seconds where pip takes a minute.
+SETUP_VENV="$EMBEDFLOW_HOME/venv"
+UV_VERSION=0.13.9
+if [ "$("$SETUP_VENV/bin/uv" --version 2>/dev/null | cut -d' ' -f2)" != "$UV_VERSION" ]; then
+  say "installing uv $UV_VERSION from PyPI"
+  "$SETUP_VENV/bin/pip" install --quiet --disable-pip-version-check "uv==$UV_VERSION"
+fi
+UV=("$SETUP_VENV/bin/uv" pip install --quiet --python "$VENV/bin/python")
 if ! "$VENV/bin/python" -c "import airflow, sys; sys.exit(airflow.__version__ != '$AIRFLOW_VERSION')" 2>/dev/null; then
   say "installing apache-airflow $AIRFLOW_VERSION from PyPI into $VENV"
   rm -rf "$VENV"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "apache-airflow==$AIRFLOW_VERSION"
+  "${UV[@]}" "apache-airflow==$AIRFLOW_VERSION"
 fi
-"$VENV/bin/pip" install --quiet --disable-pip-version-check --force-reinstall --no-deps "$WHEEL"
-"$VENV/bin/pip" install --quiet --disable-pip-version-check "$WHEEL"
+"${UV[@]}" --reinstall-package embedflow "$WHEEL"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
