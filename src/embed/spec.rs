@@ -58,7 +58,7 @@ pub struct EmbedSpec {
     /// cached) or fp16 (CUDA).
     #[serde(default)]
     pub precision: Precision,
-    /// Where inference runs: `cpu` (default), `cuda`, `cuda:N` or `cuda:0,1` (one session per GPU).
+    /// Where inference runs: `cpu` (default), `cuda`, `cuda:N` or `cuda:0,1` (two sessions per GPU).
     #[serde(default)]
     pub device: Device,
     /// Text put before every row's text (e.g. `"passage: "`), instead of the model's own
@@ -258,7 +258,7 @@ impl Precision {
 pub enum Device {
     #[default]
     Cpu,
-    /// CUDA devices by ordinal; each gets its own session.
+    /// CUDA devices by ordinal; each gets its own sessions.
     Cuda(Vec<u32>),
 }
 
