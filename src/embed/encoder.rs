@@ -55,7 +55,7 @@ pub struct Embedder {
     /// The ONNX graph that runs: the model's own, or its prepared (int8) form.
     graph: std::path::PathBuf,
     tokenizer: Tokenizer,
-    /// One session per device; micro-batches are spread over them.
+    /// Two sessions per GPU, one on the CPU; micro-batches are spread over them.
     sessions: Vec<Mutex<Session>>,
     precision: Precision,
     input_names: InputNames,
