@@ -4,6 +4,8 @@
 # onnxruntime-gpu wheel's libraries (CUDA kernels trimmed to SM, see trim_fatbin.py), the model
 # folder and the first ROWS IMDB reviews of ../shared/data as long.parquet (row groups of 1,000).
 # On the GPU machine: cat part-* | xz -d | tar -x -C /tmp, then bash benches/gpu/run.sh.
+# Needs the release build, ../shared, `bash scripts/bench-setup.sh` (its Python writes the
+# Parquet), and strip, unzip, readelf and xz (binutils, unzip, xz-utils).
 #   ROWS=30000 SM=90 bash benches/gpu/pack.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -691,7 +691,8 @@ impl Embedder {
             }
             return Ok(());
         }
-        // Several sessions (two per GPU): each session's worker takes the next micro-batch when it is free.
+        // Several sessions (two per GPU): each session's worker takes the next micro-batch when
+        // it is free.
         let next = AtomicUsize::new(0);
         let results = std::thread::scope(|scope| {
             let workers: Vec<_> = self
