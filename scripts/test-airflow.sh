@@ -33,6 +33,15 @@ if ! "$VENV/bin/python" -c "import airflow, sys; sys.exit(airflow.__version__ !=
   python3 -m venv "$VENV"
   "${UV[@]}" "apache-airflow==$AIRFLOW_VERSION"
 fi
+# Byte-code, as pip writes it at install time and uv does not by default: without it every
+# `airflow` command (and every task process) compiles Airflow's modules again where
+# PYTHONDONTWRITEBYTECODE is set (CI machines often do), about 2 s each: 87 s -> 71 s.
+BYTECODE="$VENV/.embedflow-bytecode-v1"
+if [ ! -f "$BYTECODE" ]; then
+  say "compiling Airflow's byte-code in $VENV"
+  "$VENV/bin/python" -m compileall -q -j 0 "$VENV/lib" >/dev/null || true
+  touch "$BYTECODE"
+fi
 "${UV[@]}" --reinstall-package embedflow "$WHEEL"
 
 work=$(mktemp -d)
