@@ -260,8 +260,8 @@ fn assert_job_completed(cluster: &Cluster, partitions: usize) {
 fn the_sample_on_two_executors_equals_a_local_run() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // Every 5th paragraph (621 rows): enough for 4 partitions on 2 executors.
-    let (table, rows) = sample_subset(d, 5);
+    // Every 10th paragraph (311 rows): 4 partitions of several micro-batches on 2 executors.
+    let (table, rows) = sample_subset(d, 10);
     let local = local_run(d, &table, rows);
     let cluster = Cluster::start(d, 2);
 
@@ -368,8 +368,9 @@ fn the_sample_on_two_executors_equals_a_local_run() {
 fn killing_an_executor_mid_job_still_writes_every_row_once() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // A third of the sample (1,034 rows): enough for 8 partitions of several micro-batches each.
-    let (table, rows) = sample_subset(d, 3);
+    // Every 6th paragraph (517 rows): 8 partitions of several micro-batches each, so the job is
+    // in the middle when the first part is staged.
+    let (table, rows) = sample_subset(d, 6);
     let local = local_run(d, &table, rows);
     let mut cluster = Cluster::start(d, 2);
     sample_pipeline_on(d, "c.yaml", "  parquet: { path: clustered }\n", &table);
@@ -1051,9 +1052,9 @@ fn assert_succeeded(run: Child, cluster: &Cluster) {
 fn an_incremental_index_survives_a_killed_executor_and_a_killed_client() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // A third of the sample (1,034 rows): the killed client must die after a checkpoint (300
-    // rows) and well before the end.
-    let (table, rows) = sample_subset(d, 3);
+    // Every 6th paragraph (517 rows): the killed client dies once a checkpoint is recorded,
+    // well before the end (one executor left, one thread).
+    let (table, rows) = sample_subset(d, 6);
     let mut cluster = Cluster::start(d, 2);
     let srv =
         PineconeServer::start(ServerConfig::new(KEY, vec![IndexConfig::new("docs", 384)])).unwrap();
@@ -1083,11 +1084,17 @@ fn an_incremental_index_survives_a_killed_executor_and_a_killed_client() {
 
     // 2. A client killed (SIGKILL: no clean-up) in the middle of a --full run, then run again:
     // the re-run takes the dead client's lock and embeds what the state does not record.
-    let before = srv.vectors_upserted("docs");
+    // A checkpoint is a `delta-` file in the state folder (`checkpoint_secs: 1`).
+    let checkpointed = || {
+        std::fs::read_dir(d.join("state")).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("delta-"))
+        })
+    };
+    assert!(!checkpointed(), "the first run folded its checkpoints");
     let mut run = spawn_pinecone_run(d, &cluster, &["--full"]);
-    wait_until("a checkpoint of the --full run", &mut run, || {
-        srv.vectors_upserted("docs") > before + 300
-    });
+    wait_until("a checkpoint of the --full run", &mut run, checkpointed);
     run.kill().unwrap();
     run.wait().unwrap();
     let rerun = spawn_pinecone_run(d, &cluster, &["--summary-json", "2.json"]);

@@ -116,8 +116,8 @@ fn summary(dir: &Path) -> Value {
 #[test]
 fn every_vector_arrives_exactly_despite_429_503_and_dropped_connections() {
     let dir = tempfile::tempdir().unwrap();
-    // 50 requests of 40: enough for faults of every kind to be injected.
-    let n = 2_000;
+    // 50 requests of 20: enough for faults of every kind to be injected.
+    let n = 1_000;
     corpus(&dir.path().join("docs.parquet"), n);
 
     // The same input through the Parquet sink: the vectors as computed.
@@ -143,7 +143,7 @@ fn every_vector_arrives_exactly_despite_429_503_and_dropped_connections() {
         dir.path().join("pc.yaml"),
         pinecone_yaml(
             &srv,
-            "    namespace: prod\n    metadata: [lang, year, score, tags, published, text]\n    batch_size: 40\n    max_retries: 12\n",
+            "    namespace: prod\n    metadata: [lang, year, score, tags, published, text]\n    batch_size: 20\n    max_retries: 12\n",
         ),
     )
     .unwrap();
@@ -169,10 +169,10 @@ fn every_vector_arrives_exactly_despite_429_503_and_dropped_connections() {
     let stored = srv.records("docs", "prod");
     assert_eq!(stored.len(), n, "every id");
     // Every id arrived, and nothing was sent twice except what a dropped connection may have
-    // applied before it dropped (at most one request of 40 per drop).
+    // applied before it dropped (at most one request of 20 per drop).
     let sent = srv.vectors_upserted("docs");
     assert!(
-        sent >= n as u64 && sent <= n as u64 + 40 * faults.dropped,
+        sent >= n as u64 && sent <= n as u64 + 20 * faults.dropped,
         "{sent} vectors sent for {n} rows with {} drops",
         faults.dropped
     );
@@ -300,7 +300,7 @@ fn an_unreachable_index_stops_the_embedding_and_keeps_what_was_computed() {
         dir.path().join("pc.yaml"),
         pinecone_yaml(
             &srv,
-            "    max_retries: 100\n    give_up_after_secs: 2\n    dead_letter: failed.jsonl\n",
+            "    max_retries: 100\n    give_up_after_secs: 1\n    dead_letter: failed.jsonl\n",
         ),
     )
     .unwrap();

@@ -40,9 +40,9 @@ fn quickstart_reading_and_writing_s3_gives_the_local_vectors() {
     let srv = S3Server::start();
     srv.bucket("lake");
     let out = tempfile::tempdir().unwrap();
-    // A third of the sample, with shorter inputs, keeps the test quick: S3 reads and writes
-    // the same bytes whatever their volume. Both runs use the same settings.
-    let (subset, rows) = sample_subset(out.path(), 3);
+    // A tenth of the sample (311 rows), with shorter inputs, keeps the test quick: S3 reads
+    // and writes the same bytes whatever their volume. Both runs use the same settings.
+    let (subset, rows) = sample_subset(out.path(), 10);
     srv.put_file("lake", "books/sample.parquet", Path::new(&subset));
     let local_out = out.path().join("local");
     let common = ["--set", "embed.max_seq_length=48", "--no-progress"];

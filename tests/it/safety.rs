@@ -476,6 +476,15 @@ fn a_full_disk_stops_the_run_when_it_fills() {
         }
     }
     let _unmount = Unmount(small.clone());
+    // The ids (unique, a few words each) instead of the paragraphs: the disk fills at the first
+    // write of vectors (the sample's 3,101 vectors are 4.8 MB) however short the texts.
+    write_file(
+        d,
+        "long.yaml",
+        &std::fs::read_to_string(d.join("long.yaml"))
+            .unwrap()
+            .replace("body AS text", "id AS text"),
+    );
     let o = embedflow(
         d,
         &[
@@ -579,17 +588,22 @@ fn a_second_run_on_the_same_output_is_refused_naming_the_first() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     long_sample(d);
-    // 1,000 of the sample's paragraphs: the first run holds its lock while they are embedded.
+    // 200 of the sample's paragraphs. The first run is stopped (SIGSTOP) once it holds its lock
+    // and resumed after the second was refused: held whatever the machine's speed.
     write_file(
         d,
         "long.yaml",
         &std::fs::read_to_string(d.join("long.yaml"))
             .unwrap()
-            .replace("FROM docs", "FROM docs ORDER BY id LIMIT 1000"),
+            .replace("FROM docs", "FROM docs ORDER BY id LIMIT 200"),
     );
     let mut first = spawn_long_run(d);
     let lock = wait_for_lock(d, &mut first);
+    // SAFETY: kill only sends a signal to the child we started.
+    assert_eq!(unsafe { libc::kill(first.id() as i32, libc::SIGSTOP) }, 0);
     let o = embedflow(d, &["run", "long.yaml", "--no-progress"]);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(first.id() as i32, libc::SIGCONT) }, 0);
     assert_fails_with(&o, 1, "another embedflow run is writing this output");
     let err = error_line(&o);
     assert!(err.contains(&format!("pid {}", first.id())), "{err}");
@@ -597,7 +611,7 @@ fn a_second_run_on_the_same_output_is_refused_naming_the_first() {
     // The refused run touched nothing: the first one finishes and publishes.
     let o = first.wait_with_output().unwrap();
     assert_ok(&o);
-    assert_eq!(read_vectors(&d.join("out/part-0.parquet")).len(), 1000);
+    assert_eq!(read_vectors(&d.join("out/part-0.parquet")).len(), 200);
     assert!(!lock.exists(), "the lock outlived its run");
 
     // A lock left by a process that is gone (kill -9) is taken over.
