@@ -886,17 +886,17 @@ fn normalise(v: &mut [f32]) {
 /// Where each row's tokens lie in a micro-batch's `[rows, seq, dim]` output: `lengths[r]`
 /// tokens from `starts[r]` (after left padding), of which the first `skip` are a prompt left
 /// out of pooling.
-struct Lines<'a> {
-    starts: &'a [usize],
-    lengths: &'a [usize],
-    skip: usize,
-    seq: usize,
-    dim: usize,
+pub struct Lines<'a> {
+    pub starts: &'a [usize],
+    pub lengths: &'a [usize],
+    pub skip: usize,
+    pub seq: usize,
+    pub dim: usize,
 }
 
 /// Pools each row's token vectors as sentence-transformers does (the tokenizer's attention
 /// mask is all ones on a row's own tokens; the rest is padding).
-fn pool(hidden: &[f32], lines: Lines<'_>, how: Pooling) -> Vec<f32> {
+pub fn pool(hidden: &[f32], lines: Lines<'_>, how: Pooling) -> Vec<f32> {
     let Lines {
         starts,
         lengths,
@@ -956,46 +956,4 @@ fn pool(hidden: &[f32], lines: Lines<'_>, how: Pooling) -> Vec<f32> {
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn lines<'a>(starts: &'a [usize], lengths: &'a [usize], skip: usize) -> Lines<'a> {
-        Lines {
-            starts,
-            lengths,
-            skip,
-            seq: 3,
-            dim: 2,
-        }
-    }
-
-    #[test]
-    fn pooling_ignores_padding() {
-        // rows=1, seq=3, dim=2; the last token is padding.
-        let hidden = [1.0, 2.0, 3.0, 4.0, 100.0, 100.0];
-        let v = pool(&hidden, lines(&[0], &[2], 0), Pooling::Mean);
-        assert_eq!(v, vec![2.0, 3.0]);
-        let v = pool(&hidden, lines(&[0], &[2], 0), Pooling::Max);
-        assert_eq!(v, vec![3.0, 4.0]);
-        let v = pool(&hidden, lines(&[0], &[2], 0), Pooling::Cls);
-        assert_eq!(v, vec![1.0, 2.0]);
-        let v = pool(&hidden, lines(&[0], &[2], 0), Pooling::LastToken);
-        assert_eq!(v, vec![3.0, 4.0]);
-    }
-
-    #[test]
-    fn left_padding_and_a_prompt_left_out() {
-        // The first token is padding: the row is tokens 1 and 2.
-        let hidden = [100.0, 100.0, 1.0, 2.0, 3.0, 4.0];
-        let v = pool(&hidden, lines(&[1], &[2], 0), Pooling::LastToken);
-        assert_eq!(v, vec![3.0, 4.0]);
-        let v = pool(&hidden, lines(&[1], &[2], 0), Pooling::Mean);
-        assert_eq!(v, vec![2.0, 3.0]);
-        // The row's first token is a prompt left out of pooling.
-        let v = pool(&hidden, lines(&[1], &[2], 1), Pooling::Mean);
-        assert_eq!(v, vec![3.0, 4.0]);
-    }
 }

@@ -61,7 +61,7 @@ impl fmt::Display for MemoryLimit {
 }
 
 /// The memory this process may use: its cgroup's limit when it has one, else the machine's.
-fn usable_memory() -> u64 {
+pub fn usable_memory() -> u64 {
     use sysinfo::{MemoryRefreshKind, RefreshKind, System};
     let sys = System::new_with_specifics(
         RefreshKind::nothing().with_memory(MemoryRefreshKind::nothing().with_ram()),
@@ -198,30 +198,4 @@ pub fn explain(err: anyhow::Error) -> anyhow::Error {
     err.context(format!(
         "the memory limit {limit} was reached by an operator that could not spill further: raise it with --memory-limit SIZE or EMBEDFLOW_MEMORY_LIMIT (e.g. 4GB), or give the process more memory"
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_given_limit_is_kept_and_the_default_is_half_the_memory() {
-        let given = MemoryLimit::new(Some("2GB".parse().unwrap()));
-        assert_eq!(given.bytes, 2_000_000_000);
-        assert!(given.to_string().contains("--memory-limit"));
-        let default = MemoryLimit::new(None);
-        assert!(!default.given);
-        assert!(default.bytes > 0 && default.bytes <= usable_memory() / 2);
-    }
-
-    #[test]
-    fn exhaustion_is_found_by_type_however_wrapped() {
-        let inner = DataFusionError::ResourcesExhausted("no room".into());
-        let wrapped = DataFusionError::Context("sorting".into(), Box::new(inner));
-        let err = anyhow::Error::new(wrapped).context("phase embed");
-        assert!(exhausted(&err));
-        assert!(explain(err).to_string().contains("--memory-limit"));
-        let other = anyhow::Error::new(DataFusionError::Plan("bad".into()));
-        assert!(!exhausted(&other));
-    }
 }

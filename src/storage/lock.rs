@@ -30,7 +30,7 @@ pub struct Holder {
 }
 
 impl Holder {
-    fn me(started: u64) -> Holder {
+    pub fn me(started: u64) -> Holder {
         Holder {
             host: hostname(),
             pid: std::process::id(),
@@ -40,7 +40,7 @@ impl Holder {
     }
 
     /// True when the holder is certainly or presumably gone.
-    fn is_stale(&self) -> bool {
+    pub fn is_stale(&self) -> bool {
         if self.host == hostname() && !process_alive(self.pid) {
             return true;
         }
@@ -58,7 +58,7 @@ impl Holder {
     }
 }
 
-fn unix_now() -> u64 {
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -66,7 +66,7 @@ fn unix_now() -> u64 {
 }
 
 /// `2026-11-29T03:01:25Z` from unix seconds (UTC, proleptic Gregorian).
-fn rfc3339(secs: u64) -> String {
+pub fn rfc3339(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     // Howard Hinnant's civil-from-days.
@@ -230,48 +230,5 @@ async fn renew(store: Arc<dyn ObjectStore>, path: Path, started: u64) {
         if let Err(e) = store.put(&path, body.into()).await {
             tracing::warn!("cannot renew the lock {path}: {e}");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates_and_staleness() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_795_921_285), "2026-11-29T03:01:25Z");
-        let mut h = Holder::me(unix_now());
-        assert!(!h.is_stale(), "this process holds it");
-        h.pid = u32::MAX - 1;
-        assert!(h.is_stale(), "a pid that does not exist on this host");
-        h.host = "elsewhere".into();
-        assert!(!h.is_stale(), "another host, fresh heartbeat");
-        h.heartbeat -= STALE_AFTER.as_secs() + 1;
-        assert!(h.is_stale(), "another host, old heartbeat");
-    }
-
-    #[tokio::test]
-    async fn a_second_taker_is_refused_and_a_release_frees_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn ObjectStore> = Arc::new(object_store::local::LocalFileSystem::new());
-        let path = Path::from_absolute_path(dir.path().join("out.lock")).unwrap();
-        let first = OutputLock::acquire(Arc::clone(&store), path.clone(), "out.lock".into())
-            .await
-            .unwrap();
-        let second = OutputLock::acquire(Arc::clone(&store), path.clone(), "out.lock".into())
-            .await
-            .unwrap_err();
-        let locked = second.downcast_ref::<Locked>().expect("Locked");
-        assert!(
-            locked
-                .holder
-                .contains(&format!("pid {}", std::process::id())),
-            "{locked}"
-        );
-        first.release().await;
-        assert!(!dir.path().join("out.lock").exists());
-        let again = OutputLock::acquire(store, path, "out.lock".into()).await;
-        assert!(again.is_ok());
     }
 }

@@ -20,3 +20,4 @@ mod s3;
 mod safety;
 mod shards;
 mod sparse;
+mod units;

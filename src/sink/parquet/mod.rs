@@ -22,7 +22,8 @@ pub mod config;
 pub mod delta;
 pub mod layout;
 pub mod overlap;
-mod staging;
+#[doc(hidden)]
+pub mod staging;
 
 use crate::storage::lock::OutputLock;
 use crate::storage::{OutputLocation, StorageSpec};

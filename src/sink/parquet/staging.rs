@@ -43,39 +43,3 @@ fn is_ours(name: &str, file_name: &str) -> bool {
         .and_then(|rest| rest.strip_prefix('#'))
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn removes_only_staging_files_of_the_output() {
-        let dir = tempfile::tempdir().unwrap();
-        for f in [
-            "part-0.parquet#1",
-            "part-0.parquet#12",
-            ".embedflow-write-checkAb12",
-            "part-0.parquet",
-            "part-0.parquet#x",
-            "part-1.parquet#1",
-            "notes#1",
-        ] {
-            std::fs::write(dir.path().join(f), b"x").unwrap();
-        }
-        assert_eq!(remove_stale(dir.path(), "part-0.parquet"), 3);
-        let mut left: Vec<String> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        left.sort();
-        assert_eq!(
-            left,
-            [
-                "notes#1",
-                "part-0.parquet",
-                "part-0.parquet#x",
-                "part-1.parquet#1"
-            ]
-        );
-    }
-}

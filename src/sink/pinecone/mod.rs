@@ -8,9 +8,11 @@
 //!   adaptive limit ([`concurrency`]), and the plan is pulled only as fast as requests finish.
 //! - Rows whose retries run out go to the dead-letter file ([`dead_letter`]).
 
-mod batcher;
+#[doc(hidden)]
+pub mod batcher;
 pub mod client;
-mod concurrency;
+#[doc(hidden)]
+pub mod concurrency;
 pub mod config;
 mod dead_letter;
 mod delivery;
