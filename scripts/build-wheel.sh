@@ -4,6 +4,7 @@
 # features, same CARGO_TARGET_DIR, so cargo finds everything built and only packages it.
 #   pip install dist/embedflow-*.whl     # embedflow on the PATH, onnxruntime beside it
 #   embedflow setup                      # the offline default model, into the model cache
+# Arguments go to `maturin build` (the Airflow test passes `--compression-method stored`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EMBEDFLOW_HOME=${EMBEDFLOW_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/embedflow}
@@ -18,5 +19,5 @@ if [ "$("$VENV/bin/maturin" --version 2>/dev/null)" != "maturin $MATURIN_VERSION
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "maturin==$MATURIN_VERSION"
 fi
 rm -f dist/embedflow-*.whl
-"$VENV/bin/maturin" build --release --out dist >&2
+"$VENV/bin/maturin" build --release --out dist "$@" >&2
 ls dist/embedflow-*.whl
