@@ -4,7 +4,7 @@
 //!
 //! Publishing moves each part into the output folder, then removes the parts of an earlier run
 //! that this one did not write. A part that Ballista wrote twice (a task run again) has the same
-//! name both times ([`crate::driver::partitioned::PartName`]), so the output holds each row once.
+//! name both times ([`crate::sink::part_name::PartName`]), so the output holds each row once.
 
 use std::sync::Arc;
 

@@ -36,7 +36,7 @@ pub struct EmbedSpec {
     /// Split long texts into token-bounded chunks, one output row each (`<id>#<n>`); without
     /// it, a text is cut at `max_seq_length`, as sentence-transformers does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub chunking: Option<super::chunk::ChunkingSpec>,
+    pub chunking: Option<super::chunk::spec::ChunkingSpec>,
     /// Micro-batch budget in tokens (rows x longest row of the micro-batch). Default: the
     /// device's ([`Device::default_batch_tokens`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -83,7 +83,7 @@ pub struct EmbedSpec {
     pub dimensions: Option<usize>,
     /// Sparse vectors beside the dense ones (`bm25`), for hybrid search.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sparse: Option<super::bm25::SparseSpec>,
+    pub sparse: Option<super::bm25::spec::SparseSpec>,
 }
 
 fn default_text() -> String {

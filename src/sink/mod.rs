@@ -5,6 +5,7 @@
 //! memory.
 
 pub mod parquet;
+pub mod part_name;
 pub mod pinecone;
 
 use anyhow::Context;

@@ -31,9 +31,9 @@ use super::client::{CallError, PineconeClient};
 use super::config::{ImportErrorMode, ImportSpec, PineconeSinkSpec};
 use super::records::RecordEncoder;
 use super::{Connection, connect};
-use crate::driver::partitioned::PartName;
 use crate::embed::bm25::udf::SPARSE_COLUMN;
 use crate::error::config_error;
+use crate::sink::part_name::PartName;
 use crate::sink::{Sink, SinkReport};
 use crate::storage::{self, RemoteUrl, StorageSpec};
 

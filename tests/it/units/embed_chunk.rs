@@ -1,4 +1,4 @@
-//! `src/embed/chunk.rs`
+//! `src/embed/chunk/mod.rs`
 
 use embedflow::embed::chunk::*;
 
