@@ -162,6 +162,7 @@ def main():
         f"sink:\n  pinecone:\n    index: docs\n    controller: http://127.0.0.1:{port}\n"
         "    max_retries: 1\n    dead_letter: failed/${DS}.jsonl\n"
     )
+    runs = {}
     try:
         wait_for_port(port)
         homes = {name: home_for(name) for name in ["daily", "sharded", "broken", "partial"]}
@@ -184,6 +185,10 @@ def main():
             "partial": runs["partial"].wait(expect_ok=False),
         }
     finally:
+        # A failed wait leaves no DAG run or server behind.
+        for run in runs.values():
+            if run.proc.poll() is None:
+                run.proc.terminate()
         server.terminate()
 
     # The daily DAG: one task, the summary in XCom, the day in the output's path and rows.

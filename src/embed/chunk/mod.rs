@@ -5,6 +5,10 @@
 //! `chunks(text)` is a DataFusion UDF returning `List<Struct<chunk: Int32, text: Utf8>>`; the plan
 //! unnests it into one row per chunk ([`crate::plan`]).
 
+pub mod spec;
+
+pub use spec::ChunkingSpec;
+
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -19,10 +23,6 @@ use datafusion::logical_expr::{
 };
 use text_splitter::{ChunkConfig, TextSplitter};
 use tokenizers::Tokenizer;
-
-pub mod spec;
-
-pub use spec::ChunkingSpec;
 
 use super::udf::string_rows;
 use crate::error::{ConfigError, invalid};
