@@ -158,9 +158,13 @@ fn sample_pipeline(dir: &Path, name: &str, sink: &str) {
 }
 
 /// The quickstart pipeline over `table` (the sample's columns), writing to `sink`.
+///
+/// Every pipeline here cuts texts at 32 word pieces (`max_seq_length: 32`): what the cluster
+/// must get right (partitions, retries, state, sinks) does not depend on a text's length, and
+/// the sample's paragraphs cost about a third of their inference so (75 word pieces on average).
 fn sample_pipeline_on(dir: &Path, name: &str, sink: &str, table: &str) {
     let yaml = format!(
-        "source:\n  tables:\n    docs: {{ path: {table} }}\n  sql: \"SELECT id, section || ': ' || body AS text, chapter, url FROM docs\"\nembed:\n  model: all-MiniLM-L6-v2\n  id: id\nsink:\n{sink}"
+        "source:\n  tables:\n    docs: {{ path: {table} }}\n  sql: \"SELECT id, section || ': ' || body AS text, chapter, url FROM docs\"\nembed:\n  model: all-MiniLM-L6-v2\n  id: id\n  max_seq_length: 32\nsink:\n{sink}"
     );
     write_file(dir, name, &yaml);
 }
@@ -571,7 +575,7 @@ fn pipelines_of_every_shape_run_on_the_cluster_as_locally() {
         "source:\n  tables:\n    docs: {{ path: {} }}\n",
         table.display()
     );
-    let model = "embed:\n  model: all-MiniLM-L6-v2\n  id: id\n";
+    let model = "embed:\n  model: all-MiniLM-L6-v2\n  id: id\n  max_seq_length: 32\n";
     // A plain text column, no SQL (DataFusion pushes embed() into the Parquet scan).
     assert_cluster_equals_local(d, &cluster, "plain", &format!("{source}{model}"));
     // An SQL expression.
@@ -588,7 +592,7 @@ fn pipelines_of_every_shape_run_on_the_cluster_as_locally() {
         d,
         &cluster,
         "chunks",
-        &format!("{source}{model}  chunking: {{ max_tokens: 48, overlap: 8 }}\n"),
+        &format!("{source}{model}  chunking: {{ max_tokens: 24, overlap: 4 }}\n"),
     );
     // A document prompt, Matryoshka dimensions and BM25 sparse vectors: the client fits BM25
     // on the source and the executors weigh their rows with its parameters.
@@ -639,7 +643,7 @@ fn an_s3_source_and_output_run_on_the_cluster_as_locally() {
     let cluster = Cluster::start_with_env(d, 2, &env);
     let yaml = |out: &str| {
         format!(
-            "storage:\n  s3: {{ endpoint: \"{}\" }}\nsource:\n  tables:\n    docs: {{ path: s3://lake/docs/small.parquet }}\nembed:\n  model: all-MiniLM-L6-v2\n  id: id\nsink:\n  parquet: {{ path: {out} }}\n",
+            "storage:\n  s3: {{ endpoint: \"{}\" }}\nsource:\n  tables:\n    docs: {{ path: s3://lake/docs/small.parquet }}\nembed:\n  model: all-MiniLM-L6-v2\n  id: id\n  max_seq_length: 32\nsink:\n  parquet: {{ path: {out} }}\n",
             s3.endpoint
         )
     };
@@ -880,7 +884,7 @@ fn incremental_pipelines_run_on_the_cluster_as_locally() {
     let srv =
         PineconeServer::start(ServerConfig::new(KEY, vec![IndexConfig::new("docs", 384)])).unwrap();
     let head = format!(
-        "source:\n  tables:\n    docs: {{ path: {} }}\nembed:\n  model: all-MiniLM-L6-v2\n  id: id\n",
+        "source:\n  tables:\n    docs: {{ path: {} }}\nembed:\n  model: all-MiniLM-L6-v2\n  id: id\n  max_seq_length: 32\n",
         table.display()
     );
     let parquet = |out: &str, state: &str| {
@@ -1151,7 +1155,7 @@ fn a_bulk_import_on_the_cluster_has_each_task_write_its_files_then_one_import() 
     let cluster = Cluster::start_with_env(d, 2, &env);
     let yaml = |namespace: &str, prefix: &str, state: &str| {
         format!(
-            "storage:\n  s3: {{ endpoint: \"{}\" }}\nsource:\n  tables:\n    docs: {{ path: {} }}\nembed:\n  model: all-MiniLM-L6-v2\n  id: id\nsink:\n  pinecone:\n    index: docs\n    controller: {}\n    namespace: {namespace}\n    metadata: [chapter]\n    import:\n      uri: s3://imports/{prefix}/\n      file_rows: 25\nincremental:\n  state: {state}\n  deletes: true\n",
+            "storage:\n  s3: {{ endpoint: \"{}\" }}\nsource:\n  tables:\n    docs: {{ path: {} }}\nembed:\n  model: all-MiniLM-L6-v2\n  id: id\n  max_seq_length: 32\nsink:\n  pinecone:\n    index: docs\n    controller: {}\n    namespace: {namespace}\n    metadata: [chapter]\n    import:\n      uri: s3://imports/{prefix}/\n      file_rows: 25\nincremental:\n  state: {state}\n  deletes: true\n",
             s3.endpoint,
             table.display(),
             srv.controller_url()
