@@ -216,8 +216,6 @@ fn cpu_session(
         .map_err(ort_err)?
         .with_intra_op_spinning(true)
         .map_err(ort_err)?
-        .with_config_entry("session.force_spinning_stop", "1")
-        .map_err(ort_err)?
         .commit_from_file(onnx)
         .map_err(|e| load_error(files, onnx, e))
 }
