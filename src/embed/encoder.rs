@@ -380,24 +380,12 @@ impl Embedder {
             timings: Timings::default(),
             spec: opts.clone(),
         };
-        // Probe the width with one tiny input: it also proves the model runs. The sessions
-        // warm up side by side (on a GPU the first run loads the kernels).
+        // Probe the width with one tiny input: it also proves the model runs.
         let probe = embedder.tokenize(&[""])?;
-        let dims = std::thread::scope(|scope| {
-            let (embedder, probe) = (&embedder, &probe);
-            let probing: Vec<_> = embedder
-                .sessions
-                .iter()
-                .map(|session| {
-                    scope.spawn(move || embedder.run_batch(session, probe, &[0], Side::Document))
-                })
-                .collect();
-            probing
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect::<Result<Vec<_>>>()
-        })?;
-        let dim = dims.last().map_or(0, |(_, dim)| *dim);
+        let mut dim = 0;
+        for session in &embedder.sessions {
+            dim = embedder.run_batch(session, &probe, &[0], Side::Document)?.1;
+        }
         embedder.dim = dim;
         if let Some(n) = opts.dimensions {
             if n > dim {
