@@ -5,8 +5,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, anyhow, bail};
-use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
+use ort::session::{OutputSelector, RunOptions, Session};
 use ort::value::Tensor;
 use tokenizers::{Encoding, PaddingParams, Tokenizer, TruncationParams};
 
@@ -60,6 +60,10 @@ pub struct Embedder {
     precision: Precision,
     input_names: InputNames,
     output_name: String,
+    /// The graph's own mean pooling (`embedflow_mean_pooled`, added to prepared fp16 models):
+    /// asked for alone when the model pools by mean over every token, so a GPU returns one
+    /// vector per row instead of every token's.
+    mean_pooled: Option<String>,
     dim: usize,
     /// `embed.dimensions`: vectors cut to their first N dimensions (Matryoshka).
     truncate_to: Option<usize>,
@@ -90,6 +94,9 @@ struct InputNames {
     /// row gets the positions it would have alone.
     positions: Option<String>,
 }
+
+/// The mean-pooled output `prepare_model.py` adds to the fp16 models it prepares.
+const MEAN_POOLED: &str = "embedflow_mean_pooled";
 
 /// Which side of a search a text is on: a row of the table (a document) or a query. Each side
 /// has its own prompt.
@@ -359,6 +366,12 @@ impl Embedder {
             .cloned()
             .with_context(|| format!("model {}: the ONNX graph has no outputs", files.name))?;
 
+        let mean_pooled = outputs
+            .iter()
+            .find(|n| n.as_str() == MEAN_POOLED)
+            .filter(|_| files.settings.pooling == Pooling::Mean)
+            .cloned();
+
         let mut embedder = Embedder {
             files,
             graph: onnx.clone(),
@@ -367,6 +380,7 @@ impl Embedder {
             precision: opts.precision,
             input_names,
             output_name,
+            mean_pooled,
             dim: 0,
             truncate_to: None,
             prompts: Prompts::default(),
@@ -441,6 +455,12 @@ impl Embedder {
         embedder.tokens_seen.store(0, Ordering::Relaxed);
         embedder.timings = Timings::default();
         Ok(embedder)
+    }
+
+    /// Whether the graph pools (its `embedflow_mean_pooled` output) and returns one vector per
+    /// row, rather than every token's vector for embedflow to pool.
+    pub fn pools_in_graph(&self) -> bool {
+        self.mean_pooled.is_some()
     }
 
     /// The settings it was loaded with.
@@ -809,25 +829,30 @@ impl Embedder {
             .map_err(|_| anyhow!("ONNX Runtime session poisoned by an earlier failure"))?;
         Timings::add(&self.timings.wait_ns, waited);
         let started = std::time::Instant::now();
+        // One output only: the graph's mean pooling where it matches the model's pooling (no
+        // prompt left out of it), else every token's vector, pooled here.
+        let output_name = match &self.mean_pooled {
+            Some(pooled) if skip == 0 => pooled,
+            _ => &self.output_name,
+        };
+        let options = RunOptions::new()
+            .map_err(ort_err)?
+            .with_outputs(OutputSelector::no_default().with(output_name.as_str()));
         let mut outputs = session
-            .run(inputs)
+            .run_with_options(inputs, &options)
             .map_err(|e| anyhow!("model {}: inference failed: {e}", self.files.name))?;
         Timings::add(&self.timings.infer_ns, started);
         // The output is owned past the session's lock: pooling (reading every token's vector)
         // overlaps the next micro-batch's inference. On a GPU, pooling under the lock left it
         // idle half the time.
-        let output = outputs.remove(self.output_name.as_str()).with_context(|| {
-            format!("model {}: no output {}", self.files.name, self.output_name)
-        })?;
+        let output = outputs
+            .remove(output_name.as_str())
+            .with_context(|| format!("model {}: no output {output_name}", self.files.name))?;
         drop(outputs);
         drop(session);
-        let (out_shape, hidden) = output.try_extract_tensor::<f32>().map_err(|e| {
-            anyhow!(
-                "model {}: output {}: {e}",
-                self.files.name,
-                self.output_name
-            )
-        })?;
+        let (out_shape, hidden) = output
+            .try_extract_tensor::<f32>()
+            .map_err(|e| anyhow!("model {}: output {output_name}: {e}", self.files.name))?;
         let dims: Vec<i64> = out_shape.iter().copied().collect();
         let pooled = match dims.as_slice() {
             [b, s, d] if *b as usize == rows && *s as usize == seq => pool(
@@ -846,9 +871,8 @@ impl Embedder {
                 hidden.iter().copied().take(rows * *d as usize).collect()
             }
             other => bail!(
-                "model {}: output {} has shape {other:?}, expected [{rows}, {seq}, dim] or [{rows}, dim]",
-                self.files.name,
-                self.output_name
+                "model {}: output {output_name} has shape {other:?}, expected [{rows}, {seq}, dim] or [{rows}, dim]",
+                self.files.name
             ),
         };
         drop(output);

@@ -18,8 +18,14 @@ use super::runtime::embedflow_home;
 use super::spec::Precision;
 
 const SCRIPT: &str = include_str!("prepare_model.py");
-/// Bump when the recipe in `prepare_model.py` changes, so old cache entries are not reused.
-const RECIPE_VERSION: u32 = 4;
+/// Bump a precision's version when its recipe in `prepare_model.py` changes, so old cache
+/// entries are not reused (fp16 5: the mean-pooled output).
+fn recipe_version(precision: Precision) -> u32 {
+    match precision {
+        Precision::Fp16 => 5,
+        Precision::Int8 | Precision::Fp32 => 4,
+    }
+}
 
 /// The ONNX file to load for `precision`, preparing and caching it when needed.
 pub fn model_for(
@@ -32,9 +38,10 @@ pub fn model_for(
     }
     let digest = file_sha256(&files.onnx)?;
     let dir = embedflow_home().join("prepared").join(format!(
-        "{}-{}-v{RECIPE_VERSION}",
+        "{}-{}-v{}",
         &digest[..16],
-        precision.as_str()
+        precision.as_str(),
+        recipe_version(precision)
     ));
     let target = dir.join("model.onnx");
     if target.is_file() {

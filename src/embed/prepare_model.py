@@ -28,7 +28,11 @@ int8: dynamic int8 (ONNX Runtime's quantize_dynamic: per-channel int8 weights, a
       sentence-transformers on the golden set; this recipe keeps it above 0.99. The script prints
       the minimum cosine between the fp32 and int8 models on the calibration rows.
 fp16: ONNX Runtime's BERT fusions for GPU (Attention, SkipLayerNormalization, BiasGelu), then
-      weights and activations in fp16 with fp32 inputs and outputs.
+      weights and activations in fp16 with fp32 inputs and outputs. A second output,
+      `embedflow_mean_pooled` ([batch, hidden], fp32), is the token vectors' mean under the
+      attention mask (sentence-transformers' mean pooling): where the model pools that way,
+      embedflow asks for it alone and gets one vector per row from the GPU instead of every
+      token's (a 256-token row: 1.5 KB instead of 393 KB).
 Both first let ONNX Runtime fold constants (basic graph optimisations), so weights that a graph
 computes from constants (int8 plus a scale, say) become plain initializers the tools can see.
 Exit code 3 means a Python package is missing; stderr says which.
@@ -74,11 +78,51 @@ def prepare(src: str, dst: str, precision: str, work: str) -> int:
             use_gpu=True, opt_level=0,  # constants are already folded; 1+ needs torch
         )
         m.convert_float_to_float16(keep_io_types=True)
+        add_mean_pooled(m.model)
         m.save_model_to_file(dst, use_external_data_format=False)
     else:
         print(f"unknown precision {precision!r}", file=sys.stderr)
         return 2
     return 0
+
+
+MEAN_POOLED = "embedflow_mean_pooled"
+
+
+def add_mean_pooled(model):
+    """Adds the output MEAN_POOLED: sum(hidden * mask) / max(sum(mask), 1e-9) over the tokens,
+    in fp32, as sentence-transformers' Pooling(mode="mean") computes it. Nothing is added to a
+    graph without an attention_mask input or a [batch, tokens, hidden] fp32 first output."""
+    from onnx import TensorProto, helper
+
+    inputs = {i.name for i in model.graph.input}
+    out = model.graph.output[0]
+    if "attention_mask" not in inputs or out.type.tensor_type.elem_type != TensorProto.FLOAT:
+        return
+    if len(out.type.tensor_type.shape.dim) != 3:
+        return
+    # Unsqueeze and ReduceSum take their axes as inputs from opset 13 on.
+    if max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0) < 13:
+        return
+    p = "embedflow_pool/"
+    model.graph.initializer.extend([
+        helper.make_tensor(p + "axis1", TensorProto.INT64, [1], [1]),
+        helper.make_tensor(p + "axis2", TensorProto.INT64, [1], [2]),
+        helper.make_tensor(p + "eps", TensorProto.FLOAT, [], [1e-9]),
+    ])
+    model.graph.node.extend([
+        helper.make_node("Cast", ["attention_mask"], [p + "mask"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", [p + "mask", p + "axis2"], [p + "mask3"]),
+        helper.make_node("Mul", [out.name, p + "mask3"], [p + "masked"]),
+        helper.make_node("ReduceSum", [p + "masked", p + "axis1"], [p + "sum"], keepdims=0),
+        helper.make_node("ReduceSum", [p + "mask3", p + "axis1"], [p + "count"], keepdims=0),
+        helper.make_node("Max", [p + "count", p + "eps"], [p + "clamped"]),
+        helper.make_node("Div", [p + "sum", p + "clamped"], [MEAN_POOLED]),
+    ])
+    hidden = out.type.tensor_type.shape.dim[2]
+    model.graph.output.append(helper.make_tensor_value_info(
+        MEAN_POOLED, TensorProto.FLOAT,
+        ["batch", hidden.dim_value if hidden.HasField("dim_value") else "hidden"]))
 
 
 SMOOTHING_ALPHA = 0.7
