@@ -4,9 +4,9 @@
 # `embedflow setup` in a fresh EMBEDFLOW_HOME, and runs tests/airflow/test_dags.py (airflow db
 # migrate, then airflow dags test of the example DAGs). Called by scripts/test.sh.
 #   bash scripts/test-airflow.sh            # both phases
-#   bash scripts/test-airflow.sh prepare    # the wheel, the venv and the test server (cargo, maturin)
-#   bash scripts/test-airflow.sh run        # the DAG runs, from what `prepare` installed
-# scripts/test.sh runs `prepare` before `cargo test` (maturin takes the release binary out of
+#   bash scripts/test-airflow.sh build      # the wheel and the Pinecone test server (cargo, maturin)
+#   bash scripts/test-airflow.sh run        # Airflow's venv, the wheel installed, the DAG runs
+# scripts/test.sh runs `build` before `cargo test` (maturin takes the release binary out of
 # the target folder while it packs it: nothing may run tests from there meanwhile) and `run`
 # beside it: `run` uses no cargo and nothing in the target folder.
 set -euo pipefail
@@ -18,18 +18,26 @@ VENV="$EMBEDFLOW_HOME/airflow-venv"
 say() { printf 'airflow test: %s\n' "$*" >&2; }
 start=$(date +%s)
 PHASE=${1:-all}
-case "$PHASE" in all | prepare | run) ;; *) say "unknown phase $PHASE (all, prepare or run)"; exit 2 ;; esac
-# The test server's copy the DAG runs use: cargo may re-link the one in the target folder.
-SERVER="$VENV/bin/pinecone-test-server"
+case "$PHASE" in all | build | run) ;; *) say "unknown phase $PHASE (all, build or run)"; exit 2 ;; esac
+# What `build` leaves for `run`: the wheel and a copy of the test server (cargo may re-link the
+# one in the target folder while the DAGs run).
+BUILT="$EMBEDFLOW_HOME/airflow-test"
+SERVER="$BUILT/pinecone-test-server"
 
-prepare() {
-  # Uncompressed: the wheel is installed once, here; deflating the 200 MB binary took 6 s.
+build() {
+  mkdir -p "$BUILT"
+  rm -f "$BUILT"/embedflow-*.whl
+  # Uncompressed: the wheel is installed once; deflating the 200 MB binary took 6 s.
   WHEEL=$(bash scripts/build-wheel.sh --compression-method stored | tail -n 1)
-  say "wheel $WHEEL ($(du -m "$WHEEL" | cut -f1) MB)"
+  mv "$WHEEL" "$BUILT/"
+  say "wheel $BUILT/$(basename "$WHEEL") ($(du -m "$BUILT/$(basename "$WHEEL")" | cut -f1) MB)"
   # With the whole workspace, so the features are those of the release build (no rebuild).
   cargo build --release --locked --workspace --bins
-  BUILT_SERVER="${CARGO_TARGET_DIR:-target}/release/pinecone-test-server"
+  cp "${CARGO_TARGET_DIR:-target}/release/pinecone-test-server" "$SERVER"
+  say "built in $(( $(date +%s) - start )) s"
+}
 
+install() {
   # uv (from PyPI, into the setup's Python environment) installs Airflow's ~150 packages in
   # seconds where pip takes a minute.
   SETUP_VENV="$EMBEDFLOW_HOME/venv"
@@ -54,15 +62,15 @@ prepare() {
     "$VENV/bin/python" -m compileall -q -j 0 "$VENV/lib" >/dev/null || true
     touch "$BYTECODE"
   fi
-  "${UV[@]}" --reinstall-package embedflow "$WHEEL"
-  cp "$BUILT_SERVER" "$SERVER"
-  say "prepared in $(( $(date +%s) - start )) s"
+  "${UV[@]}" --reinstall-package embedflow "$BUILT"/embedflow-*.whl
+  say "installed in $(( $(date +%s) - start )) s"
 }
 
 run_dags() {
-  if [ ! -x "$SERVER" ] || [ ! -x "$VENV/bin/airflow" ]; then
-    say "nothing prepared in $VENV: run bash scripts/test-airflow.sh prepare first"; exit 1
+  if [ ! -x "$SERVER" ] || ! ls "$BUILT"/embedflow-*.whl > /dev/null 2>&1; then
+    say "nothing built in $BUILT: run bash scripts/test-airflow.sh build first"; exit 1
   fi
+  install
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
   # A fresh home: `embedflow setup` must prepare the model on its own, as after a pip install.
@@ -76,7 +84,7 @@ run_dags() {
 }
 
 case "$PHASE" in
-  prepare) prepare ;;
+  build) build ;;
   run) run_dags ;;
-  *) prepare; run_dags ;;
+  *) build; run_dags ;;
 esac

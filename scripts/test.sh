@@ -6,17 +6,20 @@
 # they run when ../shared is there and are listed as ignored, with the reason, when it is not.
 # EMBEDFLOW_REQUIRE_SHARED=1 (set by .ci/run) makes its absence a failure.
 # The Airflow test (scripts/test-airflow.sh: the wheel, Airflow 3.3.2 from PyPI, the example
-# DAGs) runs beside the Rust tests: its wheel and venv are prepared first (that step uses cargo
-# and maturin), then its DAG runs start in the background and their output follows the Rust
-# tests'. EMBEDFLOW_SKIP_AIRFLOW=1 skips it, and says so. The command fails if either fails.
+# DAGs) runs beside the Rust tests: its wheel and test server are built first (with cargo and
+# maturin), then installing Airflow and the DAG runs start in the background, and their output
+# follows the Rust tests'. EMBEDFLOW_SKIP_AIRFLOW=1 skips it, and says so. The command fails if either fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --no-build
+# What the tests and the Airflow test run, compiled in one cargo invocation (its jobs side by
+# side): the test binary, the test-only crates and the Pinecone test server.
+cargo build --release --locked --workspace --bins --tests
 airflow_pid=
 if [ "${EMBEDFLOW_SKIP_AIRFLOW:-}" = 1 ]; then
   echo "test: SKIPPED: the Airflow test (EMBEDFLOW_SKIP_AIRFLOW=1)" >&2
 else
-  bash scripts/test-airflow.sh prepare
+  bash scripts/test-airflow.sh build
   airflow_log=$(mktemp)
   # In a process group of its own: Ctrl-C or a failure here stops the DAG runs and their
   # servers too.

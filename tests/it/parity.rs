@@ -124,11 +124,17 @@ fn stsb_spearman(embedder: &Embedder, shared: &Path) -> f64 {
     eval::sts_spearman(embedder, &pairs).unwrap()
 }
 
+/// The fp32 model's STS-B Spearman, computed once for the tests that need it (3,000 sentences).
+fn fp32_stsb_spearman(shared: &Path) -> f64 {
+    static RHO: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *RHO.get_or_init(|| stsb_spearman(&fp32_embedder(shared), shared))
+}
+
 #[test]
 #[ignore = "needs ../shared (golden vectors, fp32 model, STS-B); scripts/test.sh runs it when ../shared is there"]
 fn spearman_on_stsb_dev() {
     let shared = crate::common::shared_dir();
-    let rho = stsb_spearman(&fp32_embedder(&shared), &shared);
+    let rho = fp32_stsb_spearman(&shared);
     eprintln!("STS-B dev Spearman: {rho:.4} (reference 0.8672)");
     assert!((rho - 0.8672).abs() <= 0.005, "Spearman {rho}");
 }
@@ -152,7 +158,7 @@ fn int8_keeps_parity_with_sentence_transformers() {
         "int8 vectors equal fp32's: was the model quantised?"
     );
 
-    let fp32_rho = stsb_spearman(&fp32_embedder(&shared), &shared);
+    let fp32_rho = fp32_stsb_spearman(&shared);
     let int8_rho = stsb_spearman(&int8, &shared);
     eprintln!("STS-B dev Spearman: fp32 {fp32_rho:.4}, int8 {int8_rho:.4}");
     assert!(
