@@ -13,10 +13,9 @@ use embedflow::embed::{EmbedSpec, Embedder, Side};
 use serde_json::{Value, json};
 
 fn golden() -> Value {
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/model_families.json"),
-    )
-    .unwrap();
+    let text =
+        std::fs::read_to_string(crate::common::repo_dir().join("tests/golden/model_families.json"))
+            .unwrap();
     serde_json::from_str(&text).unwrap()
 }
 

@@ -12,8 +12,6 @@ use crate::common::*;
 use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
-const REPO: &str = env!("CARGO_MANIFEST_DIR");
-
 /// Runs embedflow with the server's AWS environment, changed by `env` (a `None` removes).
 fn tmp_lock(body: &str) -> tempfile::NamedTempFile {
     let f = tempfile::NamedTempFile::new().unwrap();
@@ -57,7 +55,7 @@ fn quickstart_reading_and_writing_s3_gives_the_local_vectors() {
         &local_source,
     ];
     args.extend(common);
-    assert_ok(&run_s3(&srv, Path::new(REPO), &args, &[]));
+    assert_ok(&run_s3(&srv, &crate::common::repo_dir(), &args, &[]));
 
     let mut args = vec![
         "run",
@@ -68,7 +66,7 @@ fn quickstart_reading_and_writing_s3_gives_the_local_vectors() {
         "sink.parquet.path=s3://lake/vectors/quickstart",
     ];
     args.extend(common);
-    let o = run_s3(&srv, Path::new(REPO), &args, &[]);
+    let o = run_s3(&srv, &crate::common::repo_dir(), &args, &[]);
     assert_ok(&o);
     assert!(
         stdout(&o).contains("s3://lake/vectors/quickstart/part-0.parquet"),
@@ -112,7 +110,7 @@ fn quickstart_reading_and_writing_s3_gives_the_local_vectors() {
         "vectors/quickstart/part-0.parquet.embedflow-lock",
         lock_file.path(),
     );
-    let o = run_s3(&srv, Path::new(REPO), &args, &[]);
+    let o = run_s3(&srv, &crate::common::repo_dir(), &args, &[]);
     assert_fails_with(&o, 1, "another embedflow run is writing this output");
     assert!(
         stderr(&o).contains("host other-host, pid 7"),
@@ -127,7 +125,7 @@ fn quickstart_reading_and_writing_s3_gives_the_local_vectors() {
     // query reads the S3 output.
     let o = run_s3(
         &srv,
-        Path::new(REPO),
+        &crate::common::repo_dir(),
         &[
             "query",
             "pipelines/quickstart.yaml",

@@ -20,7 +20,7 @@ fn sample(dir: &Path) {
 
 /// The bundled sample (3,101 paragraphs): long enough to be stopped in the middle.
 fn long_sample(dir: &Path) {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample.parquet");
+    let src = crate::common::repo_dir().join("data/sample.parquet");
     std::fs::copy(src, dir.join("sample.parquet")).unwrap();
     write_file(
         dir,

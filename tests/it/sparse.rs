@@ -14,7 +14,7 @@ use pinecone_test_server::{IndexConfig, Metric, PineconeServer, ServerConfig};
 use serde_json::Value;
 
 fn golden_dir() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+    crate::common::repo_dir().join("tests/golden")
 }
 
 fn golden() -> Value {

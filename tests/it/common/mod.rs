@@ -17,12 +17,21 @@ pub mod s3;
 /// period, whatever the machine's speed (embed() gives up between micro-batches).
 pub const STOP_WITHIN: std::time::Duration = std::time::Duration::from_secs(30 - 10);
 
+/// The clone the tests run in. Cargo sets `CARGO_MANIFEST_DIR` when it runs a test binary; the
+/// path compiled in is that of the clone that built it, which may be another clone sharing the
+/// target folder (CI's clean clones do), whose `../shared` is not this one's.
+pub fn repo_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 /// `../shared` beside the repository (or `$EMBEDFLOW_SHARED`). Tests that need it are
 /// `#[ignore]`d with that reason; run on their own without it, they fail saying so.
 pub fn shared_dir() -> PathBuf {
     let dir = std::env::var_os("EMBEDFLOW_SHARED")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
+        .unwrap_or_else(|| repo_dir().join("../shared"));
     assert!(
         dir.join("golden").is_dir(),
         "{} not found: this test needs the golden vectors, the fp32 model and the corpora there",
@@ -268,10 +277,7 @@ pub fn read_sparse(path: &Path) -> Vec<(String, embedflow::embed::bm25::Sparse)>
 
 /// The bundled sample (3,101 paragraphs of The Rust Programming Language).
 pub fn sample() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("data/sample.parquet")
-        .display()
-        .to_string()
+    repo_dir().join("data/sample.parquet").display().to_string()
 }
 
 /// Every `every`th row of the bundled sample (all its columns) in `dir/subset.parquet`: for
