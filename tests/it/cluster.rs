@@ -10,7 +10,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use pinecone_test_server::{IndexConfig, PineconeServer, ServerConfig};
+use pinecone_test_server::{Faults, IndexConfig, PineconeServer, ServerConfig};
 
 const KEY: &str = "pc-test-key-cluster";
 
@@ -1057,16 +1057,22 @@ fn an_incremental_index_survives_a_killed_executor_and_a_killed_client() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // Every 6th paragraph (517 rows): the killed client dies once a checkpoint is recorded,
-    // well before the end (one executor left, one thread).
+    // well before the end. The index paces the runs whatever the machine's speed: 100 ms a
+    // request of 10 vectors, one request at a time per executor (about 5 s for the --full run
+    // on the one executor left, against a checkpoint a second).
     let (table, rows) = sample_subset(d, 6);
     let mut cluster = Cluster::start(d, 2);
-    let srv =
-        PineconeServer::start(ServerConfig::new(KEY, vec![IndexConfig::new("docs", 384)])).unwrap();
+    let mut config = ServerConfig::new(KEY, vec![IndexConfig::new("docs", 384)]);
+    config.faults = Faults {
+        latency: Duration::from_millis(100),
+        ..Faults::default()
+    };
+    let srv = PineconeServer::start(config).unwrap();
     sample_pipeline_on(
         d,
         "pc.yaml",
         &format!(
-            "  pinecone:\n    index: docs\n    controller: {}\n    metadata: [chapter]\nincremental:\n  state: state\n  checkpoint_secs: 1\n",
+            "  pinecone:\n    index: docs\n    controller: {}\n    metadata: [chapter]\n    batch_size: 10\n    concurrency: 1\nincremental:\n  state: state\n  checkpoint_secs: 1\n",
             srv.controller_url()
         ),
         &table,
