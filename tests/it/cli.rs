@@ -822,3 +822,42 @@ fn insert_into_sink_writes_what_run_writes() {
     );
     assert_fails_with(&o, 2, "may only read");
 }
+
+#[test]
+fn omp_wait_policy_passive_makes_onnx_runtime_threads_sleep_between_operators() {
+    let dir = tempfile::tempdir().unwrap();
+    write_text_parquet(
+        &dir.path().join("docs.parquet"),
+        &["a"],
+        &[Some("a short text")],
+    );
+    write(
+        dir.path(),
+        "p.yaml",
+        &pipeline_yaml("docs.parquet", "out", "  threads: 2\n"),
+    );
+    for (policy, said) in [
+        (None, "2 intra-op threads, spinning between operators"),
+        (
+            Some("active"),
+            "2 intra-op threads, spinning between operators",
+        ),
+        (
+            Some("PASSIVE"),
+            "2 intra-op threads, sleeping (OMP_WAIT_POLICY=PASSIVE)",
+        ),
+        (
+            Some("passive"),
+            "2 intra-op threads, sleeping (OMP_WAIT_POLICY=PASSIVE)",
+        ),
+    ] {
+        std::fs::remove_dir_all(dir.path().join("out")).ok();
+        let o = embedflow_env(
+            dir.path(),
+            &["run", "p.yaml", "--no-progress", "-vv"],
+            &[("OMP_WAIT_POLICY", policy)],
+        );
+        assert_ok(&o);
+        assert!(stderr(&o).contains(said), "{policy:?}: {}", stderr(&o));
+    }
+}
