@@ -53,15 +53,6 @@ install() {
     python3 -m venv "$VENV"
     "${UV[@]}" "apache-airflow==$AIRFLOW_VERSION"
   fi
-  # Byte-code, as pip writes it at install time and uv does not by default: without it every
-  # `airflow` command (and every task process) compiles Airflow's modules again where
-  # PYTHONDONTWRITEBYTECODE is set (CI machines often do), about 2 s each: 87 s -> 71 s.
-  BYTECODE="$VENV/.embedflow-bytecode-v1"
-  if [ ! -f "$BYTECODE" ]; then
-    say "compiling Airflow's byte-code in $VENV"
-    "$VENV/bin/python" -m compileall -q -j 0 "$VENV/lib" >/dev/null || true
-    touch "$BYTECODE"
-  fi
   "${UV[@]}" --reinstall-package embedflow "$BUILT"/embedflow-*.whl
   say "installed in $(( $(date +%s) - start )) s"
 }
@@ -77,6 +68,11 @@ run_dags() {
   export EMBEDFLOW_HOME="$work/embedflow-home"
   export PATH="$VENV/bin:$PATH"
   unset VIRTUAL_ENV ORT_DYLIB_PATH EMBEDFLOW_PYTHON
+  # Byte-code written as modules are first imported (`airflow db migrate` runs alone first, the
+  # DAG runs then find it), even where PYTHONDONTWRITEBYTECODE is set (CI machines often do):
+  # without it every `airflow` command compiles Airflow's modules again, about 2 s each.
+  # Compiling the whole venv ahead (`compileall`) cost 23 s of CPU for modules never imported.
+  unset PYTHONDONTWRITEBYTECODE
   embedflow setup
   AIRFLOW_HOME="$work/airflow" REPO="$REPO" PINECONE_TEST_SERVER="$SERVER" \
     "$VENV/bin/python" tests/airflow/test_dags.py
