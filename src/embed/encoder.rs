@@ -246,6 +246,36 @@ fn spin_wait() -> bool {
     !std::env::var("OMP_WAIT_POLICY").is_ok_and(|v| v.trim().eq_ignore_ascii_case("passive"))
 }
 
+/// Writes `from`'s graph to `to` with its weights in [`prepare::WEIGHTS_FILE`] beside it: an
+/// ONNX Runtime session with every optimisation off saves the graph it loaded, as it is.
+fn save_with_weights_beside(
+    env: &ort::environment::Environment,
+    from: &Path,
+    to: &Path,
+) -> Result<()> {
+    Session::builder(env)
+        .map_err(ort_err)?
+        .with_optimization_level(GraphOptimizationLevel::Disable)
+        .map_err(ort_err)?
+        .with_intra_threads(1)
+        .map_err(ort_err)?
+        .with_optimized_model_path(to)
+        .map_err(ort_err)?
+        .with_config_entry(
+            "session.optimized_model_external_initializers_file_name",
+            prepare::WEIGHTS_FILE,
+        )
+        .map_err(ort_err)?
+        .with_config_entry(
+            "session.optimized_model_external_initializers_min_size_in_bytes",
+            "1024",
+        )
+        .map_err(ort_err)?
+        .commit_from_file(from)
+        .map_err(ort_err)?;
+    Ok(())
+}
+
 /// Sessions per GPU. Each has its own CUDA stream: while one copies a micro-batch in or its
 /// output out (about 25 MB per 16,384 tokens) and hands it to its thread, the other computes.
 const CUDA_SESSIONS_PER_DEVICE: usize = 2;
@@ -346,7 +376,18 @@ impl Embedder {
         }
         let onnx = prepare::model_for(&files, opts.precision, &tokenizer)?;
         let sessions = match &opts.device {
-            Device::Cpu => vec![cpu_session(&env, &files, &onnx, opts.threads)?],
+            Device::Cpu => {
+                // fp32 and int8 load their weights mapped from a copy of the graph that keeps
+                // them beside it. Not fp16: a CPU session inserts casts into an fp16 graph.
+                let load = if opts.precision == Precision::Fp16 {
+                    onnx.clone()
+                } else {
+                    prepare::with_weights_beside(&onnx, |from, to| {
+                        save_with_weights_beside(&env, from, to)
+                    })
+                };
+                vec![cpu_session(&env, &files, &load, opts.threads)?]
+            }
             Device::Cuda(ids) => ids
                 .iter()
                 .flat_map(|&id| std::iter::repeat_n(id, CUDA_SESSIONS_PER_DEVICE))

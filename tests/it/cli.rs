@@ -861,3 +861,96 @@ fn omp_wait_policy_passive_makes_onnx_runtime_threads_sleep_between_operators() 
         assert!(stderr(&o).contains(said), "{policy:?}: {}", stderr(&o));
     }
 }
+
+/// Sessions load a copy of the graph with its weights in a file beside it (mapped, not read
+/// and copied), cached under the home once per model file; a home where nothing can be
+/// cached loads the file as it is, with the same vectors bit for bit.
+#[test]
+fn the_weights_are_mapped_from_a_cached_copy_and_a_home_without_room_gives_the_same_vectors() {
+    let dir = tempfile::tempdir().unwrap();
+    sample(dir.path());
+    let model = dir.path().join("model");
+    let installed = embedflow::embed::model::resolve("all-MiniLM-L6-v2").unwrap();
+    std::fs::create_dir(&model).unwrap();
+    for f in [
+        "tokenizer.json",
+        "config.json",
+        "modules.json",
+        "sentence_bert_config.json",
+        "model.onnx",
+    ] {
+        std::fs::copy(installed.dir.join(f), model.join(f)).unwrap();
+    }
+    write(
+        dir.path(),
+        "p.yaml",
+        &pipeline_yaml("docs.parquet", "out", "").replace(
+            "model: all-MiniLM-L6-v2",
+            &format!("model: {}", model.display()),
+        ),
+    );
+    let library = embedflow::embed::runtime::find_library(None).unwrap();
+    let run = |home: &Path, out: &str| {
+        let o = embedflow_env(
+            dir.path(),
+            &[
+                "run",
+                "p.yaml",
+                "--no-progress",
+                "--set",
+                &format!("sink.parquet.path={out}"),
+            ],
+            &[
+                ("EMBEDFLOW_HOME", home.to_str()),
+                ("ORT_DYLIB_PATH", library.to_str()),
+            ],
+        );
+        assert_ok(&o);
+        read_vectors(&dir.path().join(out).join("part-0.parquet"))
+    };
+    let copies = |home: &Path| -> Vec<std::path::PathBuf> {
+        let mut found: Vec<_> = std::fs::read_dir(home.join("prepared"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        found.sort();
+        found
+    };
+    let home = dir.path().join("home");
+    let mapped = run(&home, "a");
+    let made = copies(&home);
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert!(
+        made[0].to_str().unwrap().ends_with("-weights-v1"),
+        "{made:?}"
+    );
+    let graph = std::fs::metadata(made[0].join("model.onnx")).unwrap().len();
+    let weights = std::fs::metadata(made[0].join("model.onnx.data"))
+        .unwrap()
+        .len();
+    let whole = std::fs::metadata(model.join("model.onnx")).unwrap().len();
+    assert!(
+        graph < 1 << 20 && weights > whole * 9 / 10,
+        "{graph} + {weights} of {whole}"
+    );
+    // Used, not made again.
+    assert_eq!(run(&home, "b"), mapped);
+    assert_eq!(copies(&home), made);
+    // A home that cannot be created (its parent is a file): the model file as it is.
+    std::fs::write(dir.path().join("not-a-folder"), "").unwrap();
+    let unmapped = run(&dir.path().join("not-a-folder/home"), "c");
+    assert!(!mapped.is_empty());
+    assert_eq!(unmapped.len(), mapped.len());
+    for ((id, a), (id2, b)) in mapped.iter().zip(&unmapped) {
+        assert_eq!(id, id2);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(a), bits(b), "{id}");
+    }
+    // Another model file, another copy.
+    let mut onnx = std::fs::read(model.join("model.onnx")).unwrap();
+    onnx.extend_from_slice(&[0x32, 0x01, b'x']);
+    std::fs::write(model.join("model.onnx"), onnx).unwrap();
+    run(&home, "d");
+    assert_eq!(copies(&home).len(), 2);
+}
