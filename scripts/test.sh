@@ -27,21 +27,17 @@ else
   airflow_pid=$!
   trap 'kill -- -"$airflow_pid" 2>/dev/null; rm -f "$airflow_log"' EXIT
 fi
-# Two tests per core: many tests wait on subprocesses, servers and paced indexes rather than
-# compute (the suite on 2 cores: 171 s with 2 at a time, 109 s with 4). RUST_TEST_THREADS
-# overrides.
-threads=${RUST_TEST_THREADS:-$(( $(nproc) * 2 ))}
 rust=0
 shared="${EMBEDFLOW_SHARED:-../shared}"
 if [ -d "$shared/golden" ]; then
-  cargo test --release --locked --workspace -- --include-ignored --test-threads "$threads" || rust=$?
+  cargo test --release --locked --workspace -- --include-ignored || rust=$?
 else
   if [ "${EMBEDFLOW_REQUIRE_SHARED:-}" = 1 ]; then
     echo "test: $shared is missing and EMBEDFLOW_REQUIRE_SHARED=1" >&2
     exit 1
   fi
   echo "test: SKIPPED: $shared not found; the parity tests that need it are listed as ignored below" >&2
-  cargo test --release --locked --workspace -- --test-threads "$threads" || rust=$?
+  cargo test --release --locked --workspace || rust=$?
 fi
 airflow=0
 if [ -n "$airflow_pid" ]; then

@@ -56,9 +56,9 @@ pub fn embedflow_command(cwd: &Path, args: &[&str], env: &[(&str, Option<&str>)]
     ] {
         cmd.env_remove(var);
     }
-    // Several tests run at once on few cores (scripts/test.sh: two per core): ONNX Runtime's
+    // Several tests run at once, each starting processes with a thread per core: ONNX Runtime's
     // threads sleep between operators rather than spin on cores other tests' processes wait
-    // for (the suite's CPU: 225 s -> 194 s on 2 cores). A test's `env` may say otherwise.
+    // for (the suite's CPU on 2 cores: 225 s -> 194 s). A test's `env` may say otherwise.
     cmd.env("OMP_WAIT_POLICY", "PASSIVE");
     for (k, v) in env {
         match v {
