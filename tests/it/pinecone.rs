@@ -304,7 +304,18 @@ fn an_unreachable_index_stops_the_embedding_and_keeps_what_was_computed() {
         ),
     )
     .unwrap();
-    let o = run(dir.path(), &["run", "pc.yaml", "--no-progress"]);
+    // One ONNX Runtime thread: the run embeds until it gives the index up, whatever its speed;
+    // a second core would only embed more rows for the dead-letter file.
+    let o = run(
+        dir.path(),
+        &[
+            "run",
+            "pc.yaml",
+            "--no-progress",
+            "--set",
+            "embed.threads=1",
+        ],
+    );
     assert_fails_with(&o, 1, "is unreachable: every request failed for");
     assert!(stderr(&o).contains("failed.jsonl"), "{}", stderr(&o));
     assert!(stderr(&o).contains("503"), "{}", stderr(&o));
