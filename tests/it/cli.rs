@@ -514,12 +514,9 @@ fn int8_run_stays_close_to_fp32() {
     );
 }
 
-#[test]
-fn int8_without_the_python_tools_says_how_to_get_them() {
-    let dir = tempfile::tempdir().unwrap();
-    sample(dir.path());
-    // A model folder of its own, so no int8 model is cached for it yet.
-    let model = dir.path().join("model");
+/// A copy of the installed default model in `dir/model`, a folder a pipeline names by path.
+fn model_folder(dir: &Path) -> std::path::PathBuf {
+    let model = dir.join("model");
     let installed = embedflow::embed::model::resolve("all-MiniLM-L6-v2").unwrap();
     std::fs::create_dir(&model).unwrap();
     for f in [
@@ -527,13 +524,29 @@ fn int8_without_the_python_tools_says_how_to_get_them() {
         "config.json",
         "modules.json",
         "sentence_bert_config.json",
+        "model.onnx",
     ] {
         std::fs::copy(installed.dir.join(f), model.join(f)).unwrap();
     }
-    // Other bytes, another cache key: append a doc_string (ModelProto field 6; the last one wins).
-    let mut onnx = std::fs::read(&installed.onnx).unwrap();
-    onnx.extend_from_slice(&[0x32, 0x01, b'x']);
-    std::fs::write(model.join("model.onnx"), onnx).unwrap();
+    model
+}
+
+/// Changes an ONNX file's bytes, not its graph: appends a doc_string (ModelProto field 6; the
+/// last one wins).
+fn other_bytes(onnx: &Path) {
+    let mut bytes = std::fs::read(onnx).unwrap();
+    bytes.extend_from_slice(&[0x32, 0x01, b'x']);
+    std::fs::write(onnx, bytes).unwrap();
+}
+
+#[test]
+fn int8_without_the_python_tools_says_how_to_get_them() {
+    let dir = tempfile::tempdir().unwrap();
+    sample(dir.path());
+    // A model folder of its own, so no int8 model is cached for it yet.
+    let model = model_folder(dir.path());
+    // Other bytes, another cache key.
+    other_bytes(&model.join("model.onnx"));
     write(
         dir.path(),
         "p.yaml",
@@ -869,18 +882,7 @@ fn omp_wait_policy_passive_makes_onnx_runtime_threads_sleep_between_operators() 
 fn the_weights_are_mapped_from_a_cached_copy_and_a_home_without_room_gives_the_same_vectors() {
     let dir = tempfile::tempdir().unwrap();
     sample(dir.path());
-    let model = dir.path().join("model");
-    let installed = embedflow::embed::model::resolve("all-MiniLM-L6-v2").unwrap();
-    std::fs::create_dir(&model).unwrap();
-    for f in [
-        "tokenizer.json",
-        "config.json",
-        "modules.json",
-        "sentence_bert_config.json",
-        "model.onnx",
-    ] {
-        std::fs::copy(installed.dir.join(f), model.join(f)).unwrap();
-    }
+    let model = model_folder(dir.path());
     write(
         dir.path(),
         "p.yaml",
@@ -948,9 +950,7 @@ fn the_weights_are_mapped_from_a_cached_copy_and_a_home_without_room_gives_the_s
         assert_eq!(bits(a), bits(b), "{id}");
     }
     // Another model file, another copy.
-    let mut onnx = std::fs::read(model.join("model.onnx")).unwrap();
-    onnx.extend_from_slice(&[0x32, 0x01, b'x']);
-    std::fs::write(model.join("model.onnx"), onnx).unwrap();
+    other_bytes(&model.join("model.onnx"));
     run(&home, "d");
     assert_eq!(copies(&home).len(), 2);
 }
