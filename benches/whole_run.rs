@@ -12,7 +12,9 @@
 //!    Reuters sentences from row 20,000 of `../shared/data/reuters_sentences.parquet`, **long** =
 //!    IMDB reviews from row 50,000 of `imdb_reviews.parquet` (cut at 256 word pieces by both). The
 //!    default sizes (6x the 4,000 and 600 rows of `../shared/BASELINES.md`) make every run last
-//!    20 s or more here.
+//!    20 s or more here. Then fp32's share of the machine's ceiling: the encoder's arithmetic on
+//!    each input (from the model's `config.json`, padding not counted) over the best time,
+//!    against the cores' FMA throughput measured with an FMA loop before the timed runs.
 //! 2. **The notebook's whole path to Pinecone**: sentence-transformers `encode`, then the official
 //!    Pinecone SDK's `upsert(batch_size=100)`, against `embedflow run` to Pinecone, on
 //!    `--notebook-rows` short rows, to the project's Pinecone-compatible server with 20 ms of
@@ -33,6 +35,7 @@ use anyhow::{Context, Result, bail};
 use embedflow::embed::{EmbedSpec, Embedder, Precision, eval};
 use pinecone_test_server::{Faults, IndexConfig, PineconeServer, ServerConfig};
 use support::arg;
+use support::ceiling::{Encoder, fma_ceiling};
 use support::corpus::{
     Input, Python, golden_min_cosine, python_side, read_texts, shared_dir, write_input,
 };
@@ -119,7 +122,7 @@ fn parquet_to_parquet(
     inputs: &[Input],
     reps: usize,
     dir: &Path,
-) -> Result<()> {
+) -> Result<Times> {
     let onnx = model.join("model.onnx");
     let mut times = Times::default();
     let out = |name: &str| {
@@ -176,7 +179,46 @@ fn parquet_to_parquet(
             );
         }
     }
-    Ok(())
+    Ok(times)
+}
+
+/// fp32 against the machine's ceiling: the encoder's arithmetic on each input (padding not
+/// counted) over the best whole-run time, as a share of the cores' measured FMA throughput.
+/// Whole runs include start-up, tokenising and Parquet, so this is a floor on the share the
+/// inference itself reached.
+fn against_ceiling(
+    times: &Times,
+    inputs: &[Input],
+    work: &BTreeMap<&str, f64>,
+    ceiling: Option<(f64, &str)>,
+    cores: usize,
+) {
+    let Some((peak, kind)) = ceiling else {
+        println!("\n(no fp32 ceiling: this CPU has neither AVX-512 nor AVX2 with FMA)");
+        return;
+    };
+    println!(
+        "\n== fp32 against this machine's ceiling: {:.0} GFLOP/s ({kind} FMA loop on {cores} threads, best of 3)",
+        peak / 1e9
+    );
+    for input in inputs {
+        let flop = work[input.name];
+        let mut line = format!(
+            "  {:<5} {:.2} TFLOP ({:.1} MFLOP a token):",
+            input.name,
+            flop / 1e12,
+            flop / input.tokens as f64 / 1e6
+        );
+        for tool in [ST, "embedflow fp32"] {
+            let rate = flop / times.best(tool, input.name);
+            line += &format!(
+                " {tool} {:.0} GFLOP/s ({:.0}%);",
+                rate / 1e9,
+                100.0 * rate / peak
+            );
+        }
+        println!("{}", line.trim_end_matches(';'));
+    }
 }
 
 fn notebook_path(py: &Python, model: &Path, input: &Input, reps: usize, dir: &Path) -> Result<()> {
@@ -300,27 +342,37 @@ fn main() -> Result<()> {
     };
     // Loading int8 prepares and caches its model, so no timed run pays for that.
     let (fp32, int8) = (load(Precision::Fp32)?, load(Precision::Int8)?);
-    let tokens = |texts: &[String]| -> Result<u64> {
+    // Word pieces per row, after truncation.
+    let lengths = |texts: &[String]| -> Result<Vec<usize>> {
         let strs: Vec<&str> = texts.iter().map(String::as_str).collect();
         Ok(fp32
             .tokenize(&strs)?
             .iter()
-            .map(|e| e.get_ids().len() as u64)
-            .sum())
+            .map(|e| e.get_ids().len())
+            .collect())
     };
+    let tokens =
+        |texts: &[String]| -> Result<u64> { Ok(lengths(texts)?.iter().map(|&n| n as u64).sum()) };
+    let encoder = Encoder::from_model(&model)?;
     let mut inputs = Vec::new();
+    let mut work = BTreeMap::new();
     for (name, file, start, n) in [
         ("short", "reuters_sentences.parquet", 20_000, short_rows),
         ("long", "imdb_reviews.parquet", 50_000, long_rows),
     ] {
         let texts = read_texts(&shared.join("data").join(file), start, n)?;
-        let t = tokens(&texts)?;
+        let rows = lengths(&texts)?;
+        work.insert(name, rows.iter().map(|&l| encoder.row_flop(l)).sum::<f64>());
+        let t = rows.iter().map(|&n| n as u64).sum();
         inputs.push(write_input(tmp.path(), name, texts, t)?);
     }
     let cores = std::thread::available_parallelism()?.get();
     println!("all-MiniLM-L6-v2 on {cores} cores; every tool uses all of them");
     println!("{}", support::cpu_description());
-    parquet_to_parquet(&py, &model, &inputs, reps, tmp.path())?;
+    // Measured before the timed runs, on a machine as quiet as theirs.
+    let ceiling = fma_ceiling(cores, Duration::from_millis(500), 3);
+    let times = parquet_to_parquet(&py, &model, &inputs, reps, tmp.path())?;
+    against_ceiling(&times, &inputs, &work, ceiling, cores);
 
     let texts = read_texts(
         &shared.join("data/reuters_sentences.parquet"),

@@ -73,6 +73,6 @@ fi
 say "ONNX Runtime: $EMBEDFLOW_HOME/lib/libonnxruntime.so; model cache: $EMBEDFLOW_HOME/models"
 
 if [ "${1:-}" != "--no-build" ]; then
-  say "building embedflow (release; 20-35 minutes the first time on 2 cores)"
+  say "building embedflow (release; about 20 minutes the first time on 2 cores)"
   cargo build --release --locked
 fi

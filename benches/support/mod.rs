@@ -1,7 +1,8 @@
 //! Helpers shared by the benchmarks: a synthetic table of short rows, peak-RSS measurement,
-//! (`corpus`) the real corpora and the Python tools compared against, and (`cluster`) a loopback
-//! Ballista cluster.
+//! (`corpus`) the real corpora and the Python tools compared against, (`ceiling`) the machine's
+//! fp32 ceiling and an encoder's arithmetic, and (`cluster`) a loopback Ballista cluster.
 
+pub mod ceiling;
 // Not every benchmark starts a cluster.
 #[allow(dead_code)]
 pub mod cluster;
